@@ -1,0 +1,38 @@
+# gptlab: `make train` and `make test` do all the set-up on a fresh machine.
+# TORCH pins the CPU wheel that sits on local disk here; GPU users: `make install TORCH=torch`.
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: install train test test-all lint format clean ehr-data
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e ".[dev,ehr]"
+	touch $(STAMP)
+
+train: install
+	$(PY) train.py $(ARGS)
+
+test: install
+	$(PY) -m pytest -m "not slow" $(ARGS)
+
+test-all: install
+	$(PY) -m pytest $(ARGS)
+
+lint: install
+	$(PY) -m ruff check src tests *.py experiments
+
+format: install
+	$(PY) -m ruff format src tests *.py experiments
+
+clean:
+	rm -rf outputs data/prepared .pytest_cache

@@ -1,0 +1,305 @@
+"""The GPT-2 model in one file, readable top to bottom.
+
+Same architecture as OpenAI's GPT-2 (and nanoGPT): token + learned position embeddings, a stack
+of pre-norm Transformer blocks, a final LayerNorm and a language-model head tied to the token
+embedding. This module knows nothing of Lightning, Hydra or data files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True  # GPT-2 has biases in Linears and LayerNorms; False is a bit faster and as good
+    causal: bool = True  # False removes the mask (bidirectional, encoder-style attention)
+    layer_norm_epsilon: float = 1e-5
+    gelu_approximate: str = "tanh"  # GPT-2's "gelu_new" is the tanh approximation; "none" is exact erf
+    vocab_multiple: int = 1  # pad the embedding rows to a multiple of this (64 → 50304) for faster matmuls
+    use_sdpa: bool = True  # fused scaled_dot_product_attention; False uses the explicit-mask path
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig: n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                f"choose n_head among the divisors of {self.n_embd}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.gelu_approximate not in ("tanh", "none"):
+            raise ValueError(f"GPTConfig.gelu_approximate must be 'tanh' or 'none', got {self.gelu_approximate!r}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.vocab_multiple
+        return (self.vocab_size + m - 1) // m * m
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
+        """Build from a mapping, ignoring keys that are not config fields (e.g. Hydra's `name`)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class KVCache(nn.Module):
+    """Preallocated key/value buffers for one attention layer (litgpt style).
+
+    New keys and values are written at their absolute positions, so decoding one token costs one
+    attention row instead of recomputing the whole prefix.
+    """
+
+    def __init__(self, batch_size: int, n_head: int, max_len: int, head_dim: int, *, device=None, dtype=None):
+        super().__init__()
+        shape = (batch_size, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+
+    def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, nh, T, hs) at positions pos..pos+T-1; return all keys/values up to there."""
+        end = pos + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KV cache holds {self.k.size(2)} positions; cannot write up to {end}")
+        self.k[:, :, pos:end] = k
+        self.v[:, :, pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Select batch rows (beam search keeps the cache of the beams it keeps)."""
+        self.k = self.k.index_select(0, index)
+        self.v = self.v.index_select(0, index)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        # query, key and value projections for all heads in one matmul
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.causal = config.causal
+        self.use_sdpa = config.use_sdpa
+        self.kv_cache: KVCache | None = None
+
+    def forward(
+        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # (B, T, C) -> (B, nh, T, hs): each head attends independently
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(pos, k, v)
+        S = k.size(2)  # number of keys: the cached prefix plus the new tokens
+
+        # Query i sits at absolute position pos+i and may see keys 0..pos+i. With no prefix
+        # (S == T) that is the plain lower triangle; one new token with a cache sees everything.
+        mask = None
+        if self.causal and T > 1:
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+
+        att = None
+        if self.use_sdpa and not need_weights:
+            y = F.scaled_dot_product_attention(
+                q, k, v,
+                attn_mask=None if S == T else mask,
+                dropout_p=self.dropout if self.training else 0.0,
+                is_causal=mask is not None and S == T,
+            )
+        else:
+            # explicit path: the same computation written out, so the weights can be returned
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))
+            if mask is not None:
+                att = att.masked_fill(~mask, float("-inf"))
+            att = F.softmax(att, dim=-1)
+            y = self.attn_dropout(att) @ v
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y)), att
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU(approximate=config.gelu_approximate)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm block: normalising *before* each sub-layer keeps a clean residual path from
+    input to output, which is what lets deep GPT-2 stacks train without warm restarts."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        a, att = self.attn(self.ln_1(x), pos, need_weights)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, att
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        V = config.padded_vocab_size
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(V, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, V, bias=False)
+        # Weight tying: the same matrix maps tokens to vectors and vectors back to token scores.
+        # It saves vocab×n_embd parameters (38M for GPT-2 small) and helps small-data training.
+        self.transformer.wte.weight = self.lm_head.weight
+
+        self.apply(self._init_weights)
+        # GPT-2's scaled init: each block adds two residual projections to the stream, so their
+        # weights are shrunk by 1/sqrt(2·n_layer) to keep the residual variance from growing with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (the tied embedding once). non_embedding drops the position table, as
+        nanoGPT reports; the token table stays because it is also the output layer."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, pos: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (B, T, vocab_size) for every position; loss when targets are given.
+
+        `pos` is the absolute position of idx[:, 0]; it is non-zero only while decoding with a
+        KV cache (see `setup_kv_cache`). Targets equal to -1 are ignored in the loss.
+        """
+        x = self._embed(idx, pos)
+        for block in self.transformer.h:
+            x, _ = block(x, pos)
+        logits = self._head(x)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def _embed(self, idx: torch.Tensor, pos: int) -> torch.Tensor:
+        T = idx.size(1)
+        if pos + T > self.config.block_size:
+            raise ValueError(
+                f"cannot forward positions {pos}..{pos + T - 1}: block_size is {self.config.block_size} "
+                f"(crop the input to its last {self.config.block_size} tokens)"
+            )
+        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(self.transformer.ln_f(x))
+        if self.config.padded_vocab_size != self.config.vocab_size:
+            logits = logits[..., : self.config.vocab_size]  # padding rows are never real tokens
+        return logits
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and the attention weights of every layer, each (B, n_head, T, T), via the explicit path."""
+        x = self._embed(idx, 0)
+        maps = []
+        for block in self.transformer.h:
+            x, att = block(x, 0, need_weights=True)
+            maps.append(att)
+        return self._head(x), maps
+
+    # ---- KV cache -------------------------------------------------------------------------------
+    def setup_kv_cache(self, batch_size: int, max_len: int | None = None) -> None:
+        """Allocate a cache per layer; afterwards forward(idx, pos=...) appends to it."""
+        max_len = max_len or self.config.block_size
+        head_dim = self.config.n_embd // self.config.n_head
+        p = self.lm_head.weight
+        for block in self.transformer.h:
+            block.attn.kv_cache = KVCache(
+                batch_size, self.config.n_head, max_len, head_dim, device=p.device, dtype=p.dtype
+            )
+
+    def reorder_kv_cache(self, index: torch.Tensor) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache.reorder(index)
+
+    def clear_kv_cache(self) -> None:
+        for block in self.transformer.h:
+            block.attn.kv_cache = None
+
+    # ---- surgery and I/O --------------------------------------------------------------------------
+    def crop_block_size(self, block_size: int) -> None:
+        """Use a shorter context than the checkpoint's (e.g. GPT-2's 1024 → 256 to fine-tune on CPU)."""
+        if not 0 < block_size <= self.config.block_size:
+            raise ValueError(f"crop_block_size: {block_size} must be in 1..{self.config.block_size}")
+        self.config.block_size = block_size
+        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+
+    @classmethod
+    def from_pretrained(cls, path_or_name: str | Path, **overrides: Any) -> GPT:
+        """Load a Hugging Face GPT-2 checkpoint (folder or cached name); see gptlab.hf."""
+        from gptlab.hf import load_hf_gpt2
+
+        return load_hf_gpt2(path_or_name, **overrides)
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        """Write a folder that transformers.GPT2LMHeadModel.from_pretrained loads; see gptlab.hf."""
+        from gptlab.hf import save_hf_gpt2
+
+        save_hf_gpt2(self, folder)
+
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
+        """Continue idx (B, T) by max_new_tokens; see gptlab.generation.generate for the options."""
+        from gptlab.generation import generate
+
+        return generate(self, idx, max_new_tokens, **kwargs)

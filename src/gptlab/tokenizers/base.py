@@ -1,0 +1,75 @@
+"""The one small interface every tokenizer implements, and a registry to build/load them by name.
+
+A tokenizer is described by a JSON-able spec (`to_spec()`): it is saved beside the prepared bins
+and inside every checkpoint, so `generate.py` can decode with exactly the tokenizer a run used.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+
+class Tokenizer(ABC):
+    """encode/decode between text and token ids, with a fixed vocabulary size."""
+
+    kind: str  # the registry name: "char", "tiktoken", "bpe", ...
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+    @abstractmethod
+    def to_spec(self) -> dict[str, Any]:
+        """A JSON-able dict with "kind" from which `from_spec` rebuilds an identical tokenizer."""
+
+    @classmethod
+    @abstractmethod
+    def from_spec(cls, spec: dict[str, Any]) -> Tokenizer: ...
+
+    @property
+    def eot_token_id(self) -> int | None:
+        """Id of the end-of-text token, if the vocabulary has one."""
+        return None
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_spec(), ensure_ascii=False, indent=1))
+
+
+_REGISTRY: dict[str, type[Tokenizer]] = {}
+
+
+def register(kind: str) -> Callable[[type[Tokenizer]], type[Tokenizer]]:
+    def wrap(cls: type[Tokenizer]) -> type[Tokenizer]:
+        cls.kind = kind
+        _REGISTRY[kind] = cls
+        return cls
+
+    return wrap
+
+
+def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
+    kind = spec.get("kind")
+    if kind not in _REGISTRY:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[kind].from_spec(spec)
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"tokenizer file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"tokenizer file {path} is not valid JSON: {e}") from None
+    return tokenizer_from_spec(spec)
