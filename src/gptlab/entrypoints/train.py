@@ -1,0 +1,137 @@
+"""`python train.py ...`: prepare the data, build the model and the Trainer, fit, report."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from gptlab.data import GPTDataModule, ensure_prepared, read_meta
+from gptlab.entrypoints.config import to_plain
+from gptlab.lit_module import GPTLitModule
+
+
+@rank_zero_only
+def say(message: str) -> None:
+    """User-facing progress lines, printed once (rank 0) to stdout."""
+    print(message, flush=True)
+
+
+def data_folder(cfg: DictConfig) -> Path:
+    """One prepared folder per dataset name × tokenizer config, so switching tokenizers never
+    overwrites (or silently reuses) another tokenizer's bins."""
+    tok = to_plain(cfg.data.tokenizer)
+    tag = "-".join(str(v) for k, v in sorted(tok.items()) if k != "kind" and not isinstance(v, (list, dict)))
+    return Path(cfg.paths.data_dir) / cfg.data.name / (tok["kind"] + (f"-{tag}" if tag else ""))
+
+
+def build_datamodule(cfg: DictConfig) -> GPTDataModule:
+    out = data_folder(cfg)
+    source, tok, frac = cfg.data.path, to_plain(cfg.data.tokenizer), cfg.data.val_fraction
+    return GPTDataModule(
+        out, block_size=cfg.model.block_size, batch_size=cfg.data.batch_size, val_batches=cfg.data.val_batches,
+        num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=lambda: ensure_prepared(source, out, tok, frac),
+    )
+
+
+def find_last_checkpoint(cfg: DictConfig) -> str | None:
+    """resume=auto: the newest last.ckpt among earlier runs of this run_name."""
+    root = Path(cfg.paths.run_dir).parent
+    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return str(candidates[-1]) if candidates else None
+
+
+def configure_wandb_offline() -> None:
+    """wandb without an account: log offline instead of failing at wandb.init()."""
+    if "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY"):
+        netrc = Path.home() / ".netrc"
+        if not (netrc.exists() and "api.wandb.ai" in netrc.read_text()):
+            os.environ["WANDB_MODE"] = "offline"
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured model; returns the run's figures (best val loss, paths, timings)."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
+
+    datamodule = build_datamodule(cfg)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        datamodule.prepare_data()  # before building the model: the vocab size comes from the data
+    meta = read_meta(datamodule.data_dir)
+    model_cfg = to_plain(cfg.model)
+    if model_cfg.get("vocab_size") is None:
+        model_cfg["vocab_size"] = meta["vocab_size"]
+    elif meta["vocab_size"] > model_cfg["vocab_size"]:
+        raise ValueError(
+            f"data {datamodule.data_dir} has vocab_size {meta['vocab_size']} but model.vocab_size is "
+            f"{model_cfg['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
+        )
+    module = GPTLitModule(model=model_cfg, optim=to_plain(cfg.optim), init_from=cfg.init_from,
+                          tokenizer=meta["tokenizer"])
+
+    if "wandb" in (cfg.get("logger") or {}):
+        configure_wandb_offline()
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False,
+                                     callbacks=instantiate_all(cfg.get("callbacks")))
+    run_dir = Path(cfg.paths.run_dir)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    tokens_per_step = (cfg.data.batch_size * module.model.config.block_size
+                       * cfg.trainer.accumulate_grad_batches * trainer.world_size)
+    say(
+        f"[gptlab] {module.model.num_params() / 1e6:.2f}M parameters | data {datamodule.data_dir} "
+        f"({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {meta['vocab_size']})\n"
+        f"[gptlab] tokens per optimizer step = batch {cfg.data.batch_size} × block "
+        f"{module.model.config.block_size} × accumulation {cfg.trainer.accumulate_grad_batches} × devices "
+        f"{trainer.world_size} = {tokens_per_step:,}\n[gptlab] run folder {run_dir}"
+    )
+
+    ckpt_path = cfg.ckpt_path
+    if ckpt_path is None and cfg.resume == "auto":
+        ckpt_path = find_last_checkpoint(cfg)
+        say(f"[gptlab] resume=auto: {'resuming from ' + ckpt_path if ckpt_path else 'no last.ckpt, starting fresh'}")
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    wall = time.perf_counter() - start
+
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_score if ckpt_cb is not None else None
+    result = {
+        "best_val_loss": float(best) if best is not None else None,
+        "final_val_loss": float(v) if (v := trainer.callback_metrics.get("val/loss")) is not None else None,
+        "best_ckpt": getattr(ckpt_cb, "best_model_path", None) or None,
+        "last_ckpt": getattr(ckpt_cb, "last_model_path", None) or None,
+        "run_dir": str(run_dir),
+        "steps": trainer.global_step,
+        "wall_seconds": wall,
+    }
+    say(
+        f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | best val loss "
+        f"{result['best_val_loss'] if result['best_val_loss'] is None else round(result['best_val_loss'], 4)}\n"
+        f"[gptlab] checkpoints: {result['last_ckpt']} (last), {result['best_ckpt']} (best)\n"
+        f"[gptlab] logs: {trainer.log_dir}"
+    )
+    if trainer.is_global_zero and cfg.sample_after_training > 0 and not trainer.interrupted:
+        from gptlab.generation import generate
+        from gptlab.tokenizers import tokenizer_from_spec
+
+        tok = tokenizer_from_spec(meta["tokenizer"])
+        model = module.model.eval()
+        start_ids = tok.encode("\n") if meta["tokenizer"]["kind"] == "char" else [tok.eot_token_id or 0]
+        idx = torch.tensor([start_ids], device=next(model.parameters()).device)
+        g = torch.Generator(device=idx.device).manual_seed(cfg.seed)
+        out = generate(model, idx, cfg.sample_after_training, temperature=0.8, top_k=200, generator=g)
+        print("[gptlab] sample (temperature 0.8, top-k 200):\n" + tok.decode(out[0, len(start_ids):].tolist()))
+    return result

@@ -1,0 +1,120 @@
+"""GPTLitModule: the LightningModule around GPT — loss, AdamW groups and the LR schedule.
+
+Lightning does the rest (devices, DDP, precision, accumulation, clipping, checkpoints), so
+this file only says *what* one training step is, never *how* it is run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+
+from gptlab.model import GPT, GPTConfig
+
+
+def get_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, lr_decay_steps: int) -> float:
+    """nanoGPT's schedule, per optimizer step: linear warmup, cosine decay to min_lr, then constant."""
+    if step < warmup_steps:
+        return lr * (step + 1) / (warmup_steps + 1)
+    if step > lr_decay_steps:
+        return min_lr
+    ratio = (step - warmup_steps) / max(1, lr_decay_steps - warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # goes 1 → 0
+    return min_lr + coeff * (lr - min_lr)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay every ≥2-D tensor (matmul weights and the tied embedding); not biases or LayerNorms.
+
+    Decaying a LayerNorm gain pulls it towards 0 (not its neutral 1) and biases hold no
+    capacity worth regularising, so only the matrices are decayed (as in nanoGPT and GPT-3).
+    """
+    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) tensors listed once
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class GPTLitModule(L.LightningModule):
+    """Args:
+        model: GPTConfig fields (plus `compile`); vocab_size must be set.
+        optim: lr, min_lr, warmup_steps, lr_decay_steps, weight_decay, betas.
+        init_from: "scratch", or a Hugging Face GPT-2 folder/name to start from its weights.
+        tokenizer: the tokenizer spec of the data, stored in checkpoints so generation can decode.
+    """
+
+    def __init__(self, model: dict[str, Any], optim: dict[str, Any], init_from: str = "scratch",
+                 tokenizer: dict[str, Any] | None = None):
+        super().__init__()
+        model = dict(model)
+        self.compile_model = bool(model.pop("compile", False))
+        if init_from in (None, "scratch"):
+            self.model = GPT(GPTConfig.from_dict(model))
+        else:
+            overrides = {k: model[k] for k in ("dropout", "block_size", "vocab_multiple") if model.get(k) is not None}
+            self.model = GPT.from_pretrained(init_from, **overrides)
+            model = {**model, **self.model.config.to_dict()}
+        self.tokenizer_spec = tokenizer
+        # hparams hold the model's real config, so a checkpoint alone rebuilds the GPT
+        self.save_hyperparameters({"model": self.model.config.to_dict() | {"compile": self.compile_model},
+                                   "optim": dict(optim), "init_from": init_from})
+        self._micro_losses: list[torch.Tensor] = []
+
+    def configure_model(self) -> None:
+        if self.compile_model:
+            self.model.compile()  # in place: state_dict keys stay free of "_orig_mod."
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        return self.model(idx, targets)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        # Under gradient accumulation one optimizer step spans k micro-batches: log their mean once.
+        self._micro_losses.append(loss.detach())
+        if len(self._micro_losses) == self.trainer.accumulate_grad_batches:
+            mean = torch.stack(self._micro_losses).mean()
+            self._micro_losses.clear()
+            self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True)
+            # the LR used for this step (both groups share it); one column beside the loss
+            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        _, loss = self.model(x, y)
+        self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        o = self.hparams.optim
+        betas = tuple(o.get("betas", (0.9, 0.95)))
+        fused = self.device.type == "cuda"  # the fused CUDA kernel is faster; on CPU the foreach path is
+        optimizer = torch.optim.AdamW(param_groups(self.model, o.get("weight_decay", 0.1)), lr=o["lr"],
+                                      betas=betas, fused=fused or None)
+        schedule = {k: o[k] for k in ("lr", "min_lr", "warmup_steps", "lr_decay_steps")}
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: get_lr(step, **schedule) / o["lr"])
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # The tokenizer travels inside every checkpoint, and with it the torch RNG state so that a
+    # resumed run draws the same dropout masks as an uninterrupted one.
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["tokenizer"] = self.tokenizer_spec
+        checkpoint["rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.tokenizer_spec = checkpoint.get("tokenizer", self.tokenizer_spec)
+        self._rng_to_restore = checkpoint.get("rng")
+
+    def on_train_start(self) -> None:
+        rng = getattr(self, "_rng_to_restore", None)
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self._rng_to_restore = None

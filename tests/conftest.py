@@ -1,0 +1,48 @@
+"""Shared test set-up: offline everything, and composing the real Hydra configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def compose_train_cfg(run_dir: Path, data_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
+    """The config `python train.py <overrides>` would see, with run and data folders under tmp."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from gptlab.entrypoints.config import register_resolvers
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.run_dir={run_dir}", f"paths.data_dir={data_dir}", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+TINY_RUN = ("model=tiny", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+            "trainer.enable_progress_bar=false", "sample_after_training=0")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    """A function building a tiny-model train config in tmp_path, with extra overrides."""
+    def make(*overrides: str):
+        return compose_train_cfg(tmp_path / "run", tmp_path / "data", [*TINY_RUN, *overrides])
+    return make

@@ -1,0 +1,117 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gptlab.data import GPTDataModule, ensure_prepared, prepare_text, read_meta
+from gptlab.data.datamodule import FixedWindows, RandomWindows
+from gptlab.data.prepare import SHIPPED_SHAKESPEARE, dtype_for_vocab, write_bin
+from gptlab.tokenizers import load_tokenizer
+
+TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
+
+
+@pytest.mark.parametrize("tokenizer", [{"kind": "char"}, {"kind": "tiktoken", "encoding": "gpt2"}])
+def test_prepare_round_trip(tmp_path, tokenizer):
+    src = tmp_path / "in.txt"
+    src.write_text(TEXT)
+    meta = prepare_text(src, tmp_path / "out", tokenizer, val_fraction=0.1)
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    n = int(len(TEXT) * 0.9)
+    for split, part in (("train", TEXT[:n]), ("val", TEXT[n:])):
+        ids = np.memmap(tmp_path / "out" / f"{split}.bin", dtype=meta["dtype"], mode="r")
+        assert tok.decode(ids.tolist()) == part
+        assert meta[f"{split}_tokens"] == len(ids)
+    assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.vocab_size
+    on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert on_disk["source_sha256"] and on_disk["tokenizer"] == tok.to_spec()
+
+
+def test_uint32_when_vocab_exceeds_uint16(tmp_path):
+    assert dtype_for_vocab(65535) == np.uint16 and dtype_for_vocab(65536) == np.uint32
+    ids = [0, 65535, 65536, 100_000]
+    write_bin(tmp_path / "x.bin", ids, dtype_for_vocab(100_001))
+    assert np.memmap(tmp_path / "x.bin", dtype=np.uint32, mode="r").tolist() == ids
+    with pytest.raises(ValueError, match="does not fit"):
+        write_bin(tmp_path / "y.bin", ids, np.dtype(np.uint16))
+
+
+def test_ensure_prepared_reruns_only_when_source_or_tokenizer_change(tmp_path):
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text(TEXT)
+    ensure_prepared(src, out, {"kind": "char"})
+    stamp = (out / "train.bin").stat().st_mtime_ns
+    ensure_prepared(src, out, {"kind": "char"})
+    assert (out / "train.bin").stat().st_mtime_ns == stamp  # unchanged: not re-done
+    src.write_text(TEXT + "Zounds!\n")
+    meta = ensure_prepared(src, out, {"kind": "char"})
+    assert "Z" in load_tokenizer(out / "tokenizer.json").to_spec()["chars"]
+    assert meta["train_tokens"] == int(len(TEXT + "Zounds!\n") * 0.9)
+    (out / "meta.json").unlink()  # an interrupted prepare has no meta.json → prepared again
+    assert ensure_prepared(src, out, {"kind": "char"})["train_tokens"] == meta["train_tokens"]
+
+
+@pytest.mark.parametrize("content, match", [(b"", "no text"), (b"caf\xe9", "not valid UTF-8")])
+def test_bad_text_input_errors_name_the_file(tmp_path, content, match):
+    src = tmp_path / "bad.txt"
+    src.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        prepare_text(src, tmp_path / "out", {"kind": "char"})
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        prepare_text(tmp_path / "missing.txt", tmp_path / "out", {"kind": "char"})
+
+
+def test_folder_of_text_files(tmp_path):
+    (tmp_path / "corpus" / "sub").mkdir(parents=True)
+    (tmp_path / "corpus" / "a.txt").write_text("hello " * 50)
+    (tmp_path / "corpus" / "sub" / "b.txt").write_text("world " * 50)
+    meta = prepare_text(tmp_path / "corpus", tmp_path / "out", {"kind": "char"})
+    assert meta["train_tokens"] + meta["val_tokens"] == len("hello " * 50) + 1 + len("world " * 50)
+
+
+def test_random_windows_shift_by_one_in_range_and_reproducible():
+    ids = np.arange(1000, dtype=np.uint16)
+    stream = RandomWindows(ids, block_size=16, batch_size=8, seed=3)
+    x, y = stream.batch(5)
+    assert x.shape == y.shape == (8, 16) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y - x, torch.ones_like(x))  # y is x shifted by one
+    assert x.min() >= 0 and y.max() <= 999
+    assert torch.equal(stream.batch(5)[0], x)  # a pure function of (seed, rank, n)
+    other_rank = RandomWindows(ids, 16, 8, seed=3, rank=1)
+    assert not torch.equal(other_rank.batch(5)[0], x)
+    resumed = iter(RandomWindows(ids, 16, 8, seed=3, start=5))
+    assert torch.equal(next(resumed)[0], x)
+
+
+def test_fixed_validation_windows_cover_the_split_and_shard_across_ranks():
+    ids = np.arange(500, dtype=np.uint16)
+    full = FixedWindows(ids, block_size=10, batch_size=4, num_batches=6)
+    assert len(full) == 6 and full[0][0][0, 0] == 0 and full[5][1][-1, -1] == 499
+    shards = [FixedWindows(ids, 10, 4, 6, rank=r, world_size=2) for r in range(2)]
+    assert len(shards[0]) + len(shards[1]) == 6
+    assert torch.equal(shards[1][0][0], full[1][0])
+
+
+def test_datamodule_reads_prepared_shakespeare(tmp_path):
+    out = tmp_path / "shakespeare"
+    dm = GPTDataModule(out, block_size=32, batch_size=4, val_batches=3,
+                       prepare=lambda: ensure_prepared(SHIPPED_SHAKESPEARE, out, {"kind": "char"}))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert read_meta(out)["vocab_size"] == 65
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 32) and int(x.max()) < 65
+    assert len(dm.val_dataloader()) == 3
+    dm.load_state_dict({"train_batches_consumed": 7})
+    assert dm.state_dict() == {"train_batches_consumed": 7}
+
+
+def test_split_shorter_than_a_window_is_a_clear_error(tmp_path):
+    src = tmp_path / "short.txt"
+    src.write_text("abcdefghij" * 5)
+    out = tmp_path / "out"
+    dm = GPTDataModule(out, block_size=32, batch_size=2, prepare=lambda: ensure_prepared(src, out, {"kind": "char"}))
+    dm.prepare_data()
+    with pytest.raises(ValueError, match=r"val.bin holds 5 tokens.*block_size"):
+        dm.setup("fit")

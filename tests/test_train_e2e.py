@@ -1,0 +1,96 @@
+"""The whole path through the real Hydra configs: prepare → train → checkpoint → generate."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.entrypoints.train import train
+from tests.conftest import ROOT
+
+
+def read_metric(run_dir, key):
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def test_tiny_run_learns_checkpoints_and_generates(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("trainer.max_steps=30", "eval_interval=15", "data.val_batches=2", "optim.warmup_steps=5",
+                   "optim.lr_decay_steps=30", "optim.lr=3e-3")
+    result = train(cfg)
+    run_dir = tmp_path / "run"
+    losses = read_metric(run_dir, "train/loss")
+    assert result["steps"] == 30 and len(losses) == 30
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.5  # from ~ln(65)=4.17 down
+    vals = read_metric(run_dir, "val/loss")
+    assert len(vals) == 2 and vals[1] < vals[0]
+    assert result["best_val_loss"] == pytest.approx(min(vals))
+    assert (run_dir / "config.yaml").exists()
+    assert OmegaConf.load(run_dir / "config.yaml").model.n_layer == 2
+    lrs = read_metric(run_dir, "lr")
+    assert lrs[0] == pytest.approx(3e-3 / 6) and lrs[-1] < lrs[10]
+
+    model, ckpt = load_gpt_from_lightning_ckpt(result["last_ckpt"])
+    assert ckpt["tokenizer"]["kind"] == "char" and model.config.vocab_size == 65
+    from gptlab.tokenizers import tokenizer_from_spec
+
+    tok = tokenizer_from_spec(ckpt["tokenizer"])
+    out = model.generate(torch.tensor([tok.encode("ROMEO:")]), 20, temperature=0.8, top_k=10)
+    assert out.shape == (1, 26) and tok.decode(out[0].tolist()).startswith("ROMEO:")
+
+
+def test_resume_from_checkpoint_continues_to_max_steps(tiny_cfg, tmp_path):
+    first = train(tiny_cfg("trainer.max_steps=10", "eval_interval=5", "data.val_batches=1"))
+    resumed = train(tiny_cfg("trainer.max_steps=16", "eval_interval=5", "data.val_batches=1",
+                             f"ckpt_path={first['last_ckpt']}"))
+    assert resumed["steps"] == 16
+
+
+def run_script(*args, timeout=240):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+
+
+def test_train_script_with_overrides_then_generate_script(tmp_path):
+    proc = run_script("train.py", "model=tiny", "trainer.max_steps=8", "eval_interval=4", "data.val_batches=1",
+                      f"hydra.run.dir={tmp_path}/run", f"paths.data_dir={tmp_path}/data",
+                      "sample_after_training=40", "trainer.enable_progress_bar=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tokens per optimizer step = batch 12 × block 32" in proc.stdout
+    assert "best val loss" in proc.stdout and "sample" in proc.stdout
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert ckpt.exists()
+    gen = run_script("generate.py", f"ckpt_path={ckpt}", "prompt=ROMEO:", "max_new_tokens=30",
+                     "temperature=0.8", "top_k=200")
+    assert gen.returncode == 0, gen.stderr[-3000:]
+    assert gen.stdout.startswith("ROMEO:") and "30 tokens" in gen.stdout
+
+
+def test_train_script_help_and_cfg_show_the_config():
+    proc = run_script("train.py", "--cfg", "job", "model=gpt2_small", "data=shakespeare", timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    cfg = OmegaConf.create(proc.stdout)
+    assert cfg.model.n_embd == 768 and cfg.data.tokenizer.kind == "tiktoken"
+    help_ = run_script("train.py", "--help", timeout=60)
+    assert help_.returncode == 0 and "model: baby, baby_cpu, gpt2_large" in help_.stdout
+
+
+def test_default_config_is_the_nanogpt_cpu_recipe():
+    from tests.conftest import compose_train_cfg
+
+    default = compose_train_cfg(ROOT / "x", ROOT / "y")
+    recipe = compose_train_cfg(ROOT / "x", ROOT / "y", ["experiment=shakespeare_char_cpu"])
+    assert OmegaConf.to_container(default, resolve=True) == OmegaConf.to_container(recipe, resolve=True)
+    assert (default.model.n_layer, default.model.n_head, default.model.n_embd, default.model.block_size) == (4, 4, 128, 64)
+    assert (default.data.batch_size, default.trainer.max_steps, default.optim.lr_decay_steps) == (12, 2000, 2000)
+    assert default.model.dropout == 0.0 and default.eval_interval == 250 and default.data.val_batches == 20
+
+
+def test_unknown_preset_is_a_clear_error():
+    proc = run_script("train.py", "model=gpt5", timeout=60)
+    assert proc.returncode != 0
+    assert "Could not find 'model/gpt5'" in proc.stderr and "gpt2_small" in proc.stderr
