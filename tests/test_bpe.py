@@ -206,7 +206,22 @@ def test_from_tiktoken_equals_tiktoken(gpt2, tiktoken_gpt2):
     assert tokenizer_from_spec(gpt2.to_spec()).ranks == gpt2.ranks
 
 
+@pytest.fixture(scope="module")
+def trained_as_tiktoken(trained):
+    return trained.to_tiktoken()
+
+
 @settings(max_examples=100, deadline=None)
 @given(text=unicode_text)
-def test_from_tiktoken_equals_tiktoken_on_random_text(gpt2, tiktoken_gpt2, text):
+def test_equal_to_tiktoken_on_random_text(gpt2, tiktoken_gpt2, trained, trained_as_tiktoken, text):
     assert gpt2.encode(text, disallowed_special=()) == tiktoken_gpt2.encode(text, disallowed_special=())
+    assert trained.encode(text, disallowed_special=()) == trained_as_tiktoken.encode(
+        text, disallowed_special=()
+    )
+
+
+def test_to_tiktoken_gives_identical_ids(trained):
+    enc = trained.to_tiktoken()
+    for text in [*VARIED, SHAKESPEARE[-20_000:]]:
+        assert enc.encode(text, disallowed_special=()) == trained.encode(text, disallowed_special=())
+    assert enc.encode("a<PAD>", allowed_special="all") == trained.encode("a<PAD>", allowed_special="all")
