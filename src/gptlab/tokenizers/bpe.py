@@ -188,13 +188,14 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(
         cls,
-        text: str,
+        text: str | Iterable[str],
         vocab_size: int,
         special_tokens: Sequence[str] = ("<|endoftext|>",),
         pattern: str = "gpt2",
         progress: bool = True,
     ) -> BPETokenizer:
-        """Learn merges on `text` until the vocabulary (specials included) has `vocab_size` ids.
+        """Learn merges on `text` (a string, or an iterable of documents counted one by one) until
+        the vocabulary (specials included) has `vocab_size` ids.
 
         `pattern` is "gpt2", "gpt4" or a regex of your own. Special-token strings in `text` are
         cut out before counting, so no merge ever spans them. If the text runs out of pairs first,
@@ -208,8 +209,11 @@ class BPETokenizer(Tokenizer):
                 f"tokens {special_tokens}"
             )
         split = regex.compile(SPLIT_PATTERNS.get(pattern, pattern))
-        pieces = _special_regex(special_tokens).split(text) if special_tokens else [text]
-        chunk_counts = Counter(chunk for piece in pieces for chunk in split.findall(piece))
+        cut = _special_regex(special_tokens).split if special_tokens else lambda doc: [doc]
+        chunk_counts: Counter[str] = Counter()
+        for doc in [text] if isinstance(text, str) else text:
+            for piece in cut(doc):
+                chunk_counts.update(split.findall(piece))
         merges = _train_merges(chunk_counts, n_merges, progress)
         if len(merges) < n_merges:
             warnings.warn(
