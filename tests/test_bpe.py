@@ -224,3 +224,8 @@ def test_to_tiktoken_gives_identical_ids(trained):
     for text in [*VARIED, SHAKESPEARE[-20_000:]]:
         assert enc.encode(text, disallowed_special=()) == trained.encode(text, disallowed_special=())
     assert enc.encode("a<PAD>", allowed_special="all") == trained.encode("a<PAD>", allowed_special="all")
+
+
+def test_lone_surrogates_are_replaced_like_tiktoken(gpt2, tiktoken_gpt2):
+    for text in ["\ud800", "a\udfffb", "x\ud83d"]:  # found by hypothesis: not encodable as UTF-8
+        assert gpt2.encode(text) == tiktoken_gpt2.encode(text)

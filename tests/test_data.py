@@ -115,3 +115,17 @@ def test_split_shorter_than_a_window_is_a_clear_error(tmp_path):
     dm.prepare_data()
     with pytest.raises(ValueError, match=r"val.bin holds 5 tokens.*block_size"):
         dm.setup("fit")
+
+
+def test_prepare_with_own_bpe_matches_its_encoder(tmp_path):
+    from gptlab.tokenizers import BPETokenizer
+
+    src = tmp_path / "in.txt"
+    src.write_text(TEXT + "<|endoftext|> is text here\n")
+    meta = prepare_text(src, tmp_path / "out", {"kind": "bpe", "vocab_size": 300, "progress": False})
+    tok = load_tokenizer(tmp_path / "out" / "tokenizer.json")
+    assert isinstance(tok, BPETokenizer) and meta["vocab_size"] == tok.vocab_size <= 300
+    n = int(len(src.read_text()) * 0.9)
+    val = np.memmap(tmp_path / "out" / "val.bin", dtype=meta["dtype"], mode="r").tolist()
+    assert val == tok.encode_ordinary(src.read_text()[n:])  # the fast (tiktoken) path gives our ids
+    assert tok.decode(val) == src.read_text()[n:]

@@ -122,9 +122,10 @@ def prepare_text(
     tok = build_tokenizer(tokenizer, train_text, text)
     dtype = dtype_for_vocab(tok.vocab_size)
     tok.save(out_dir / "tokenizer.json")
+    encode = tok.fast_encoder()
     counts = {}
     for split, part in (("train", train_text), ("val", val_text)):
-        counts[f"{split}_tokens"] = write_bin(out_dir / f"{split}.bin", tok.encode(part), dtype)
+        counts[f"{split}_tokens"] = write_bin(out_dir / f"{split}.bin", encode(part), dtype)
     meta = {
         "source": str(Path(source).expanduser().resolve()),
         "source_sha256": sha,

@@ -18,23 +18,39 @@ from gptlab.entrypoints.config import to_plain
 from gptlab.lit_module import GPTLitModule
 
 
+CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
+
+
 @rank_zero_only
 def say(message: str) -> None:
     """User-facing progress lines, printed once (rank 0) to stdout."""
     print(message, flush=True)
 
 
+def tokenizer_config(cfg: DictConfig) -> dict[str, Any]:
+    """data.tokenizer as a dict. The group override `data/tokenizer=bpe` gives the group's file;
+    `data.tokenizer=bpe` (a plain value in Hydra's eyes) is accepted as shorthand for it."""
+    tok = cfg.data.tokenizer
+    if isinstance(tok, str):
+        group_file = CONF_DIR / "data" / "tokenizer" / f"{tok}.yaml"
+        if not group_file.exists():
+            choices = sorted(p.stem for p in group_file.parent.glob("*.yaml"))
+            raise ValueError(f"data.tokenizer={tok!r}: no {group_file}; choose one of {choices}")
+        tok = OmegaConf.load(group_file)
+    return to_plain(tok)
+
+
 def data_folder(cfg: DictConfig) -> Path:
     """One prepared folder per dataset name × tokenizer config, so switching tokenizers never
     overwrites (or silently reuses) another tokenizer's bins."""
-    tok = to_plain(cfg.data.tokenizer)
+    tok = tokenizer_config(cfg)
     tag = "-".join(str(v) for k, v in sorted(tok.items()) if k != "kind" and not isinstance(v, (list, dict)))
     return Path(cfg.paths.data_dir) / cfg.data.name / (tok["kind"] + (f"-{tag}" if tag else ""))
 
 
 def build_datamodule(cfg: DictConfig) -> GPTDataModule:
     out = data_folder(cfg)
-    source, tok, frac = cfg.data.path, to_plain(cfg.data.tokenizer), cfg.data.val_fraction
+    source, tok, frac = cfg.data.path, tokenizer_config(cfg), cfg.data.val_fraction
     return GPTDataModule(
         out, block_size=cfg.model.block_size, batch_size=cfg.data.batch_size, val_batches=cfg.data.val_batches,
         num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=lambda: ensure_prepared(source, out, tok, frac),

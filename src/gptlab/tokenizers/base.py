@@ -28,6 +28,15 @@ class Tokenizer(ABC):
     @abstractmethod
     def decode(self, ids: Iterable[int]) -> str: ...
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode treating special-token strings as plain text: what data preparation wants,
+        since a corpus that happens to contain "<|endoftext|>" must not inject control tokens."""
+        return self.encode(text)
+
+    def fast_encoder(self) -> Callable[[str], list[int]]:
+        """The fastest function giving exactly `encode_ordinary`'s ids (for bulk data prep)."""
+        return self.encode_ordinary
+
     @abstractmethod
     def to_spec(self) -> dict[str, Any]:
         """A JSON-able dict with "kind" from which `from_spec` rebuilds an identical tokenizer."""

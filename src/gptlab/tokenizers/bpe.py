@@ -258,6 +258,9 @@ class BPETokenizer(Tokenizer):
             name, pat_str=self.pattern, mergeable_ranks=self.ranks, special_tokens=self.special_tokens
         )
 
+    def fast_encoder(self):
+        return self.to_tiktoken().encode_ordinary
+
     # ---- the Tokenizer interface ---------------------------------------------------------------
 
     @property
@@ -306,6 +309,10 @@ class BPETokenizer(Tokenizer):
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of `text`, special-token strings included as plain text."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates cannot be UTF-8: replace them, as tiktoken does
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         ids: list[int] = []
         cache = self._cache
         for chunk in self._split.findall(text):

@@ -47,6 +47,9 @@ class TiktokenTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
 
+    def encode_ordinary(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
     def encode_batch(self, texts: list[str], num_threads: int = 8) -> list[list[int]]:
         return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
 
