@@ -27,10 +27,13 @@ def load_lightning_ckpt(path: str | Path, map_location: str | torch.device = "cp
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle (e.g. an "
-            f"OmegaConf config in the hyper-parameters; save plain dicts instead): {e}"
-        ) from None
+        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        if "Unsupported global" in reason:
+            raise ValueError(
+                f"{path} holds objects that torch.load(weights_only=True) refuses to unpickle ({reason}); "
+                "save hyper-parameters as plain dicts (e.g. OmegaConf.to_container) rather than config objects"
+            ) from None
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt?): {reason}") from None
     except Exception as e:  # torch raises KeyError, EOFError, RuntimeError... for damaged files
         raise ValueError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}"
