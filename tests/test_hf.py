@@ -171,10 +171,38 @@ def test_name_in_local_hf_cache(tmp_path):
     assert max_diff(model, hf, tokens(50, 64)) < 1e-5
 
 
+def test_name_downloads_when_online(tmp_path, monkeypatch):
+    """Online, an uncached name is downloaded: safetensors only when the repo has them (a stand-in hub here)."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    hf = hf_model(seed=2, **CONFIGS[0])
+    hf.save_pretrained(tmp_path / "repo")
+    calls = []
+
+    def fake_snapshot_download(name, local_files_only=False, allow_patterns=None):
+        calls.append((name, local_files_only, allow_patterns))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        if name == "broken/repo":
+            raise ConnectionError("hub unreachable")
+        return str(tmp_path / "repo")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = GPT.from_pretrained("someone/gpt2").eval()
+    assert max_diff(model, hf, tokens(101, 32)) < 1e-5
+    assert [c[1] for c in calls] == [True, False] and "pytorch_model.bin" not in calls[1][2]
+    with pytest.raises(FileNotFoundError, match="'broken/repo'.*downloading it failed: ConnectionError"):
+        GPT.from_pretrained("broken/repo")
+
+
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no folder .*nonexistent.*not a valid hub model name"):
         GPT.from_pretrained(tmp_path / "nonexistent")
-    with pytest.raises(FileNotFoundError, match=r"'gpt2-nope' in the HF cache .*hub-cache.*HF_HUB_OFFLINE"):
+    with pytest.raises(
+        FileNotFoundError, match=r"'gpt2-nope' with weights in the HF cache .*hub-cache.*HF_HUB_OFFLINE"
+    ):
         GPT.from_pretrained("gpt2-nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):

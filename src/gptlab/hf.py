@@ -80,22 +80,33 @@ def resolve_hf_folder(path_or_name: str | Path) -> Path:
     from huggingface_hub.errors import HFValidationError
 
     name = str(path_or_name)
-    patterns = ["config.json", *WEIGHT_FILES, "model-*.safetensors", "pytorch_model-*.bin"]
-    looked = f"no folder {path.resolve()}, nor '{name}' in the HF cache {constants.HF_HUB_CACHE}"
+    looked = f"no folder {path.resolve()}, nor '{name}' with weights in the HF cache {constants.HF_HUB_CACHE}"
     try:
-        return Path(snapshot_download(name, local_files_only=True, allow_patterns=patterns))
+        cached = Path(snapshot_download(name, local_files_only=True))
+        if _weights_file(cached):
+            return cached
+        reason = "the cached snapshot has no weights"
     except HFValidationError as e:
         raise FileNotFoundError(f"{looked}: '{name}' is not a valid hub model name either ({e})") from None
-    except Exception as local_error:  # not cached: any hub error says so, the download below decides
-        if constants.HF_HUB_OFFLINE:
-            raise FileNotFoundError(
-                f"{looked}, and HF_HUB_OFFLINE is set so it cannot be downloaded "
-                f"({type(local_error).__name__}). Pass a local folder, or download '{name}' once with internet."
-            ) from None
+    except Exception as e:  # whatever the hub raises for "not cached"; a download decides below
+        reason = type(e).__name__
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(
+            f"{looked} ({reason}), and HF_HUB_OFFLINE is set so it cannot be downloaded. "
+            f"Pass a local folder, or download '{name}' once with internet."
+        )
     try:
-        return Path(snapshot_download(name, allow_patterns=patterns))
+        # safetensors if the repo has them, else the pickled weights: never both (GPT-2 small is 0.5 GB each)
+        for weights in (
+            ["model.safetensors", "model*.safetensors*"],
+            ["pytorch_model.bin", "pytorch_model*.bin*"],
+        ):
+            folder = Path(snapshot_download(name, allow_patterns=["config.json", *weights]))
+            if _weights_file(folder):
+                return folder
     except Exception as e:
         raise FileNotFoundError(f"{looked}, and downloading it failed: {type(e).__name__}: {e}") from None
+    raise FileNotFoundError(f"hub repo '{name}' ({folder}) has none of the weight files {list(WEIGHT_FILES)}")
 
 
 def gpt_config_from_hf(hf: dict[str, Any], source: Path | str = "config.json") -> GPTConfig:
@@ -139,8 +150,13 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
 
 
+def _weights_file(folder: Path) -> Path | None:
+    """The folder's weights in HF's order of preference (safetensors first), or None."""
+    return next((folder / n for n in WEIGHT_FILES if (folder / n).is_file()), None)
+
+
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of the folder's weights, whichever of HF's four layouts it uses (first found wins)."""
+    """All tensors of the folder's weights, whichever of HF's four layouts it uses."""
     from safetensors.torch import load_file
 
     def load(file: Path) -> dict[str, torch.Tensor]:
@@ -148,15 +164,13 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
             return load_file(file)
         return torch.load(file, map_location="cpu", weights_only=True)
 
-    for name in WEIGHT_FILES:
-        file = folder / name
-        if not file.is_file():
-            continue
-        if name.endswith(".index.json"):  # sharded: the index maps each tensor to its shard
-            shards = sorted(set(_read_json(file)["weight_map"].values()))
-            return {k: v for shard in shards for k, v in load(folder / shard).items()}
-        return load(file)
-    raise FileNotFoundError(f"no weights in {folder}: expected one of {list(WEIGHT_FILES)}")
+    file = _weights_file(folder)
+    if file is None:
+        raise FileNotFoundError(f"no weights in {folder}: expected one of {list(WEIGHT_FILES)}")
+    if file.name.endswith(".index.json"):  # sharded: the index maps each tensor to its shard
+        shards = sorted(set(_read_json(file)["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load(folder / shard).items()}
+    return load(file)
 
 
 def _hf_state_to_gpt(hf_state: dict[str, torch.Tensor], folder: Path, tied: bool) -> dict[str, torch.Tensor]:
