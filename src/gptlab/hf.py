@@ -234,7 +234,9 @@ def hf_config_from_gpt(config: GPTConfig, dtype: torch.dtype = torch.float32) ->
         "n_layer": config.n_layer,
         "n_head": config.n_head,
         "n_inner": None,
-        "activation_function": {"tanh": "gelu_new", "none": "gelu"}[config.gelu_approximate],
+        # gelu_pytorch_tanh is GPT-2's gelu_new computed by torch's own kernel, exactly what this GPT
+        # runs, so transformers then reproduces our logits bit for bit (gelu_new differs by ~1e-7)
+        "activation_function": {"tanh": "gelu_pytorch_tanh", "none": "gelu"}[config.gelu_approximate],
         "layer_norm_epsilon": config.layer_norm_epsilon,
         "resid_pdrop": config.dropout,
         "embd_pdrop": config.dropout,
