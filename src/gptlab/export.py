@@ -25,7 +25,9 @@ def export(ckpt_path: str | Path, out: str | Path) -> Path:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m gptlab.export", description=__doc__.splitlines()[1])
+    parser = argparse.ArgumentParser(
+        usage="python -m gptlab.export ckpt_path=PATH out=FOLDER", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--ckpt_path", required=True, help="Lightning .ckpt written by train.py")
     parser.add_argument("--out", required=True, help="folder to write config.json + model.safetensors into")
     # key=value (Hydra style) becomes --key=value

@@ -174,7 +174,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _hf_state_to_gpt(hf_state: dict[str, torch.Tensor], folder: Path, tied: bool) -> dict[str, torch.Tensor]:
-    """Rename HF keys to ours (OpenAI's files lack the `transformer.` prefix), transpose Conv1D, check shapes."""
+    """Rename HF keys to ours (OpenAI's files lack the `transformer.` prefix) and transpose Conv1D weights."""
     state = {}
     for key, tensor in hf_state.items():
         parts = key.split(".")
