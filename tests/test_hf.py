@@ -1,0 +1,320 @@
+"""Hugging Face GPT-2 parity: random tiny GPT2Configs both ways, vocab padding, cropping, checkpoints, errors."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = (
+    "1"  # before transformers / huggingface_hub read it: no test touches the network
+)
+
+import json
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.export import main as export_main
+from gptlab.model import GPT, GPTConfig
+
+CONFIGS = [
+    dict(vocab_size=101, n_positions=32, n_embd=48, n_layer=2, n_head=3, activation_function="gelu_new"),
+    dict(
+        vocab_size=257,
+        n_positions=17,
+        n_embd=64,
+        n_layer=3,
+        n_head=4,
+        activation_function="gelu",
+        layer_norm_epsilon=1e-6,
+    ),
+    dict(
+        vocab_size=50, n_positions=64, n_embd=32, n_layer=1, n_head=1, activation_function="gelu_pytorch_tanh"
+    ),
+    dict(vocab_size=130, n_positions=24, n_embd=96, n_layer=4, n_head=8, layer_norm_epsilon=1e-3),
+]
+
+
+@pytest.fixture(autouse=True)
+def offline_empty_hub_cache(tmp_path, monkeypatch):
+    """An empty HF cache and offline mode, whatever the machine has or whichever module imported the hub first."""
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Non-trivial weights everywhere: random biases and LayerNorm gains, not the zeros and ones of init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(1.0 + 0.2 * noise if ("ln_" in name and name.endswith("weight")) else 0.1 * noise)
+    return model.eval()
+
+
+def hf_model(seed: int, **kwargs) -> GPT2LMHeadModel:
+    config = GPT2Config(bos_token_id=None, eos_token_id=None, **kwargs)
+    return randomize_(GPT2LMHeadModel(config), seed)
+
+
+def tokens(vocab_size: int, length: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (2, length), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def max_diff(ours: GPT, theirs: GPT2LMHeadModel, idx: torch.Tensor) -> float:
+    logits, _ = ours(idx)
+    return (logits - theirs(idx).logits).abs().max().item()
+
+
+def write_bin(hf: GPT2LMHeadModel, folder: Path, prefix: str = "transformer.") -> None:
+    """A pytorch_model.bin folder; prefix="" plus mask buffers is the layout of OpenAI's original files."""
+    hf.config.save_pretrained(folder)
+    state = {k.removeprefix("transformer.") if not prefix else k: v for k, v in hf.state_dict().items()}
+    if not prefix:
+        for i in range(hf.config.n_layer):
+            state[f"h.{i}.attn.bias"] = torch.tril(
+                torch.ones(1, 1, hf.config.n_positions, hf.config.n_positions)
+            )
+            state[f"h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save(state, folder / "pytorch_model.bin")
+
+
+@pytest.mark.parametrize("i", range(len(CONFIGS)))
+@pytest.mark.parametrize("layout", ["safetensors", "bin", "openai_bin"])
+def test_hf_to_gptlab_logits_match(tmp_path, i, layout):
+    cfg = CONFIGS[i]
+    hf = hf_model(seed=i, **cfg)
+    if layout == "safetensors":
+        hf.save_pretrained(tmp_path)
+    else:
+        write_bin(hf, tmp_path, prefix="transformer." if layout == "bin" else "")
+    model = GPT.from_pretrained(tmp_path).eval()
+    assert model.config.block_size == cfg["n_positions"] and model.config.vocab_size == cfg["vocab_size"]
+    assert max_diff(model, hf, tokens(cfg["vocab_size"], cfg["n_positions"])) < 1e-5
+
+
+@pytest.mark.parametrize("i", range(len(CONFIGS)))
+def test_gptlab_to_hf_logits_match(tmp_path, i):
+    cfg = CONFIGS[i]
+    gelu = "none" if cfg.get("activation_function") == "gelu" else "tanh"
+    config = GPTConfig(
+        block_size=cfg["n_positions"],
+        vocab_size=cfg["vocab_size"],
+        n_layer=cfg["n_layer"],
+        n_head=cfg["n_head"],
+        n_embd=cfg["n_embd"],
+        layer_norm_epsilon=cfg.get("layer_norm_epsilon", 1e-5),
+        gelu_approximate=gelu,
+    )
+    model = randomize_(GPT(config), seed=10 + i)
+    model.save_pretrained(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    idx = tokens(config.vocab_size, config.block_size)
+    assert max_diff(model, hf, idx) < 1e-5
+    back = GPT.from_pretrained(tmp_path).eval()  # and round trip exactly
+    with torch.no_grad():
+        assert torch.equal(back(idx)[0], model(idx)[0])
+
+
+def test_bias_free_model_exports_with_zero_biases(tmp_path):
+    model = randomize_(
+        GPT(GPTConfig(block_size=16, vocab_size=70, n_layer=2, n_head=2, n_embd=32, bias=False)), 3
+    )
+    model.save_pretrained(tmp_path)
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
+    assert max_diff(model, hf, tokens(70, 16)) < 1e-5
+
+
+def test_vocab_padding_keeps_logits_and_is_not_exported(tmp_path):
+    hf = hf_model(seed=5, **CONFIGS[0])  # vocab 101
+    hf.save_pretrained(tmp_path / "hf")
+    model = GPT.from_pretrained(tmp_path / "hf", vocab_multiple=64).eval()
+    wte = model.transformer.wte.weight
+    assert wte.shape[0] == 128 and torch.count_nonzero(wte[101:]) == 0
+    assert model.lm_head.weight is wte
+    idx = tokens(101, 32)
+    assert model(idx)[0].shape[-1] == 101
+    assert max_diff(model, hf, idx) < 1e-5
+    model.save_pretrained(tmp_path / "out")
+    back = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
+    assert back.transformer.wte.weight.shape[0] == 101
+    assert max_diff(model, back, idx) < 1e-5
+
+
+def test_crop_block_size_keeps_first_positions(tmp_path):
+    hf = hf_model(seed=6, **CONFIGS[0])  # n_positions 32
+    hf.save_pretrained(tmp_path)
+    idx = tokens(101, 32)
+    with torch.no_grad():
+        full = hf(idx).logits
+        cropped = GPT.from_pretrained(tmp_path, block_size=8).eval()
+        assert cropped.config.block_size == 8 and cropped.transformer.wpe.weight.shape[0] == 8
+        assert (cropped(idx[:, :8])[0] - full[:, :8]).abs().max() < 1e-5
+        model = GPT.from_pretrained(tmp_path).eval()
+        model.crop_block_size(12)
+        assert (model(idx[:, :12])[0] - full[:, :12]).abs().max() < 1e-5
+
+
+def test_name_in_local_hf_cache(tmp_path):
+    """A hub name resolves offline from the cache layout transformers leaves behind."""
+    hf = hf_model(seed=7, **CONFIGS[2])
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--someone--tiny-gpt2"
+    hf.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    model = GPT.from_pretrained("someone/tiny-gpt2").eval()
+    assert max_diff(model, hf, tokens(50, 64)) < 1e-5
+
+
+def test_name_downloads_when_online(tmp_path, monkeypatch):
+    """Online, an uncached name is downloaded: safetensors only when the repo has them (a stand-in hub here)."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    hf = hf_model(seed=2, **CONFIGS[0])
+    hf.save_pretrained(tmp_path / "repo")
+    calls = []
+
+    def fake_snapshot_download(name, local_files_only=False, allow_patterns=None):
+        calls.append((name, local_files_only, allow_patterns))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        if name == "broken/repo":
+            raise ConnectionError("hub unreachable")
+        return str(tmp_path / "repo")
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    model = GPT.from_pretrained("someone/gpt2").eval()
+    assert max_diff(model, hf, tokens(101, 32)) < 1e-5
+    assert [c[1] for c in calls] == [True, False] and "pytorch_model.bin" not in calls[1][2]
+    with pytest.raises(FileNotFoundError, match="'broken/repo'.*downloading it failed: ConnectionError"):
+        GPT.from_pretrained("broken/repo")
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no folder .*nonexistent.*not a valid hub model name"):
+        GPT.from_pretrained(tmp_path / "nonexistent")
+    with pytest.raises(
+        FileNotFoundError, match=r"'gpt2-nope' with weights in the HF cache .*hub-cache.*HF_HUB_OFFLINE"
+    ):
+        GPT.from_pretrained("gpt2-nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        GPT.from_pretrained(tmp_path / "empty")
+
+    hf = hf_model(seed=8, **CONFIGS[0])
+    hf.save_pretrained(tmp_path / "ok")
+    with pytest.raises(ValueError, match=r"block_size=40 .*n_positions=32"):
+        GPT.from_pretrained(tmp_path / "ok", block_size=40)
+    with pytest.raises(ValueError, match=r"cannot override \['n_layer'\]"):
+        GPT.from_pretrained(tmp_path / "ok", n_layer=3)
+    (tmp_path / "ok" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights in"):
+        GPT.from_pretrained(tmp_path / "ok")
+
+    for key, value, message in [
+        ("activation_function", "relu", "activation_function='relu' is not supported"),
+        ("scale_attn_by_inverse_layer_idx", True, "scale_attn_by_inverse_layer_idx=True is not supported"),
+        ("add_cross_attention", True, "add_cross_attention=True"),
+        ("n_inner", 100, "n_inner=100"),
+    ]:
+        folder = tmp_path / key
+        hf_model(seed=9, **CONFIGS[0]).save_pretrained(folder)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, key: value}))
+        with pytest.raises(ValueError, match=message):
+            GPT.from_pretrained(folder)
+
+
+def test_shape_mismatch_names_the_tensor(tmp_path):
+    hf_model(seed=1, **CONFIGS[0]).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "n_positions": 31}))
+    with pytest.raises(ValueError, match=r"transformer.wpe.weight has shape \(32, 48\)"):
+        GPT.from_pretrained(tmp_path)
+
+
+def fake_lightning_ckpt(path: Path, model: GPT) -> None:
+    """What the LightningModule saves: `model.` keys (with torch.compile's `_orig_mod.`) and the config dict."""
+    state = {f"model._orig_mod.{k}": v for k, v in model.state_dict().items()}
+    hparams = {"model": {**model.config.to_dict(), "name": "tiny"}, "lr": 1e-3}
+    torch.save({"state_dict": state, "hyper_parameters": hparams, "epoch": 0}, path)
+
+
+def test_lightning_checkpoint_and_export_cli(tmp_path):
+    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32)), 4)
+    fake_lightning_ckpt(tmp_path / "last.ckpt", model)
+    loaded, _ = load_gpt_from_lightning_ckpt(tmp_path / "last.ckpt")
+    idx = tokens(65, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(idx)[0], model(idx)[0])
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+
+    export_main([f"ckpt_path={tmp_path / 'last.ckpt'}", f"out={tmp_path / 'exported'}"])
+    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
+    assert max_diff(model, hf, idx) < 1e-5
+
+
+def test_checkpoint_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.ckpt not found"):
+        load_gpt_from_lightning_ckpt(tmp_path / "missing.ckpt")
+    (tmp_path / "garbage.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="garbage.ckpt is not a readable PyTorch checkpoint"):
+        load_gpt_from_lightning_ckpt(tmp_path / "garbage.ckpt")
+    fake_lightning_ckpt(
+        tmp_path / "good.ckpt", GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8))
+    )
+    data = (tmp_path / "good.ckpt").read_bytes()
+    (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated.ckpt is not a readable"):
+        load_gpt_from_lightning_ckpt(tmp_path / "truncated.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"cfg": Path("x")}}, tmp_path / "object.ckpt")
+    with pytest.raises(ValueError, match="refusing to load .*object.ckpt.*Unsupported global.*PosixPath"):
+        load_gpt_from_lightning_ckpt(tmp_path / "object.ckpt")
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1.0}}, tmp_path / "nohp.ckpt")
+    with pytest.raises(ValueError, match=r"hyper_parameters\['model'\].*missing.*\['lr'\]"):
+        load_gpt_from_lightning_ckpt(tmp_path / "nohp.ckpt")
+    with pytest.raises(SystemExit, match="export: .*missing.ckpt not found"):
+        export_main([f"ckpt_path={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'x'}"])
+
+
+def test_real_lightning_checkpoint_loads_with_weights_only(tmp_path):
+    """Everything Lightning itself puts in a .ckpt (loops, callbacks, optimizer) passes weights_only=True."""
+    import lightning as L
+
+    class LitGPT(L.LightningModule):
+        def __init__(self, model: dict):
+            super().__init__()
+            self.save_hyperparameters()
+            self.model = GPT(GPTConfig(**model))
+
+        def training_step(self, batch, batch_idx):
+            return self.model(*batch)[1]
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-2)
+
+    data = tokens(20, 9).repeat(4, 1)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(data[:, :-1], data[:, 1:]), batch_size=4
+    )
+    lit = LitGPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8).to_dict())
+    trainer = L.Trainer(
+        max_steps=2,
+        default_root_dir=tmp_path,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    trainer.fit(lit, loader)
+    (ckpt,) = (tmp_path / "checkpoints").glob("*.ckpt")
+    model, _ = load_gpt_from_lightning_ckpt(ckpt)
+    with torch.no_grad():
+        assert torch.equal(model(data[:, :8])[0], lit.model.eval()(data[:, :8])[0])
