@@ -84,10 +84,13 @@ class KVCache(nn.Module):
         self.v[:, :, pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]
 
-    def reorder(self, index: torch.Tensor) -> None:
-        """Select batch rows (beam search keeps the cache of the beams it keeps)."""
-        self.k = self.k.index_select(0, index)
-        self.v = self.v.index_select(0, index)
+    def reorder(self, index: torch.Tensor, length: int) -> None:
+        """Row i becomes old row index[i] (beam search keeps the cache of the beams it keeps).
+
+        Only the `length` filled positions are copied, in place: copying whole preallocated
+        buffers would cost block_size positions per layer per step."""
+        self.k[:, :, :length] = self.k[index, :, :length]
+        self.v[:, :, :length] = self.v[index, :, :length]
 
 
 class CausalSelfAttention(nn.Module):
@@ -269,9 +272,18 @@ class GPT(nn.Module):
                 batch_size, self.config.n_head, max_len, head_dim, device=p.device, dtype=p.dtype
             )
 
-    def reorder_kv_cache(self, index: torch.Tensor) -> None:
+    def reorder_kv_cache(self, index: torch.Tensor, length: int) -> None:
+        """Reorder the batch rows of every layer's cache over its first `length` positions."""
         for block in self.transformer.h:
-            block.attn.kv_cache.reorder(index)
+            block.attn.kv_cache.reorder(index, length)
+
+    def forward_last(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
+        """Logits (B, vocab_size) of the last position only: all that decoding needs, so the
+        LM head (the largest matmul of a small GPT-2) skips the rest of a prompt or window."""
+        x = self._embed(idx, pos)
+        for block in self.transformer.h:
+            x, _ = block(x, pos)
+        return self._head(x[:, -1, :])
 
     def clear_kv_cache(self) -> None:
         for block in self.transformer.h:
