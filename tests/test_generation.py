@@ -1,0 +1,239 @@
+"""Decoding against transformers: logits warpers, greedy, beam search, seeded sampling; KV cache;
+the sliding window; validation; the generate.py CLI (streaming, stop strings, compare, beams)."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: no test touches the network
+
+import pytest
+import torch
+import transformers
+from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+from gptlab.generation import (
+    Decoder,
+    apply_top_k,
+    apply_top_p,
+    beam_search,
+    choose,
+    generate,
+    process_logits,
+    stream,
+    token_logprobs,
+    validate,
+)
+from gptlab.model import GPT, GPTConfig
+from gptlab.tokenizers import CharTokenizer
+from tests.test_hf import hf_model
+
+transformers.logging.set_verbosity_error()
+
+HF_CONFIGS = [
+    dict(vocab_size=101, n_positions=64, n_embd=48, n_layer=2, n_head=3),
+    dict(vocab_size=50, n_positions=40, n_embd=32, n_layer=1, n_head=1, activation_function="gelu"),
+]
+
+
+@pytest.fixture(scope="module", params=range(len(HF_CONFIGS)))
+def twins(request, tmp_path_factory):
+    """A random GPT2LMHeadModel and our GPT loaded from its saved folder (same weights), and prompts."""
+    cfg = HF_CONFIGS[request.param]
+    hf = hf_model(seed=request.param, **cfg)
+    folder = tmp_path_factory.mktemp("hf")
+    hf.save_pretrained(folder)
+    ours = GPT.from_pretrained(folder).eval()
+    idx = torch.randint(0, cfg["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(request.param))
+    return hf, ours, idx
+
+
+def hf_generate(hf, idx, max_new_tokens, **kwargs):
+    eos = kwargs.get("eos_token_id")
+    return hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=max_new_tokens,
+                       pad_token_id=eos, **kwargs)
+
+
+# ---- logits processors -------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("temperature,top_k,top_p", [
+    (0.7, None, None), (1.3, 5, None), (1.0, None, 0.9), (0.8, 50, 0.95), (1.0, 1, None), (2.0, None, 0.05),
+    (1.0, 999, None),
+])
+def test_processors_equal_transformers_warpers(seed, temperature, top_k, top_p):
+    logits = torch.randn(4, 300, generator=torch.Generator().manual_seed(seed)) * 3
+    chain = [TemperatureLogitsWarper(temperature)]
+    chain += [TopKLogitsWarper(top_k)] if top_k else []
+    chain += [TopPLogitsWarper(top_p)] if top_p else []
+    expected = LogitsProcessorList(chain)(None, logits.clone())
+    assert torch.equal(process_logits(logits, temperature, top_k, top_p), expected)
+
+
+def test_top_k_keeps_exactly_k_on_ties():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 2.0, 2.0, 0.5], [5.0, 5.0, 5.0, 5.0, 5.0, 5.0]])
+    kept = apply_top_k(logits, 3) > float("-inf")
+    assert kept.sum(dim=1).tolist() == [3, 3]  # transformers (and nanoGPT) keep all 4 and all 6 tied
+    assert kept.tolist() == [[False, True, True, True, False, False], [True, True, True, False, False, False]]
+    assert (TopKLogitsWarper(3)(None, logits) > float("-inf")).sum(dim=1).tolist() == [4, 6]
+
+
+def test_top_k_larger_than_vocab_and_top_p_keeps_one():
+    logits = torch.randn(2, 10)
+    assert torch.equal(apply_top_k(logits, 11), logits)
+    kept = apply_top_p(logits, 1e-6) > float("-inf")
+    assert kept.sum(dim=1).tolist() == [1, 1] and torch.equal(kept.float().argmax(1), logits.argmax(1))
+
+
+def test_top_p_never_samples_outside_the_nucleus():
+    """The nucleus computed independently in float64; 20,000 draws must stay inside it and hit each
+    member about as often as its renormalised probability."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, generator=g, dtype=torch.float64) * 2
+    probs = logits.softmax(0)
+    order = probs.argsort(descending=True)
+    n = int((probs[order].cumsum(0) < 0.8).sum()) + 1  # smallest top set holding >= 0.8
+    nucleus = set(order[:n].tolist())
+    assert 1 < n < 40
+    draws = choose(process_logits(logits.float().expand(20_000, 40), top_p=0.8), greedy=False, generator=g)
+    counts = torch.bincount(draws, minlength=40).double()
+    assert set(draws.unique().tolist()) == nucleus
+    expected = probs * (torch.isin(torch.arange(40), torch.tensor(sorted(nucleus)))) / probs[order[:n]].sum()
+    sd = (20_000 * expected * (1 - expected)).sqrt()
+    assert ((counts - 20_000 * expected).abs() <= 5 * sd + 1).all()
+
+
+# ---- parity with transformers' generate -----------------------------------------------------------------
+def test_greedy_equals_transformers(twins):
+    hf, ours, idx = twins
+    expected = hf_generate(hf, idx, 20, do_sample=False)
+    assert torch.equal(ours.generate(idx, 20, strategy="greedy"), expected)
+    assert torch.equal(ours.generate(idx, 20, temperature=0.0), expected)  # temperature 0 is greedy
+    eos = int(expected[1, 12])
+    expected = hf_generate(hf, idx, 20, do_sample=False, eos_token_id=eos)
+    assert torch.equal(ours.generate(idx, 20, strategy="greedy", eos_token_id=eos), expected)
+
+
+@pytest.mark.parametrize("num_beams", [2, 3, 5])
+@pytest.mark.parametrize("with_eos", [False, True])
+def test_beam_search_equals_transformers(twins, num_beams, with_eos):
+    hf, ours, idx = twins
+    no_eos = hf_generate(hf, idx, 16, do_sample=False, num_beams=num_beams)
+    eos = int(no_eos[0, 12]) if with_eos else None  # a token the best beam meets: the search must change
+    expected = hf_generate(hf, idx, 16, do_sample=False, num_beams=num_beams, eos_token_id=eos)
+    assert torch.equal(ours.generate(idx, 16, strategy="beam", num_beams=num_beams, eos_token_id=eos), expected)
+    assert torch.equal(expected, no_eos) != with_eos
+
+
+@pytest.mark.parametrize("length_penalty,early_stopping", [(0.0, "never"), (2.0, True), (-1.0, False)])
+def test_all_beams_and_scores_equal_transformers(twins, length_penalty, early_stopping):
+    hf, ours, idx = twins
+    k = 3
+    eos = int(hf_generate(hf, idx, 16, do_sample=False, num_beams=k)[0, 10])
+    expected = hf_generate(hf, idx, 16, do_sample=False, num_beams=k, eos_token_id=eos, num_return_sequences=k,
+                           length_penalty=length_penalty, early_stopping=early_stopping,
+                           return_dict_in_generate=True, output_scores=True)
+    got = ours.generate(idx, 16, strategy="beam", num_beams=k, eos_token_id=eos, length_penalty=length_penalty,
+                        early_stopping=early_stopping, return_beams=True)
+    assert torch.equal(got.sequences.flatten(0, 1), expected.sequences)
+    torch.testing.assert_close(got.scores.flatten(), expected.sequences_scores, atol=1e-4, rtol=1e-5)
+
+
+def test_seeded_sampling_equals_transformers_and_repeats(twins):
+    """Same processed distribution, same multinomial call: under torch.manual_seed the draws match."""
+    hf, ours, idx = twins
+    kw = dict(temperature=0.9, top_k=20, top_p=0.9)
+    torch.manual_seed(7)
+    expected = hf_generate(hf, idx, 20, do_sample=True, **kw)
+    torch.manual_seed(7)
+    assert torch.equal(ours.generate(idx, 20, **kw), expected)
+    a, b, c = (ours.generate(idx, 20, generator=torch.Generator().manual_seed(s), **kw) for s in (1, 1, 2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ---- KV cache and long contexts ---------------------------------------------------------------------------
+def small_gpt(block_size=16, vocab_size=37, seed=0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
+
+
+def test_cached_and_uncached_logits_match_every_step_past_block_size():
+    model = small_gpt()
+    seq = torch.randint(0, 37, (3, 40), generator=torch.Generator().manual_seed(1))
+    cached, uncached = Decoder(model, 3, use_cache=True), Decoder(model, 3, use_cache=False)
+    for t in range(4, seq.size(1)):  # prefill 4, one token per step, then the window slides at 17
+        with torch.no_grad():
+            reference = model(seq[:, max(0, t - 16) : t])[0][:, -1]
+        a, b = cached(seq[:, :t]), uncached(seq[:, :t])
+        assert (a - reference).abs().max() <= 1e-5 and (b - reference).abs().max() <= 1e-5
+    cached.close()
+
+
+@pytest.mark.parametrize("strategy", ["greedy", "beam"])
+def test_cache_does_not_change_outputs(strategy):
+    model = small_gpt()
+    idx = torch.randint(0, 37, (2, 6), generator=torch.Generator().manual_seed(2))
+    kw = dict(strategy=strategy, num_beams=3 if strategy == "beam" else 1)
+    assert torch.equal(generate(model, idx, 30, **kw), generate(model, idx, 30, use_cache=False, **kw))
+
+
+def test_prompt_longer_than_block_size_is_cropped_from_the_left():
+    """nanoGPT's loop (forward the last block_size tokens, take the argmax) is the reference."""
+    model = small_gpt()
+    idx = torch.randint(0, 37, (1, 25), generator=torch.Generator().manual_seed(3))
+    expected = idx
+    with torch.no_grad():
+        for _ in range(10):
+            nxt = model(expected[:, -16:])[0][:, -1].argmax(-1, keepdim=True)
+            expected = torch.cat([expected, nxt], dim=1)
+    assert torch.equal(generate(model, idx, 10, strategy="greedy"), expected)
+
+
+def test_equal_length_prompts_batch_without_padding():
+    model = small_gpt()
+    idx = torch.randint(0, 37, (3, 5), generator=torch.Generator().manual_seed(4))
+    together = generate(model, idx, 12, strategy="greedy")
+    assert all(torch.equal(together[i : i + 1], generate(model, idx[i : i + 1], 12, strategy="greedy"))
+               for i in range(3))
+
+
+def test_stream_yields_what_generate_returns_and_zero_tokens():
+    model = small_gpt()
+    idx = torch.randint(0, 37, (2, 5))
+    tokens = torch.stack(list(stream(model, idx, 7, strategy="greedy")), dim=1)
+    assert torch.equal(torch.cat([idx, tokens], 1), generate(model, idx, 7, strategy="greedy"))
+    assert torch.equal(generate(model, idx, 0), idx)
+    assert torch.equal(generate(model, idx, 0, strategy="beam", num_beams=2), idx)
+
+
+def test_generation_leaves_the_model_as_it_was():
+    model = small_gpt().train()
+    generate(model, torch.zeros(1, 3, dtype=torch.long), 4, strategy="beam", num_beams=2)
+    assert model.training and all(b.attn.kv_cache is None for b in model.transformer.h)
+
+
+def test_token_logprobs_match_the_model():
+    model = small_gpt()
+    seq = torch.randint(0, 37, (2, 24), generator=torch.Generator().manual_seed(5))
+    got = token_logprobs(model, seq, 3)
+    with torch.no_grad():
+        expected = [torch.log_softmax(model(seq[:, max(0, t - 16) : t])[0][:, -1], -1)[:, seq[0, t]][0]
+                    for t in range(3, 24)]
+    torch.testing.assert_close(got[0], torch.stack(expected))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(temperature=-0.1), "temperature must be >= 0"),
+    (dict(top_k=0), "top_k must be an integer >= 1"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+    (dict(strategy="beam", num_beams=0), "num_beams must be an integer >= 1"),
+    (dict(max_new_tokens=-1), "max_new_tokens must be an integer >= 0"),
+    (dict(strategy="nucleus"), "strategy must be one of"),
+    (dict(num_beams=3), "num_beams=3 needs strategy='beam'"),
+    (dict(strategy="beam", num_beams=2, temperature=0.7), "strategy='beam' is deterministic"),
+    (dict(strategy="beam", num_beams=2, early_stopping="sometimes"), "early_stopping must be one of"),
+])
+def test_bad_parameters_are_rejected(kwargs, match):
+    kwargs = {"max_new_tokens": 5, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        validate(**kwargs)
+    with pytest.raises(ValueError, match=match):
+        small_gpt().generate(torch.zeros(1, 2, dtype=torch.long), **kwargs)
