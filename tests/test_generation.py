@@ -237,3 +237,91 @@ def test_bad_parameters_are_rejected(kwargs, match):
         validate(**kwargs)
     with pytest.raises(ValueError, match=match):
         small_gpt().generate(torch.zeros(1, 2, dtype=torch.long), **kwargs)
+
+
+# ---- generate.py ------------------------------------------------------------------------------------------
+TEXT = "ROMEO: a rose by any other name\n\nJULIET: would smell as sweet\n"
+
+
+@pytest.fixture(scope="module")
+def char_ckpt(tmp_path_factory):
+    """A gptlab-style checkpoint of a small random char model: what train.py writes, minus Lightning's extras."""
+    tok = CharTokenizer.fit(TEXT)
+    model = small_gpt(block_size=32, vocab_size=tok.vocab_size, seed=3)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"model": model.config.to_dict()}, "tokenizer": tok.to_spec()}, path)
+    return path
+
+
+def run_cli(ckpt, *overrides):
+    from hydra import compose, initialize_config_dir
+
+    from gptlab.entrypoints.generate import run_generate
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=[f"ckpt_path={ckpt}", "device=cpu", *overrides])
+    return run_generate(cfg)
+
+
+def test_cli_decodings_match_the_library(char_ckpt, capsys):
+    from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+
+    model, ckpt = load_gpt_from_lightning_ckpt(char_ckpt)
+    tok = CharTokenizer.from_spec(ckpt["tokenizer"])
+    idx = torch.tensor([tok.encode("ROMEO:")])
+    for overrides, kw in [
+        (["decoding=greedy"], dict(strategy="greedy")),
+        (["decoding=beam", "decoding.num_beams=3", "decoding.length_penalty=0.5"],
+         dict(strategy="beam", num_beams=3, length_penalty=0.5)),
+        (["decoding=top_p", "decoding.p=0.5", "decoding.temperature=0.7"], dict(top_p=0.5, temperature=0.7)),
+        (["decoding=top_k", "decoding.k=5", "top_k=3"], dict(top_k=3, temperature=0.8)),  # shortcut wins
+    ]:
+        texts = run_cli(char_ckpt, 'prompt="ROMEO:"', "max_new_tokens=40", "seed=5", *overrides)
+        expected = generate(model, idx, 40, generator=torch.Generator().manual_seed(5), **kw)
+        assert texts == [tok.decode(expected[0].tolist())]
+    assert "tokens/s" in capsys.readouterr().out
+
+
+def test_cli_stream_stop_and_prompt_file(char_ckpt, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("JULIET:")
+    texts = run_cli(char_ckpt, f"prompt=FILE:{tmp_path / 'p.txt'}", "max_new_tokens=200", "num_samples=3",
+                    "stream=true", "decoding=temperature", "decoding.temperature=1.5", "stop=[e,o]")
+    out = capsys.readouterr().out
+    assert len(texts) == 3 and all(t.startswith("JULIET:") and not {"e", "o"} & set(t[7:]) for t in texts)
+    assert all(t in out for t in texts)  # streamed text is exactly the returned text
+    with pytest.raises(ValueError, match="num_samples=5 > decoding.num_beams=4"):
+        run_cli(char_ckpt, "decoding=beam", "num_samples=5")
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        run_cli(char_ckpt, "temperature=-1")
+    with pytest.raises(FileNotFoundError, match="nowhere.txt"):
+        run_cli(char_ckpt, "prompt=FILE:nowhere.txt")
+
+
+def test_cli_compare_prints_every_decoding(char_ckpt, capsys):
+    rows = run_cli(char_ckpt, 'prompt="ROMEO:"', "max_new_tokens=20", "compare=true")
+    assert [r["decoding"] for r in rows] == [
+        "greedy", "beam k=4", "sample T=0.8 top_k=10", "sample T=1.0 top_p=0.9",
+        "sample T=0.5", "sample T=0.8", "sample T=1.0", "sample T=1.2"]
+    assert all(r["tokens"] == 20 and r["loglik_per_token"] < 0 for r in rows)
+    # beam search maximises the summed log-likelihood, so it beats greedy's
+    assert rows[1]["loglik_per_token"] >= rows[0]["loglik_per_token"] - 1e-6
+    assert "loglik/token" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stop", [[], ["é"], ["\n\n"]])
+def test_text_stream_holds_back_partial_utf8_and_stop_prefixes(stop):
+    """Fed one GPT-2 token at a time, the pieces join to the full text (cut at the stop string) and no
+    piece shows a half character or the first half of a stop string."""
+    from gptlab.entrypoints.generate import TextStream
+    from gptlab.tokenizers import TiktokenTokenizer
+
+    tok = TiktokenTokenizer("gpt2")
+    text = "naïve café 日本語 🙂 done\n\nnext é"
+    ids = tok.encode(text)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some tokens do split characters
+    s = TextStream(tok, stop)
+    pieces = [s.push(i) for i in ids] + [s.flush()]
+    cut = min([text.find(x) for x in stop if x in text], default=len(text))
+    assert "".join(pieces) == text[:cut] and "\ufffd" not in "".join(pieces)

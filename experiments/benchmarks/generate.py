@@ -1,0 +1,138 @@
+"""Decoding speed on CPU: our KV cache vs no cache, ours vs transformers' generate, beam search.
+
+    .venv/bin/python experiments/benchmarks/generate.py                      # everything, ~10 min here
+    .venv/bin/python experiments/benchmarks/generate.py --models baby --reps 5
+
+Batch 1, a 16-token prompt, greedy decoding of --new-tokens tokens (default 512) on random weights
+of GPT-2 small's shape (12×12×768, vocab 50257, block 1024) and nanoGPT's baby model (6×6×384,
+vocab 65, block 256). transformers runs the very same weights (saved with save_pretrained); both
+outputs are checked equal. Contenders run interleaved, once each per repetition, so that load on a
+shared machine hits them alike: the table gives the median tokens/s and the median of the
+per-repetition ratios. transformers cannot go past n_positions (its position table ends there), so on
+the baby model the comparison with it stops at block_size - 16 = 240 new tokens; ours also runs the
+full 512, where the window slides and every step recomputes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import GPT2LMHeadModel  # noqa: E402
+
+from gptlab.model import GPT, GPTConfig  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+
+SHAPES = {
+    "gpt2-small": GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257),
+    "baby": GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False,
+                      gelu_approximate="none"),
+}
+
+
+def twins(config: GPTConfig) -> tuple[GPT, GPT2LMHeadModel]:
+    torch.manual_seed(0)
+    ours = GPT(config).eval()
+    with tempfile.TemporaryDirectory() as folder:
+        ours.save_pretrained(folder)
+        hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    return ours, hf
+
+
+def contenders(ours: GPT, hf: GPT2LMHeadModel, prompt: torch.Tensor, args) -> dict:
+    """name → (function returning the output ids, number of new tokens it makes)."""
+    fit = min(args.new_tokens, ours.config.block_size - prompt.size(1))  # what transformers can generate
+    nc = fit if args.no_cache_tokens is None else args.no_cache_tokens
+    nb = fit if args.beam_tokens is None else args.beam_tokens
+    mask = torch.ones_like(prompt)
+
+    def ours_run(n, **kw):
+        return lambda: ours.generate(prompt, n, **{"strategy": "greedy", **kw})
+
+    def hf_run(n, **kw):
+        return lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0, **kw)
+
+    run = {f"ours cache {fit}": (ours_run(fit), fit), f"hf cache {fit}": (hf_run(fit), fit)}
+    if fit < args.new_tokens:  # past block_size: only ours, with the sliding window recomputed
+        run[f"ours cache {args.new_tokens}"] = (ours_run(args.new_tokens), args.new_tokens)
+    if nc:
+        run.setdefault(f"ours cache {nc}", (ours_run(nc), nc))
+        run[f"ours no-cache {nc}"] = (ours_run(nc, use_cache=False), nc)
+    if nb:
+        run[f"ours beam4 {nb}"] = (ours_run(nb, strategy="beam", num_beams=4), nb)
+        run[f"hf beam4 {nb}"] = (hf_run(nb, num_beams=4), nb)
+    return run
+
+
+def bench(name: str, args) -> dict:
+    ours, hf = twins(SHAPES[name])
+    prompt = torch.randint(0, ours.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
+    run = contenders(ours, hf, prompt, args)
+    times: dict[str, list[float]] = {k: [] for k in run}
+    outputs = {}
+    with torch.inference_mode():
+        for k, (fn, _) in run.items():  # warm-up (and the outputs compared below)
+            outputs[k] = fn()
+        for _ in range(args.reps):
+            for k, (fn, _) in run.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    rate = {k: statistics.median(run[k][1] / t for t in v) for k, v in times.items()}
+
+    def ratio(a: str, b: str) -> float:  # median over repetitions of time(b) / time(a)
+        return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
+
+    ratios, same = {}, {}
+    for k in run:
+        if k.startswith("ours cache") and k.replace("ours", "hf") in run:
+            ratios[f"{k} vs HF"] = ratio(k, k.replace("ours", "hf"))
+            same[k] = torch.equal(outputs[k], outputs[k.replace("ours", "hf")])
+        if k.startswith("ours no-cache"):
+            ratios[f"{k.replace('no-cache', 'cache')} vs no-cache"] = ratio(k.replace("no-cache", "cache"), k)
+        if k.startswith("ours beam4"):
+            ratios[f"{k} vs HF"] = ratio(k, k.replace("ours", "hf"))
+            same[k] = torch.equal(outputs[k], outputs[k.replace("ours", "hf")])
+    return {"tokens_per_s": rate, "speedups": ratios, "outputs_equal": same,
+            "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    p.add_argument("--new-tokens", type=int, default=512)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--no-cache-tokens", type=int, default=None,
+                   help="new tokens for the no-cache runs (default: as the HF comparison; 0: skip)")
+    p.add_argument("--beam-tokens", type=int, default=None,
+                   help="new tokens for beam search k=4 (default: as the HF comparison; 0: skip)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a machine busier than its cores, a second OpenMP "
+                        "thread waits for a busy core at every op and decoding runs ~10x slower; 0: torch's default)")
+    p.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = {"torch": torch.__version__, "transformers": transformers.__version__,
+              "threads": torch.get_num_threads(), "loadavg_before": open("/proc/loadavg").read().split()[:3]}
+    for name in args.models:
+        result[name] = bench(name, args)
+        print(name, json.dumps(result[name], indent=1), flush=True)
+    result["loadavg_after"] = open("/proc/loadavg").read().split()[:3]
+    print("loadavg before", result["loadavg_before"], "after", result["loadavg_after"])
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
