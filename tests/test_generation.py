@@ -14,7 +14,6 @@ from gptlab.generation import (
     Decoder,
     apply_top_k,
     apply_top_p,
-    beam_search,
     choose,
     generate,
     process_logits,
