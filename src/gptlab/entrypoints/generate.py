@@ -117,12 +117,17 @@ class TextStream:
         return out
 
 
+def stop_strings(cfg: DictConfig) -> list[str]:
+    """cfg.stop with backslash escapes read: Hydra keeps `stop=["\\n\\n"]` as a backslash and an n."""
+    return [s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in cfg.stop]
+
+
 def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, kw: dict[str, Any], cfg: DictConfig,
                generator: torch.Generator, echo: bool) -> dict[str, Any]:
     """One sampled/greedy continuation of idx (1, T): its text (stop strings applied) and statistics.
     With echo the text is printed as it comes (stream=true)."""
     eos = tok.eot_token_id if cfg.stop_at_eot else None
-    text = TextStream(tok, list(cfg.stop), eos)
+    text = TextStream(tok, stop_strings(cfg), eos)
     new: list[int] = []
     t0 = time.perf_counter()
     for nxt in stream(model, idx, cfg.max_new_tokens, eos_token_id=eos, use_cache=cfg.use_cache,
@@ -192,7 +197,7 @@ def search_beams(cfg: DictConfig, model: GPT, tok: Tokenizer, idx: torch.Tensor,
     hyps = []
     for i in range(out.sequences.size(1)):
         ids = out.sequences[0, i, idx.size(1) : idx.size(1) + int(out.lengths[0, i])].tolist()
-        text = TextStream(tok, list(cfg.stop), eos)
+        text = TextStream(tok, stop_strings(cfg), eos)
         for t in ids:
             text.push(t)
         hyps.append({"ids": ids, "text": text.text, "score": float(out.scores[0, i])})
