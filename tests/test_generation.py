@@ -285,12 +285,12 @@ def test_cli_decodings_match_the_library(char_ckpt, capsys):
 
 def test_cli_stream_stop_and_prompt_file(char_ckpt, tmp_path, capsys):
     (tmp_path / "p.txt").write_text("JULIET:")
-    texts = run_cli(char_ckpt, f"prompt=FILE:{tmp_path / 'p.txt'}", "max_new_tokens=200", "num_samples=3",
+    texts = run_cli(char_ckpt, f"prompt=FILE:{tmp_path / 'p.txt'}", "max_new_tokens=60", "num_samples=3",
                     "stream=true", "decoding=temperature", "decoding.temperature=1.5", "stop=[e,o]")
     out = capsys.readouterr().out
     assert len(texts) == 3 and all(t.startswith("JULIET:") and not {"e", "o"} & set(t[7:]) for t in texts)
     assert all(t in out for t in texts)  # streamed text is exactly the returned text
-    hot = ('prompt="ROMEO:"', "max_new_tokens=200", "decoding=temperature", "decoding.temperature=2.0")
+    hot = ('prompt="ROMEO:"', "max_new_tokens=100", "decoding=temperature", "decoding.temperature=2.0")
     full, cut = run_cli(char_ckpt, *hot)[0], run_cli(char_ckpt, *hot, 'stop=["\\n"]')[0]
     assert "\n" in full[6:] and cut == full[: full.index("\n", 6)]  # the escape is read as a newline
     with pytest.raises(ValueError, match="num_samples=5 > decoding.num_beams=4"):
