@@ -14,6 +14,7 @@ result is exactly the uncached one; the cost per token grows to a full block_siz
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -151,18 +152,15 @@ class Decoder:
             self.use_cache = False
 
 
-class _eval_mode:
+@contextmanager
+def _eval_mode(model) -> Iterator[None]:
     """Eval mode (no dropout) for the duration of a decode; the previous mode comes back after."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 # ---- sampling and greedy -----------------------------------------------------------------------------
