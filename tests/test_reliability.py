@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,9 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptlab.callbacks.safety import AtomicCheckpointIO, NonFiniteLossError
 from gptlab.checkpoint import load_checkpoint, load_gpt_from_lightning_ckpt, safe_torch_load, save_atomic
 from gptlab.entrypoints.train import train
-from gptlab.model import GPT
+from gptlab.lit_module import GPTLitModule
+from gptlab.model import GPT, GPTConfig
 from tests.conftest import ROOT, TINY_RUN, compose_train_cfg
 
 # 30 steps, a checkpoint every 10; dropout on, so a resume must also restore the torch RNG
@@ -231,3 +234,121 @@ def test_wrapped_model_checkpoints_load_and_resume(wrap, reference, tmp_path, da
         k.startswith("model.transformer.") or k == "model.lm_head.weight"
         for k in load_checkpoint(resumed["last_ckpt"])["state_dict"]
     )
+
+
+# ---- NaN / inf loss -------------------------------------------------------------------------------
+def poison(monkeypatch, steps: dict[int, float], seen: dict[int, torch.Tensor] | None = None) -> None:
+    """Multiply the loss of the given global steps by NaN or inf, as a diverging run would; `seen`
+    collects a weight matrix at the start of every step."""
+    real = GPTLitModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        step = self.trainer.global_step
+        if seen is not None:
+            seen[step] = self.model.transformer.h[0].attn.c_attn.weight.detach().clone()
+        loss = real(self, batch, batch_idx)
+        return loss * steps[step] if step in steps else loss
+
+    monkeypatch.setattr(GPTLitModule, "training_step", training_step)
+
+
+def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(monkeypatch, tmp_path, data_dir):
+    poison(monkeypatch, {13: float("nan")})
+    with pytest.raises(NonFiniteLossError, match=r"at global step 13 \(micro-batch losses: nan\)") as err:
+        train(compose_train_cfg(tmp_path / "run", data_dir, RUN))
+    assert "mode=stop" in str(err.value) and "callbacks.nonfinite_guard.mode=skip" in str(err.value)
+    folder = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in folder.iterdir() if p.name != "last.ckpt"] == [
+        next(p.name for p in folder.glob("best-step10-*.ckpt"))
+    ]  # nothing was written after step 10
+    model, ckpt = load_gpt_from_lightning_ckpt(folder / "last.ckpt")
+    assert ckpt["global_step"] == 10 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_inf_loss_in_skip_mode_drops_that_update_and_the_run_goes_on(monkeypatch, tmp_path, data_dir):
+    weights: dict[int, torch.Tensor] = {}
+    poison(monkeypatch, {13: float("inf")}, weights)
+    with pytest.warns(
+        UserWarning, match=r"at global step 13 \(micro-batch losses: inf\): skipped this update"
+    ):
+        result = train(
+            compose_train_cfg(tmp_path / "run", data_dir, [*RUN, "callbacks.nonfinite_guard.mode=skip"])
+        )
+    assert result["steps"] == 30 and torch.isfinite(torch.tensor(result["final_val_loss"]))
+    assert torch.equal(weights[13], weights[14])  # step 13 changed nothing
+    assert not torch.equal(weights[12], weights[13]) and not torch.equal(weights[14], weights[15])
+    model, _ = load_gpt_from_lightning_ckpt(result["last_ckpt"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skip_mode_stops_after_max_skips(monkeypatch, tmp_path, data_dir):
+    poison(monkeypatch, {3: float("nan"), 4: float("nan")})
+    overrides = [*RUN, "callbacks.nonfinite_guard.mode=skip", "callbacks.nonfinite_guard.max_skips=1"]
+    with pytest.warns(UserWarning, match="global step 3"):
+        with pytest.raises(
+            NonFiniteLossError,
+            match=r"global step 4 .*after 1 skipped steps \(\[3\]\), the limit max_skips=1",
+        ):
+            train(compose_train_cfg(tmp_path / "run", data_dir, overrides))
+
+
+# ---- loading never runs code ------------------------------------------------------------------------
+class RunsCode:
+    """Unpickling this runs a shell command: what a booby-trapped checkpoint from the internet does."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def booby_trapped(path: Path, marker: Path, real_ckpt: str) -> Path:
+    """A real gptlab checkpoint with one extra entry that runs code when unpickled."""
+    ckpt = load_checkpoint(real_ckpt)
+    torch.save({**ckpt, "callbacks": RunsCode(marker)}, path)
+    return path
+
+
+def generate_from(ckpt: Path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from gptlab.entrypoints.generate import run_generate
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        run_generate(compose("generate", overrides=[f"ckpt_path={ckpt}", "max_new_tokens=2", "device=cpu"]))
+
+
+def hf_folder_with(weights: Path, folder: Path) -> Path:
+    GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8)).save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    shutil.copy(weights, folder / "pytorch_model.bin")
+    return folder
+
+
+LOADERS = {
+    "load_checkpoint": lambda path, tmp, data_dir: load_checkpoint(path),
+    "generate.py": lambda path, tmp, data_dir: generate_from(path),
+    "train.py resume": lambda path, tmp, data_dir: train(
+        compose_train_cfg(tmp / "run", data_dir, [*RUN, f"ckpt_path={path}"])
+    ),
+    "Lightning CheckpointIO": lambda path, tmp, data_dir: AtomicCheckpointIO().load_checkpoint(path),
+    "GPT.from_pretrained": lambda path, tmp, data_dir: GPT.from_pretrained(hf_folder_with(path, tmp / "hf")),
+}
+
+
+@pytest.mark.parametrize("loader", LOADERS)
+def test_a_pickle_that_runs_code_is_refused_and_never_executed(loader, reference, tmp_path, data_dir):
+    armed = booby_trapped(tmp_path / "evil.ckpt", tmp_path / "armed", reference["last_ckpt"])
+    torch.load(armed, weights_only=False)  # the trap works: plain unpickling runs the command
+    assert (tmp_path / "armed").exists()
+
+    evil = booby_trapped(tmp_path / "evil.ckpt", tmp_path / "pwned", reference["last_ckpt"])
+    with pytest.raises(
+        ValueError,
+        match=r"refusing to load .*(evil\.ckpt|pytorch_model\.bin): it holds a Python object \(posix\.system\) that could run code",
+    ):
+        LOADERS[loader](evil, tmp_path, data_dir)
+    assert not (tmp_path / "pwned").exists()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import uuid
@@ -39,13 +40,16 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     try:
         return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
-        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-        if "Unsupported global" in reason:
+        unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch words this differently across versions
+        if unsafe:
+            torch_says = next(line for line in str(e).splitlines() if "GLOBAL" in line)
             raise ValueError(
-                f"refusing to load {path}: it holds Python objects that could run code when unpickled, "
-                f"and torch.load(weights_only=True) rejected them ({reason}). gptlab checkpoints hold "
-                f"plain dicts only (e.g. OmegaConf.to_container for configs)"
+                f"refusing to load {path}: it holds a Python object ({unsafe.group(1)}) that could run code "
+                f"when unpickled, and torch.load(weights_only=True) rejected it "
+                f"({torch_says.split('WeightsUnpickler error:')[-1].strip()}). gptlab checkpoints hold "
+                f"tensors and plain containers only (e.g. OmegaConf.to_container for configs)"
             ) from None
+        reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
         raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt?): {reason}") from None
     except Exception as e:  # torch raises KeyError, EOFError, RuntimeError... for damaged files
         raise ValueError(
