@@ -150,18 +150,19 @@ def test_sigkill_mid_step_then_resume_auto_matches_an_uninterrupted_run(referenc
     assert metric(runs / "second", "val/loss")[-1][1] == pytest.approx(reference["final_val_loss"], abs=1e-4)
 
 
-def test_sigint_saves_a_checkpoint_after_the_current_step_and_it_resumes_exactly(
-    reference, tmp_path, data_dir
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_sigint_or_sigterm_saves_a_checkpoint_after_the_current_step_and_it_resumes_exactly(
+    sig, reference, tmp_path, data_dir
 ):
     marker, release = tmp_path / "paused", tmp_path / "release"
     proc = start_train(tmp_path / "run", data_dir, *pause_at(15, marker, release))
     wait_for_file(marker, proc)
-    proc.send_signal(signal.SIGINT)  # lands mid-step 15
+    proc.send_signal(sig)  # lands mid-step 15
     release.touch()
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, err[-3000:]  # Lightning's exit status after Ctrl-C
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    assert "SIGINT: finishing the current step" in err
+    assert f"{sig.name}: finishing the current step" in err
     assert f"saved {last} at step 16" in out + err
     assert load_checkpoint(last)["global_step"] == 16  # step 15 was completed, not lost or half-applied
 
@@ -234,6 +235,28 @@ def test_wrapped_model_checkpoints_load_and_resume(wrap, reference, tmp_path, da
         k.startswith("model.transformer.") or k == "model.lm_head.weight"
         for k in load_checkpoint(resumed["last_ckpt"])["state_dict"]
     )
+
+
+def test_a_prepare_killed_midway_is_redone_not_trusted(tmp_path, monkeypatch):
+    """meta.json is written last, so a folder without it is never mistaken for a complete prepare."""
+    from gptlab.data import prepare
+
+    source = ROOT / "src" / "gptlab" / "assets" / "data" / "tinyshakespeare.txt"
+    real_write_bin = prepare.write_bin
+
+    def killed_after_train_bin(path, ids, dtype):
+        if path.name == "val.bin":
+            raise KeyboardInterrupt
+        return real_write_bin(path, ids, dtype)
+
+    monkeypatch.setattr(prepare, "write_bin", killed_after_train_bin)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.ensure_prepared(source, tmp_path, {"kind": "char"})
+    assert (tmp_path / "train.bin").exists() and not (tmp_path / "meta.json").exists()
+    monkeypatch.setattr(prepare, "write_bin", real_write_bin)
+    assert not prepare.is_up_to_date(tmp_path, source, {"kind": "char"}, 0.1)
+    meta = prepare.ensure_prepared(source, tmp_path, {"kind": "char"})
+    assert meta["val_tokens"] == 111_540 and (tmp_path / "val.bin").stat().st_size == 2 * 111_540
 
 
 # ---- NaN / inf loss -------------------------------------------------------------------------------
@@ -352,3 +375,66 @@ def test_a_pickle_that_runs_code_is_refused_and_never_executed(loader, reference
     ):
         LOADERS[loader](evil, tmp_path, data_dir)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_single_device_and_ddp_checkpoints_resume_each_other(reference, tmp_path, data_dir):
+    """A 2-process DDP run (CPU, gloo) resumes the single-device run's last.ckpt; its own
+    last.ckpt then resumes on a single device. Same keys either way: Lightning saves the
+    unwrapped module, and the data stream continues from the saved batch count."""
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *RUN,
+            "trainer=ddp_cpu",
+            "trainer.max_steps=36",
+            "eval_interval=6",
+            f"ckpt_path={reference['last_ckpt']}",
+            f"hydra.run.dir={tmp_path / 'ddp'}",
+            f"paths.data_dir={data_dir}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp_ckpt = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.ckpt")
+    assert ddp_ckpt["global_step"] == 36
+    assert ddp_ckpt["state_dict"].keys() == load_checkpoint(reference["last_ckpt"])["state_dict"].keys()
+
+    single = train(
+        compose_train_cfg(
+            tmp_path / "single",
+            data_dir,
+            [*RUN, "trainer.max_steps=40", f"ckpt_path={tmp_path / 'ddp' / 'checkpoints' / 'last.ckpt'}"],
+        )
+    )
+    assert single["steps"] == 40 and torch.isfinite(torch.tensor(single["final_val_loss"]))
+
+
+@pytest.mark.slow
+def test_compiled_training_checkpoints_resume_uncompiled_and_back(tmp_path, data_dir):
+    """Real torch.compile (tens of seconds on CPU): the model is compiled in place, so no
+    `_orig_mod.` reaches the checkpoint, and either kind resumes as the other."""
+    short = [*RUN, "trainer.max_steps=4", "eval_interval=2"]
+    compiled = train(compose_train_cfg(tmp_path / "compiled", data_dir, [*short, "model.compile=true"]))
+    keys = load_checkpoint(compiled["last_ckpt"])["state_dict"]
+    assert not any("_orig_mod" in k for k in keys)
+    plain = train(
+        compose_train_cfg(
+            tmp_path / "plain",
+            data_dir,
+            [*short, "trainer.max_steps=6", f"ckpt_path={compiled['last_ckpt']}"],
+        )
+    )
+    assert plain["steps"] == 6
+    again = train(
+        compose_train_cfg(
+            tmp_path / "again",
+            data_dir,
+            [*short, "trainer.max_steps=8", "model.compile=true", f"ckpt_path={plain['last_ckpt']}"],
+        )
+    )
+    assert again["steps"] == 8
