@@ -300,8 +300,9 @@ def test_inf_loss_in_skip_mode_drops_that_update_and_the_run_goes_on(monkeypatch
     assert result["steps"] == 30 and torch.isfinite(torch.tensor(result["final_val_loss"]))
     assert torch.equal(weights[13], weights[14])  # step 13 changed nothing
     assert not torch.equal(weights[12], weights[13]) and not torch.equal(weights[14], weights[15])
-    model, _ = load_gpt_from_lightning_ckpt(result["last_ckpt"])
+    model, ckpt = load_gpt_from_lightning_ckpt(result["last_ckpt"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert {"skipped": [13]} in ckpt["callbacks"].values()  # a resumed run keeps counting towards max_skips
 
 
 def test_skip_mode_stops_after_max_skips(monkeypatch, tmp_path, data_dir):
@@ -310,7 +311,7 @@ def test_skip_mode_stops_after_max_skips(monkeypatch, tmp_path, data_dir):
     with pytest.warns(UserWarning, match="global step 3"):
         with pytest.raises(
             NonFiniteLossError,
-            match=r"global step 4 .*after 1 skipped steps \(\[3\]\), the limit max_skips=1",
+            match=r"global step 4 .*after 1 skipped steps \(\[3\]\), the limit max_skips=1.*max_skips \(now 1\)",
         ):
             train(compose_train_cfg(tmp_path / "run", data_dir, overrides))
 

@@ -99,15 +99,22 @@ class NonFiniteGuard(L.Callback):
                 f"({len(self.skipped)} of at most {self.max_skips} skips)"
             )
             return
-        reason = (
-            f"after {len(self.skipped)} skipped steps ({self.skipped}), the limit max_skips={self.max_skips}"
-            if self.mode == "skip"
-            else "NonFiniteGuard mode=stop"
-        )
+        if self.mode == "skip":
+            reason = f"after {len(self.skipped)} skipped steps ({self.skipped}), the limit max_skips={self.max_skips}"
+            option = f"raise callbacks.nonfinite_guard.max_skips (now {self.max_skips})"
+        else:
+            reason, option = "NonFiniteGuard mode=stop", "set callbacks.nonfinite_guard.mode=skip"
         raise NonFiniteLossError(
             f"{what}; stopped before the optimizer step ({reason}), so the weights and the checkpoints "
-            f"hold the last good step. Lower optim.lr, check the data, or set callbacks.nonfinite_guard.mode=skip"
+            f"hold the last good step. Lower optim.lr, check the data, or {option}"
         )
+
+    # the skips are counted over the whole run, resumes included
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": list(self.skipped)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.skipped = list(state_dict["skipped"])
 
 
 class SaveOnInterrupt(L.Callback):
@@ -122,6 +129,7 @@ class SaveOnInterrupt(L.Callback):
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.requested = None
         if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
             self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS}
 
