@@ -14,13 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
 from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
 from gptlab.model import GPT, GPTConfig
-from tests.conftest import ROOT, TINY_RUN, compose_train_cfg
+from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg
 
 TINY = (*TINY_RUN, "trainer.max_steps=2", "eval_interval=2", "data.val_batches=1")
 
@@ -41,12 +39,9 @@ class Case:
         return self.train("data=text", f"data.path={path}", "data/tokenizer=char", *overrides)
 
     def generate(self, *overrides: str) -> list[str]:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(
-                "generate", overrides=[f"ckpt_path={self.ckpt}", "max_new_tokens=5", "device=cpu", *overrides]
-            )
-        return run_generate(cfg)
+        return run_generate(
+            compose_generate_cfg([f"ckpt_path={self.ckpt}", "max_new_tokens=5", "device=cpu", *overrides])
+        )
 
     def file(self, name: str, content: bytes) -> Path:
         path = self.tmp / name

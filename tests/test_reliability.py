@@ -20,10 +20,11 @@ import torch
 
 from gptlab.callbacks.safety import AtomicCheckpointIO, NonFiniteLossError
 from gptlab.checkpoint import load_checkpoint, load_gpt_from_lightning_ckpt, safe_torch_load, save_atomic
+from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
 from gptlab.lit_module import GPTLitModule
 from gptlab.model import GPT, GPTConfig
-from tests.conftest import ROOT, TINY_RUN, compose_train_cfg
+from tests.conftest import ROOT, TINY_RUN, compose_generate_cfg, compose_train_cfg
 
 # 30 steps, a checkpoint every 10; dropout on, so a resume must also restore the torch RNG
 RUN = (
@@ -334,17 +335,6 @@ def booby_trapped(path: Path, marker: Path, real_ckpt: str) -> Path:
     return path
 
 
-def generate_from(ckpt: Path) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from gptlab.entrypoints.generate import run_generate
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        run_generate(compose("generate", overrides=[f"ckpt_path={ckpt}", "max_new_tokens=2", "device=cpu"]))
-
-
 def hf_folder_with(weights: Path, folder: Path) -> Path:
     GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8)).save_pretrained(folder)
     (folder / "model.safetensors").unlink()
@@ -354,7 +344,9 @@ def hf_folder_with(weights: Path, folder: Path) -> Path:
 
 LOADERS = {
     "load_checkpoint": lambda path, tmp, data_dir: load_checkpoint(path),
-    "generate.py": lambda path, tmp, data_dir: generate_from(path),
+    "generate.py": lambda path, tmp, data_dir: run_generate(
+        compose_generate_cfg([f"ckpt_path={path}", "max_new_tokens=2", "device=cpu"])
+    ),
     "train.py resume": lambda path, tmp, data_dir: train(
         compose_train_cfg(tmp / "run", data_dir, [*RUN, f"ckpt_path={path}"])
     ),

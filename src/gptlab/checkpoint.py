@@ -27,7 +27,7 @@ import torch
 from gptlab.model import GPT, GPTConfig
 
 # GPTConfig fields a run may change when resuming; any other difference is another model
-RESUMABLE_CHANGES = ("dropout", "compile", "use_sdpa")
+RESUMABLE_CHANGES = ("dropout", "use_sdpa")
 
 
 def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
@@ -132,9 +132,9 @@ def check_resumable(path: str | Path, model: dict[str, Any]) -> None:
         raise ValueError(
             f"{path}: no hyper_parameters['model'] (the GPTConfig dict): not a gptlab training checkpoint"
         )
-    differ = {
-        k: (saved.get(k), v) for k, v in model.items() if k not in RESUMABLE_CHANGES and saved.get(k) != v
-    }
+    # through GPTConfig, so a field added to it since the checkpoint was saved counts as its default
+    then, now = GPTConfig.from_dict(saved).to_dict(), GPTConfig.from_dict(model).to_dict()
+    differ = {k: (then[k], v) for k, v in now.items() if k not in RESUMABLE_CHANGES and then[k] != v}
     if differ:
         listing = ", ".join(f"{k}={a!r} there but {b!r} here" for k, (a, b) in sorted(differ.items()))
         raise ValueError(
