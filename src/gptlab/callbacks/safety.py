@@ -156,7 +156,7 @@ class SaveOnInterrupt(L.Callback):
         if not trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
             return
         path = self.last_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full state: optimizer, loops, RNG
         rank_zero_info(
             f"[gptlab] saved {path} at step {trainer.global_step}; continue with ckpt_path={path} "
             f"(or resume=auto)"
