@@ -59,9 +59,11 @@ def reference(tmp_path_factory, data_dir) -> dict:
 
 
 def same_losses(rows: list[tuple[int, float]], reference_rows: list[tuple[int, float]]) -> bool:
-    """Same steps, and losses equal to 1e-6 (a resumed run recomputes them from the restored state)."""
+    """Same steps, and losses equal to 1e-4. Another batch or dropout mask moves a loss by ~1e-1;
+    the tolerance only allows the last float bits, which can differ between a pytest process and a
+    train.py subprocess (see experiments/reliability/README.md, Determinism)."""
     return [s for s, _ in rows] == [s for s, _ in reference_rows] and all(
-        abs(a - b) <= 1e-6 for (_, a), (_, b) in zip(rows, reference_rows)
+        abs(a - b) <= 1e-4 for (_, a), (_, b) in zip(rows, reference_rows)
     )
 
 
