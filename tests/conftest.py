@@ -36,6 +36,16 @@ def compose_train_cfg(run_dir: Path, data_dir: Path, overrides: list[str] | tupl
     return cfg
 
 
+def compose_generate_cfg(overrides: list[str] | tuple[str, ...] = ()):
+    """The config `python generate.py <overrides>` would see."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("generate", overrides=list(overrides))
+
+
 TINY_RUN = ("model=tiny", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
             "trainer.enable_progress_bar=false", "sample_after_training=0")
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from gptlab.checkpoint import safe_torch_load
 from gptlab.model import GPT, GPTConfig
 
 # HF GPT-2 keeps these four projections as Conv1D, whose weight is the transpose of nn.Linear's.
@@ -162,7 +163,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     def load(file: Path) -> dict[str, torch.Tensor]:
         if file.suffix == ".safetensors":
             return load_file(file)
-        return torch.load(file, map_location="cpu", weights_only=True)
+        return safe_torch_load(file)  # weights_only, with a clear refusal of code-running pickles
 
     file = _weights_file(folder)
     if file is None:

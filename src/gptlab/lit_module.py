@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from gptlab.checkpoint import strip_wrapper_prefixes
 from gptlab.model import GPT, GPTConfig
 
 
@@ -108,6 +109,8 @@ class GPTLitModule(L.LightningModule):
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # runs before Lightning loads the weights: a torch.compile'd or DDP-wrapped save resumes too
+        checkpoint["state_dict"] = strip_wrapper_prefixes(checkpoint["state_dict"])
         self.tokenizer_spec = checkpoint.get("tokenizer", self.tokenizer_spec)
         self._rng_to_restore = checkpoint.get("rng")
 

@@ -107,6 +107,7 @@ class GPTDataModule(L.LightningDataModule):
                 raise ValueError(
                     f"{self.data_dir / (split + '.bin')} holds {len(ids)} tokens, fewer than one window of "
                     f"block_size + 1 = {self.block_size + 1}; use more text or a smaller model.block_size"
+                    + (" or a larger data.val_fraction" if split == "val" else "")
                 )
 
     def _rank_world(self) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from gptlab.checkpoint import check_resumable, check_writable
 from gptlab.data import GPTDataModule, ensure_prepared, read_meta
 from gptlab.entrypoints.config import to_plain
 from gptlab.lit_module import GPTLitModule
@@ -78,6 +79,9 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; returns the run's figures (best val loss, paths, timings)."""
+    if cfg.resume not in (None, "auto"):
+        raise ValueError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
+                         f"ckpt_path=<a .ckpt>; null starts fresh")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
 
@@ -102,7 +106,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                                      callbacks=instantiate_all(cfg.get("callbacks")))
     run_dir = Path(cfg.paths.run_dir)
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        # fail now, not at the first checkpoint: weights + two AdamW moments, fp32
+        check_writable(run_dir, need_bytes=3 * 4 * module.model.num_params())
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     tokens_per_step = (cfg.data.batch_size * module.model.config.block_size
                        * cfg.trainer.accumulate_grad_batches * trainer.world_size)
@@ -118,6 +123,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if ckpt_path is None and cfg.resume == "auto":
         ckpt_path = find_last_checkpoint(cfg)
         say(f"[gptlab] resume=auto: {'resuming from ' + ckpt_path if ckpt_path else 'no last.ckpt, starting fresh'}")
+    if ckpt_path is not None:
+        check_resumable(ckpt_path, module.hparams.model)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start

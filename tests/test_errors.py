@@ -1,0 +1,333 @@
+"""Bad input → a clear error naming the file, key or value and what is allowed, through the entry
+points a user calls: train() (what `python train.py` runs), run_generate() (`python generate.py`),
+Hydra's compose and GPT.from_pretrained. experiments/reliability/README.md lists every case."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptlab.entrypoints.generate import run_generate
+from gptlab.entrypoints.train import train
+from gptlab.model import GPT, GPTConfig
+from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg
+
+TINY = (*TINY_RUN, "trainer.max_steps=2", "eval_interval=2", "data.val_batches=1")
+
+
+class Case:
+    """What a test case can reach: its tmp folder, a trained checkpoint, train() and run_generate()."""
+
+    def __init__(self, tmp: Path, data_dir: Path, ckpt: Path):
+        self.tmp, self.data_dir, self.ckpt = tmp, data_dir, ckpt
+
+    def train(self, *overrides: str, data_dir: Path | None = None) -> dict:
+        return train(compose_train_cfg(self.tmp / "run", data_dir or self.tmp / "data", [*TINY, *overrides]))
+
+    def train_text(self, text: str | bytes, *overrides: str) -> dict:
+        """Train on a local text file (data=text, char tokenizer)."""
+        path = self.tmp / "corpus.txt"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        return self.train("data=text", f"data.path={path}", "data/tokenizer=char", *overrides)
+
+    def generate(self, *overrides: str) -> list[str]:
+        return run_generate(
+            compose_generate_cfg([f"ckpt_path={self.ckpt}", "max_new_tokens=5", "device=cpu", *overrides])
+        )
+
+    def file(self, name: str, content: bytes) -> Path:
+        path = self.tmp / name
+        path.write_bytes(content)
+        return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-step tiny char model: (its last.ckpt, the prepared data folder)."""
+    root = tmp_path_factory.mktemp("trained")
+    result = train(compose_train_cfg(root / "run", root / "data", TINY))
+    return Path(result["last_ckpt"]), root / "data"
+
+
+@pytest.fixture
+def case(tmp_path, trained) -> Case:
+    return Case(tmp_path, trained[1], trained[0])
+
+
+def hf_folder(tmp: Path, n_positions: int = 32) -> Path:
+    folder = tmp / "hf"
+    GPT(GPTConfig(block_size=n_positions, vocab_size=50, n_layer=1, n_head=2, n_embd=16)).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def truncated(case: Case) -> Path:
+    data = case.ckpt.read_bytes()
+    return case.file("truncated.ckpt", data[: len(data) // 3])
+
+
+# (id, action, exception type, regex the message must match). The regex names the file/key/value
+# and the allowed choices; re.DOTALL so messages may span lines.
+CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
+    # --- data ---
+    (
+        "data_file_missing",
+        lambda c: c.train("data=text", f"data.path={c.tmp}/nope.txt"),
+        FileNotFoundError,
+        r"data path not found: .*nope\.txt \(give a text file or a folder of \.txt files\)",
+    ),
+    (
+        "data_folder_without_txt",
+        lambda c: (c.tmp.joinpath("empty").mkdir(), c.train("data=text", f"data.path={c.tmp}/empty")),
+        FileNotFoundError,
+        r"data folder .*empty holds no \.txt files",
+    ),
+    ("empty_text", lambda c: c.train_text(" \n\n "), ValueError, r"data path .*corpus\.txt contains no text"),
+    (
+        "non_utf8_text",
+        lambda c: c.train_text(b"caf\xe9 au lait"),
+        ValueError,
+        r"corpus\.txt is not valid UTF-8 \(byte 3: b'\\xe9 au'\); convert it, e\.g\. `iconv",
+    ),
+    (
+        "text_shorter_than_one_window",
+        lambda c: c.train_text("To be, or not to be"),
+        ValueError,
+        r"train\.bin holds 17 tokens, fewer than one window of block_size \+ 1 = 33",
+    ),
+    (
+        "val_split_smaller_than_one_window",
+        lambda c: c.train_text("All the world's a stage. " * 20, "data.val_fraction=0.05"),
+        ValueError,
+        r"val\.bin holds 25 tokens, fewer than one window of block_size \+ 1 = 33.*data\.val_fraction",
+    ),
+    (
+        "val_fraction_out_of_range",
+        lambda c: c.train_text("abc" * 100, "data.val_fraction=1.5"),
+        ValueError,
+        r"data\.val_fraction must be in \(0, 1\), got 1\.5",
+    ),
+    (
+        "data_vocab_larger_than_model_vocab",
+        lambda c: c.train("model.vocab_size=10", data_dir=c.data_dir),
+        ValueError,
+        r"has vocab_size 65 but model\.vocab_size is 10: set model\.vocab_size=null .* or ≥ 65",
+    ),
+    (
+        "unknown_tokenizer_kind",
+        lambda c: c.train_text("abc" * 100, "data.tokenizer.kind=wordpiece"),
+        ValueError,
+        r"data\.tokenizer\.kind='wordpiece' is not one of: char, tiktoken, bpe",
+    ),
+    (
+        "unknown_tokenizer_shorthand",
+        lambda c: c.train("data.tokenizer=wordpiece"),
+        ValueError,
+        r"data\.tokenizer='wordpiece': no .*wordpiece\.yaml; choose one of \['bpe', 'char', 'tiktoken'\]",
+    ),
+    # --- configuration ---
+    (
+        "unknown_model_preset",
+        lambda c: c.train("model=gpt5"),
+        Exception,
+        r"Could not find 'model/gpt5'.*Available options in 'model'.*gpt2_small",
+    ),
+    (
+        "unknown_config_group_option",
+        lambda c: c.train("trainer=tpu"),
+        Exception,
+        r"Could not find 'trainer/tpu'.*Available options in 'trainer'.*ddp_cpu",
+    ),
+    (
+        "n_embd_not_divisible_by_n_head",
+        lambda c: c.train("model.n_head=3", data_dir=c.data_dir),
+        ValueError,
+        r"n_embd=32 is not divisible by n_head=3; choose n_head among the divisors of 32",
+    ),
+    (
+        "resume_value",
+        lambda c: c.train("resume=yes"),
+        ValueError,
+        r"resume='yes': use resume=auto .* or ckpt_path=<a \.ckpt>; null starts fresh",
+    ),
+    (
+        "nonfinite_guard_mode",
+        lambda c: c.train("callbacks.nonfinite_guard.mode=ignore", data_dir=c.data_dir),
+        Exception,
+        r"NonFiniteGuard mode='ignore'; choose one of \['stop', 'skip'\].*full_key: callbacks\.nonfinite_guard",
+    ),
+    # --- checkpoints ---
+    (
+        "resume_checkpoint_missing",
+        lambda c: c.train(f"ckpt_path={c.tmp}/nope.ckpt", data_dir=c.data_dir),
+        FileNotFoundError,
+        r"checkpoint .*nope\.ckpt not found",
+    ),
+    (
+        "resume_truncated_checkpoint",
+        lambda c: c.train(f"ckpt_path={truncated(c)}", data_dir=c.data_dir),
+        ValueError,
+        r"truncated\.ckpt is not a readable PyTorch checkpoint \(truncated or corrupt\?\)",
+    ),
+    (
+        "generate_corrupt_checkpoint",
+        lambda c: c.generate(f"ckpt_path={c.file('noise.ckpt', os.urandom(4096))}"),
+        ValueError,
+        r"noise\.ckpt is not a readable PyTorch checkpoint",
+    ),
+    (
+        "generate_truncated_checkpoint",
+        lambda c: c.generate(f"ckpt_path={truncated(c)}"),
+        ValueError,
+        r"truncated\.ckpt is not a readable PyTorch checkpoint \(truncated or corrupt\?\)",
+    ),
+    (
+        "not_a_lightning_checkpoint",
+        lambda c: (
+            torch.save({"weights": torch.ones(2)}, c.tmp / "plain.pt"),
+            c.generate(f"ckpt_path={c.tmp}/plain.pt"),
+        ),
+        ValueError,
+        r"plain\.pt is not a Lightning checkpoint: no 'state_dict' \(found \['weights'\]\)",
+    ),
+    (
+        "checkpoint_of_another_model",
+        lambda c: c.train("model.n_layer=3", f"ckpt_path={c.ckpt}", data_dir=c.data_dir),
+        ValueError,
+        r"last\.ckpt was trained with another model \(n_layer=2 there but 3 here\); resume with the same",
+    ),
+    # --- Hugging Face weights ---
+    (
+        "hf_block_size_beyond_position_table",
+        lambda c: GPT.from_pretrained(hf_folder(c.tmp), block_size=64),
+        ValueError,
+        r"block_size=64 is larger than the checkpoint's position table \(n_positions=32 in .*config\.json\); use at most 32",
+    ),
+    (
+        "hf_folder_missing",
+        lambda c: GPT.from_pretrained(c.tmp / "no-such-model"),
+        FileNotFoundError,
+        r"no-such-model",
+    ),
+    # --- generation ---
+    (
+        "prompt_outside_char_vocab",
+        lambda c: c.generate("prompt='naïve 🙂'"),
+        ValueError,
+        r"characters \['ï', '🙂'\] are not in this char vocabulary of 65 characters",
+    ),
+    ("empty_prompt", lambda c: c.generate("prompt=''"), ValueError, r"the prompt encodes to no tokens"),
+    (
+        "prompt_file_missing",
+        lambda c: c.generate(f"prompt=FILE:{c.tmp}/prompt.txt"),
+        FileNotFoundError,
+        r"prompt file not found: .*prompt\.txt",
+    ),
+    (
+        "no_model_given",
+        lambda c: c.generate("ckpt_path=null"),
+        ValueError,
+        r"give ckpt_path=<a \.ckpt from train\.py> or init_from=<HF GPT-2 folder or name>",
+    ),
+    (
+        "temperature_negative",
+        lambda c: c.generate("temperature=-0.5"),
+        ValueError,
+        r"temperature must be >= 0 \(0 means greedy\), got -0\.5",
+    ),
+    ("top_p_zero", lambda c: c.generate("top_p=0"), ValueError, r"top_p must be in \(0, 1\] .*got 0"),
+    (
+        "top_p_above_one",
+        lambda c: c.generate("top_p=1.5"),
+        ValueError,
+        r"top_p must be in \(0, 1\] .*got 1\.5",
+    ),
+    ("top_k_below_one", lambda c: c.generate("top_k=0"), ValueError, r"top_k must be >= 1 .*got 0"),
+    (
+        "max_new_tokens_negative",
+        lambda c: c.generate("max_new_tokens=-1"),
+        ValueError,
+        r"max_new_tokens must be >= 0, got -1",
+    ),
+    # --- output folder ---
+    (
+        "output_folder_is_a_file",
+        lambda c: c.train(f"paths.run_dir={c.file('taken', b'x')}/run", data_dir=c.data_dir),
+        OSError,
+        r"output folder .*taken/run is not writable \(.*\); choose another with hydra\.run\.dir=\.\.\.",
+    ),
+]
+
+
+@pytest.mark.parametrize(("action", "error", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_gives_a_clear_error(case, action, error, pattern):
+    with pytest.raises(error) as raised:
+        action(case)
+    assert re.search(pattern, str(raised.value), re.DOTALL), str(raised.value)
+
+
+def test_prompt_longer_than_block_size_is_cropped_with_a_warning(case, capsys):
+    texts = case.generate("prompt=" + "ab" * 40, "max_new_tokens=3")
+    assert "warning: prompt has 80 tokens; keeping the last 32 (block_size)" in capsys.readouterr().out
+    assert len(texts[0]) == 83  # the full prompt is printed, plus 3 new characters
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders: see the EROFS test")
+def test_read_only_output_folder(case):
+    folder = case.tmp / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    with pytest.raises(OSError, match=r"output folder .*ro/run is not writable \(Permission denied\)"):
+        case.train(f"paths.run_dir={folder}/run", data_dir=case.data_dir)
+
+
+def test_read_only_file_system(case, monkeypatch):
+    """What a read-only mount reports (EROFS); simulated, as root may write anywhere else here."""
+
+    def erofs(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), kwargs.get("dir"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", erofs)
+    with pytest.raises(OSError, match=r"output folder .*run is not writable \(Read-only file system\)"):
+        case.train(data_dir=case.data_dir)
+
+
+def test_disk_too_full_for_one_checkpoint_fails_before_training(case, monkeypatch):
+    usage = shutil.disk_usage(case.tmp)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=100_000))
+    with pytest.raises(
+        OSError, match=r"output folder .*run has 0 MiB free, less than one checkpoint of this model"
+    ):
+        case.train(data_dir=case.data_dir)
+
+
+def test_disk_full_during_a_checkpoint_names_the_file_and_keeps_the_last_one(case, monkeypatch):
+    real_save = torch.save
+    saves = []
+
+    def fills_the_disk(obj, f, *args, **kwargs):
+        saves.append(obj["global_step"])
+        if obj["global_step"] >= 4:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/3: file write failed"
+            )
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", fills_the_disk)
+    with pytest.raises(
+        OSError,
+        match=r"could not write checkpoint .*step4.*file write failed\); .* MiB free in .*The previous .* is intact",
+    ):
+        case.train("trainer.max_steps=4", data_dir=case.data_dir)
+    from gptlab.checkpoint import load_checkpoint
+
+    assert load_checkpoint(case.tmp / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2
