@@ -48,7 +48,7 @@ def sharpest_head(weights: np.ndarray) -> tuple[int, int]:
 
 def show_token(s: str) -> str:
     """A token as an axis label: whitespace made visible."""
-    return s.replace(" ", "·").replace("\n", "↵").replace("\t", "→") or "∅"
+    return s.replace(" ", "␣").replace("\n", "↵").replace("\t", "→") or "∅"
 
 
 def _blank_zeros(w: np.ndarray) -> np.ma.MaskedArray:

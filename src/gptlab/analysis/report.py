@@ -148,7 +148,7 @@ def _build(run_dir, out, val_ids_for, compare, labels, train_text, which, prompt
         why = "chosen in the config"
     tokens = [tok.decode([i]) for i in ids]
     att.plot_attention_grid(weights, out / "attention_grid.png",
-                            f"Attention of every layer and head ({kind}), prompt of {len(ids)} tokens")
+                            f"Attention of every layer and head, {kind} model, prompt of {len(ids)} tokens")
     att.plot_head(weights[layer, head], tokens, out / "attention_head.png",
                   f"Layer {layer}, head {head}: row = query token, column = the tokens it reads")
     upper = float(np.triu(weights, k=1).sum(-1).mean())

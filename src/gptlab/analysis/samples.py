@@ -78,18 +78,18 @@ def vocabulary(text: str) -> set[str]:
     return {w.lower() for w in WORD.findall(text)}
 
 
-def plot_sample_grid(samples: dict[str, str], path: str | Path, title: str, width: int = 56,
-                     max_lines: int = 16) -> Path:
+def plot_sample_grid(samples: dict[str, str], path: str | Path, title: str, width: int = 64,
+                     max_lines: int = 18) -> Path:
     """The samples side by side in a 2-column grid of monospace text panels."""
     n = len(samples)
     cols = 2 if n > 1 else 1
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(7.2 * cols, 4.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(8 * cols, 4.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, text) in zip(axes.flat, samples.items()):
         lines = [w for line in text.splitlines() for w in (textwrap.wrap(line, width) or [""])][:max_lines]
-        ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=8.5, va="top", ha="left",
+        ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=10, va="top", ha="left",
                 transform=ax.transAxes)
         ax.set_title(name, fontsize=11, loc="left", fontweight="bold")
     fig.suptitle(title, fontsize=12)
