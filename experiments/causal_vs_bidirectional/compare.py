@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
+from gptlab.analysis import samples  # noqa: E402
 from gptlab.analysis.attention import CMAP, NORM, attention_weights, sharpest_head, show_token  # noqa: E402
 from gptlab.analysis.report import pick_checkpoint  # noqa: E402
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt  # noqa: E402
@@ -37,7 +38,7 @@ PROMPT = "ROMEO:\nBut soft, what light"  # short enough to read every token on t
 
 def load(run: Path):
     model, ckpt = load_gpt_from_lightning_ckpt(pick_checkpoint(run, "best"))
-    return model, ckpt["hyper_parameters"], tokenizer_from_spec(ckpt["tokenizer"])
+    return model, {**ckpt["hyper_parameters"], "steps": ckpt["global_step"]}, tokenizer_from_spec(ckpt["tokenizer"])
 
 
 @torch.no_grad()
@@ -89,17 +90,32 @@ def main(causal: str, bidir: str, mlm: str, out: str = "experiments/causal_vs_bi
     dm = run_datamodule(runs["causal (next token)"], None)
     block = loaded["causal (next token)"][0].config.block_size
     scores = fill_in({n: (m, hp) for n, (m, hp, _) in loaded.items()}, np.asarray(dm.val_ids), tok.vocab_size, block)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.2))
     names = list(scores)
-    bars = ax.barh(names, [scores[n]["accuracy"] for n in names], color=["C0", "C1", "C2"])
+    for n in names:
+        scores[n]["steps"] = loaded[n][1]["steps"]
+    bars = ax.barh([f"{n}\n{scores[n]['steps']:,} steps" for n in names], [scores[n]["accuracy"] for n in names],
+                   color=["C0", "C1", "C2"])
     ax.bar_label(bars, fmt="%.3f", padding=3)
     ax.set(xlim=(0, 1), xlabel="accuracy (argmax = the hidden character)",
-           title="Restoring hidden validation characters")
+           title="Restoring hidden validation characters (15% hidden, BERT masking)")
+    fig.text(0.5, 0.01, "causal: predicted from the text before the gap · masked LM: from both sides · "
+             "bidirectional next-token: last position of each window (no future to copy)",
+             ha="center", va="bottom", fontsize=8, color="0.3")
     ax.invert_yaxis()
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(out_dir / "fill_in.png", dpi=110)
     plt.close(fig)
     (out_dir / "results.json").write_text(json.dumps(scores, indent=1) + "\n")
+
+    texts = ["# Samples of the two next-token models", "",
+             "Temperature 0.8, seed 1337, 200 characters after the prompt (the bidirectional model re-reads the "
+             "whole window at every step, as it was trained).", ""]
+    for name in ("causal (next token)", "bidirectional (next token)"):
+        model, _, tok = loaded[name]
+        text = samples.continue_text(model, tok, "ROMEO:", 200, 1337, strategy="sample", temperature=0.8)
+        texts += [f"## {name}", "", "```", text, "```", ""]
+    (out_dir / "samples.md").write_text("\n".join(texts))
     print(json.dumps(scores, indent=1))
 
 

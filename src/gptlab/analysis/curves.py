@@ -235,11 +235,12 @@ def plot_curves(runs: list[RunLog], path: str | Path, log_scale: bool = False, s
 def plot_metric(runs: list[RunLog], key: str, path: str | Path, ylabel: str, title: str) -> Path | None:
     """One metric (e.g. val/masked_acc) of every run that logged it, against optimizer steps."""
     fig, ax = plt.subplots(figsize=(7, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = False
-    for run in runs:
+    for i, run in enumerate(runs):  # colour by position, as in plot_curves
         if key in run.metrics:
             s = run.metrics[key]
-            ax.plot(steps_done(s), s.values, "o-", markersize=4, label=run.label)
+            ax.plot(steps_done(s), s.values, "o-", color=colors[i % len(colors)], markersize=4, label=run.label)
             drawn = True
     if not drawn:
         plt.close(fig)

@@ -84,11 +84,13 @@ def plot_sample_grid(samples: dict[str, str], path: str | Path, title: str, widt
     n = len(samples)
     cols = 2 if n > 1 else 1
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(8 * cols, 4.6 * rows), squeeze=False)
+    wrapped = {name: [w for line in text.splitlines() for w in (textwrap.wrap(line, width) or [""])][:max_lines]
+               for name, text in samples.items()}
+    tallest = max(len(lines) for lines in wrapped.values())
+    fig, axes = plt.subplots(rows, cols, figsize=(8 * cols, (0.7 + 0.2 * tallest) * rows + 0.4), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (name, text) in zip(axes.flat, samples.items()):
-        lines = [w for line in text.splitlines() for w in (textwrap.wrap(line, width) or [""])][:max_lines]
+    for ax, (name, lines) in zip(axes.flat, wrapped.items()):
         ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=10, va="top", ha="left",
                 transform=ax.transAxes)
         ax.set_title(name, fontsize=11, loc="left", fontweight="bold")
