@@ -73,6 +73,8 @@ class GPTLitModule(L.LightningModule):
         model = dict(model)
         if objective not in ("clm", "mlm"):
             raise ValueError(f"objective={objective!r}: choose 'clm' (next token) or 'mlm' (masked tokens)")
+        if objective == "mlm" and init_from not in (None, "scratch"):
+            raise ValueError(f"objective=mlm trains from scratch (it adds a [MASK] token); got init_from={init_from!r}")
         if objective == "mlm" and mask_token_id is None:  # a fresh run: one extra id for [MASK]
             mask_token_id = model["vocab_size"]
             model["vocab_size"] += 1
