@@ -131,27 +131,30 @@ def _compose_analyze(overrides):
 
 
 def test_report_end_to_end_on_tiny_runs(tmp_path):
+    """Two tiny runs laid out as a Hydra multirun folder (0/ causal, 1/ masked-LM): analyze.py's
+    run_dir=<folder> reports on the first and overlays the second."""
     from gptlab.entrypoints.analyze import run_analyze
     from gptlab.entrypoints.train import train
     from tests.conftest import TINY_RUN, compose_train_cfg
 
     short = ["trainer.max_steps=8", "eval_interval=4", "data.val_batches=1", "optim.warmup_steps=2",
              "optim.lr_decay_steps=8", "model.block_size=24"]
-    for name, extra in (("causal", []), ("mlm", ["model.causal=false", "objective=mlm", "sample_after_training=0"])):
-        train(compose_train_cfg(tmp_path / "runs" / name, tmp_path / "data", [*TINY_RUN, *short, *extra]))
-    runs = tmp_path / "runs"
-    cfg = _compose_analyze([f"run_dir={runs / 'causal'}", f"compare=[{runs / 'mlm'}]", "max_new_tokens=8",
-                            "prompt=ROMEO: hi", "log_scale=true", "neighbour_queries=4"])
+    runs = tmp_path / "multirun"
+    for job, extra in (("0", []), ("1", ["model.causal=false", "objective=mlm", "sample_after_training=0"])):
+        train(compose_train_cfg(runs / job, tmp_path / "data", [*TINY_RUN, *short, *extra]))
+    cfg = _compose_analyze([f"run_dir={runs}", "max_new_tokens=8", "prompt=ROMEO: hi", "log_scale=true",
+                            "neighbour_queries=4"])
     out = run_analyze(cfg)
-    assert out == runs / "causal" / "report"
+    assert out == runs / "report"
     assert {p.name for p in out.iterdir()} == REPORT_FILES | {"curves_log.png"}
     md = (out / "report.md").read_text()
+    assert f"# Report: `{runs / '0'}`" in md
     for section in ("## Loss curves", "### Compared runs", "## Attention", "### Temperature", "### Decoding strategy",
                     "## Loss by position", "## Token embeddings"):
         assert section in md
     assert "model.causal=False objective=mlm" in md  # labels are the settings that differ
     assert "temperature 1.2" in md and "top-p 0.9" in md
-    assert not [p for p in runs.joinpath("causal").iterdir() if p.name.startswith(".report")]
+    assert not [p for p in runs.iterdir() if p.name.startswith(".report")]
 
     # a failing analysis leaves the complete report in place and no temporary folder behind
     before = (out / "report.md").read_text()
@@ -160,6 +163,6 @@ def test_report_end_to_end_on_tiny_runs(tmp_path):
         raise RuntimeError("data went missing")
 
     with pytest.raises(RuntimeError, match="data went missing"):
-        write_report(runs / "causal", broken, max_new_tokens=4)
+        write_report(runs / "0", broken, out_dir=out, max_new_tokens=4)
     assert (out / "report.md").read_text() == before and {p.name for p in out.iterdir()} >= REPORT_FILES
-    assert sorted(p.name for p in (runs / "causal").iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in runs.iterdir() if p.name.startswith(".")) == []
