@@ -20,12 +20,13 @@ from gptlab.tokenizers import Tokenizer  # noqa: E402
 
 
 @torch.no_grad()
-def per_position_loss(model: GPT, ids: np.ndarray, batch_size: int = 12, num_batches: int = 20) -> np.ndarray:
+def per_position_loss(model: GPT, ids: np.ndarray, batch_size: int = 32, num_batches: int = 50) -> np.ndarray:
     """Mean next-token cross-entropy (nats) at each position 0..block_size-1 of the window.
 
-    Uses the same fixed, evenly spaced validation windows as training (FixedWindows). Position t
-    predicts token t+1 from t+1 tokens of context, so a causal model's curve shows how much a
-    longer context helps; a bidirectional one can read its target at every position but the last.
+    Averaged over batch_size × num_batches evenly spaced validation windows (FixedWindows): each
+    window gives one prediction per position, so this takes more windows than training's validation.
+    Position t predicts token t+1 from t+1 tokens of context, so a causal model's curve shows how much
+    a longer context helps; a bidirectional one can read its target at every position but the last.
     """
     device = next(model.parameters()).device
     windows = FixedWindows(ids, model.config.block_size, batch_size, num_batches)

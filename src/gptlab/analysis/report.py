@@ -245,7 +245,7 @@ def _position_section(m: Loaded, models: list[tuple[str, Loaded]], val_ids_for: 
         return md + ["Not measured: no next-token (clm) model among the runs.", ""]
     probes.plot_position_loss(pos, out / "position_loss.png", "Validation loss by position in the context window")
     marks = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= m.model.config.block_size]
-    return md + ["Next-token loss on the validation windows, averaged at each position: position t predicts "
+    return md + ["Next-token loss averaged at each position over 1,600 evenly spaced validation windows: position t predicts "
                  "token t+1 having seen t+1 tokens. A causal model's loss should fall as the context grows; "
                  "a bidirectional one reads its target directly everywhere except the last position.", "",
                  _table([{"run": k, **{f"ctx {p}": f"{v[p - 1]:.3f}" for p in marks}} for k, v in pos.items()]),

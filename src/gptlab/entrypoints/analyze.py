@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from gptlab.analysis.curves import find_runs
 from gptlab.analysis.report import write_report
@@ -17,17 +17,19 @@ from gptlab.entrypoints.train import build_datamodule
 def run_datamodule(run_dir: Path, data_dir: str | None) -> GPTDataModule:
     """The run's validation/training data, prepared again from its config if it is not on disk.
 
-    data_dir overrides the run's paths.data_dir (a run trained on another machine or from another
-    working directory); data.path is the source text, needed only when the bins must be rebuilt.
+    data_dir names a folder of prepared bins to read as they are (a run trained on another machine
+    or from another working directory); otherwise the run's data is prepared again from its
+    data.path into paths.data_dir, which is a no-op when an identical prepare is already there.
     """
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: analyze.py needs the run's resolved config to find its data")
     cfg = OmegaConf.load(path)
-    if data_dir:
-        with open_dict(cfg):
-            cfg.paths.data_dir = data_dir
     dm = build_datamodule(cfg)
+    if data_dir:
+        dm.data_dir = Path(data_dir)
+        dm.setup()
+        return dm
     try:
         dm.prepare_data()
     except FileNotFoundError as e:
