@@ -1,13 +1,15 @@
 """Figures for experiments/causal_vs_bidirectional that the generic report does not draw.
 
-    python experiments/causal_vs_bidirectional/compare.py CAUSAL_RUN BIDIRECTIONAL_RUN MLM_RUN [OUT]
+    python experiments/causal_vs_bidirectional/compare.py OUT CAUSAL_RUN BIDIRECTIONAL_RUN MLM_RUN [MORE_RUNS...]
 
-1. attention.png: the most focused head of each model on the same prompt, side by side.
+1. attention.png: the most focused head of each of the three models on the same prompt, side by side.
 2. fill_in.png + results.json: hide 15% of the validation tokens (BERT's masking, fixed seed) and
    ask each model for them. The MLM model sees both sides of the gap; the causal model can only
    predict a hidden token from the text before it (its next-token prediction at the position
    before), which is what a decoder does. The bidirectional next-token model is scored honestly
-   at the last position of each window, where no future token is there to copy.
+   at the last position of each window, where no future token is there to copy. MORE_RUNS (e.g.
+   a longer causal run) are scored here too.
+3. samples.md: a sample from each next-token model.
 """
 
 from __future__ import annotations
@@ -65,18 +67,24 @@ def fill_in(models: dict, val_ids: np.ndarray, vocab: int, block: int) -> dict[s
     return {name: {"accuracy": h / n, "predictions": n} for name, (h, n) in hits.items()}
 
 
-def main(causal: str, bidir: str, mlm: str, out: str = "experiments/causal_vs_bidirectional") -> None:
+def kind(model, hparams) -> str:
+    attention = "causal" if model.config.causal else "bidirectional"
+    return f"{attention} ({'masked LM' if hparams.get('objective') == 'mlm' else 'next token'})"
+
+
+def main(out: str, causal: str, bidir: str, mlm: str, *more: str) -> None:
     out_dir = Path(out)
-    runs = {"causal (next token)": Path(causal), "bidirectional (next token)": Path(bidir),
-            "bidirectional (masked LM)": Path(mlm)}
-    loaded = {name: load(run) for name, run in runs.items()}
-    tok = next(iter(loaded.values()))[2]
+    loaded = {}
+    for run in (causal, bidir, mlm, *more):
+        model, hp, tok = load(Path(run))
+        loaded[f"{kind(model, hp)}, {hp['steps']:,} steps"] = (model, hp, tok, Path(run))
+    names = list(loaded)
 
     fig, axes = plt.subplots(1, 3, figsize=(19, 7))
     ids = tok.encode(PROMPT)
     labels = [show_token(tok.decode([i])) for i in ids]
-    for ax, (name, (model, _, _)) in zip(axes, loaded.items()):
-        w = attention_weights(model, ids)
+    for ax, name in zip(axes, names[:3]):
+        w = attention_weights(loaded[name][0], ids)
         layer, head = sharpest_head(w)
         im = ax.imshow(np.ma.masked_where(w[layer, head] == 0, w[layer, head]), cmap=CMAP,
                        norm=PowerNorm(**NORM), interpolation="nearest")
@@ -87,15 +95,12 @@ def main(causal: str, bidir: str, mlm: str, out: str = "experiments/causal_vs_bi
     fig.savefig(out_dir / "attention.png", dpi=100, bbox_inches="tight")
     plt.close(fig)
 
-    dm = run_datamodule(runs["causal (next token)"], None)
-    block = loaded["causal (next token)"][0].config.block_size
-    scores = fill_in({n: (m, hp) for n, (m, hp, _) in loaded.items()}, np.asarray(dm.val_ids), tok.vocab_size, block)
-    fig, ax = plt.subplots(figsize=(9, 4.2))
-    names = list(scores)
-    for n in names:
-        scores[n]["steps"] = loaded[n][1]["steps"]
-    bars = ax.barh([f"{n}\n{scores[n]['steps']:,} steps" for n in names], [scores[n]["accuracy"] for n in names],
-                   color=["C0", "C1", "C2"])
+    dm = run_datamodule(Path(causal), None)
+    block = loaded[names[0]][0].config.block_size
+    scores = fill_in({n: (m, hp) for n, (m, hp, _, _) in loaded.items()}, np.asarray(dm.val_ids), tok.vocab_size, block)
+    fig, ax = plt.subplots(figsize=(9, 1.4 + 0.9 * len(names)))
+    bars = ax.barh([n.replace(", ", "\n") for n in names], [scores[n]["accuracy"] for n in names],
+                   color=[f"C{i}" for i in range(len(names))])
     ax.bar_label(bars, fmt="%.3f", padding=3)
     ax.set(xlim=(0, 1), xlabel="accuracy (argmax = the hidden character)",
            title="Restoring hidden validation characters (15% hidden, BERT masking)")
@@ -103,7 +108,7 @@ def main(causal: str, bidir: str, mlm: str, out: str = "experiments/causal_vs_bi
              "bidirectional next-token: last position of each window (no future to copy)",
              ha="center", va="bottom", fontsize=8, color="0.3")
     ax.invert_yaxis()
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.4 / (1.4 + 0.9 * len(names)), 1, 1))
     fig.savefig(out_dir / "fill_in.png", dpi=110)
     plt.close(fig)
     (out_dir / "results.json").write_text(json.dumps(scores, indent=1) + "\n")
@@ -111,8 +116,8 @@ def main(causal: str, bidir: str, mlm: str, out: str = "experiments/causal_vs_bi
     texts = ["# Samples of the two next-token models", "",
              "Temperature 0.8, seed 1337, 200 characters after the prompt (the bidirectional model re-reads the "
              "whole window at every step, as it was trained).", ""]
-    for name in ("causal (next token)", "bidirectional (next token)"):
-        model, _, tok = loaded[name]
+    for name in names[:2]:
+        model, _, tok, _ = loaded[name]
         text = samples.continue_text(model, tok, "ROMEO:", 200, 1337, strategy="sample", temperature=0.8)
         texts += [f"## {name}", "", "```", text, "```", ""]
     (out_dir / "samples.md").write_text("\n".join(texts))
