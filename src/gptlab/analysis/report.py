@@ -153,7 +153,8 @@ def _kind(m: Loaded) -> str:
 
 def _curves_section(run_dir: Path, compare: Sequence[str | Path], labels: list[str] | None, log_scale: bool,
                     out: Path) -> tuple[list[str], list[curves.RunLog]]:
-    main = curves.load_runs([run_dir], labels[:1] if labels else None)
+    runs = curves.load_runs([run_dir, *compare], labels)
+    main = runs[:1]
     curves.plot_curves(main, out / "curves.png")
     md = ["## Loss curves", "",
           "Train loss is logged every optimizer step (faint; the solid line is its exponential moving "
@@ -163,9 +164,7 @@ def _curves_section(run_dir: Path, compare: Sequence[str | Path], labels: list[s
     if log_scale:
         curves.plot_curves(main, out / "curves_log.png", log_scale=True)
         md += ["The same on log-log axes:", "", "![loss curves, log scale](curves_log.png)", ""]
-    runs = main
     if compare:
-        runs = curves.load_runs([run_dir, *compare], labels)
         curves.plot_curves(runs, out / "curves_compare.png", log_scale=log_scale)
         md += ["### Compared runs", "", _table(curves.summary_rows(runs)), "",
                "![compared loss curves](curves_compare.png)", ""]
