@@ -142,7 +142,7 @@ def test_report_end_to_end_on_tiny_runs(tmp_path):
     runs = tmp_path / "multirun"
     for job, extra in (("0", []), ("1", ["model.causal=false", "objective=mlm", "sample_after_training=0"])):
         train(compose_train_cfg(runs / job, tmp_path / "data", [*TINY_RUN, *short, *extra]))
-    cfg = _compose_analyze([f"run_dir={runs}", "max_new_tokens=8", "prompt=ROMEO: hi", "log_scale=true",
+    cfg = _compose_analyze([f"run_dir={runs}", "max_new_tokens=8", "prompt=ROMEO: hi", "log_scale=true", "position_windows=64",
                             "neighbour_queries=4"])
     out = run_analyze(cfg)
     assert out == runs / "report"

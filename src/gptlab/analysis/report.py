@@ -90,6 +90,7 @@ def write_report(
     attention_layer: int | None = None,
     attention_head: int | None = None,
     neighbour_queries: int = 16,
+    position_windows: int = 1600,
     log_scale: bool = False,
     seed: int = 1337,
 ) -> Path:
@@ -111,7 +112,8 @@ def write_report(
         md += _attention_section(main, prompt, attention_layer, attention_head, tmp)
         md += _samples_section(main, prompt, max_new_tokens, temperatures, strategies or samples.STRATEGIES,
                                train_text, seed, tmp)
-        md += _position_section(main, [(runs[0].label, main), *_loadable(runs[1:], ckpt)], val_ids_for, tmp)
+        md += _position_section(main, [(runs[0].label, main), *_loadable(runs[1:], ckpt)], val_ids_for,
+                                position_windows, tmp)
         md += _embedding_section(main, val_ids_for(run_dir), neighbour_queries, tmp)
         (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
         if out_dir.exists():  # swap: the old report is removed only once the new one is complete
@@ -236,15 +238,16 @@ def _samples_section(m: Loaded, prompt: str, max_new_tokens: int, temperatures: 
 
 
 def _position_section(m: Loaded, models: list[tuple[str, Loaded]], val_ids_for: Callable[[Path], np.ndarray],
-                      out: Path) -> list[str]:
+                      windows: int, out: Path) -> list[str]:
     md = ["## Loss by position in the context", ""]
-    pos = {label: probes.per_position_loss(r.model, val_ids_for(r.run_dir)) for label, r in models
+    batches = max(1, -(-windows // 32))
+    pos = {label: probes.per_position_loss(r.model, val_ids_for(r.run_dir), 32, batches) for label, r in models
            if r.objective == "clm"}
     if not pos:
         return md + ["Not measured: no next-token (clm) model among the runs.", ""]
     probes.plot_position_loss(pos, out / "position_loss.png", "Validation loss by position in the context window")
     marks = [p for p in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if p <= m.model.config.block_size]
-    return md + ["Next-token loss averaged at each position over 1,600 evenly spaced validation windows: position t predicts "
+    return md + [f"Next-token loss averaged at each position over {32 * batches:,} evenly spaced validation windows: position t predicts "
                  "token t+1 having seen t+1 tokens. A causal model's loss should fall as the context grows; "
                  "a bidirectional one reads its target directly everywhere except the last position.", "",
                  _table([{"run": k, **{f"ctx {p}": f"{v[p - 1]:.3f}" for p in marks}} for k, v in pos.items()]),

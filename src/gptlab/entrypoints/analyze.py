@@ -69,6 +69,7 @@ def run_analyze(cfg: DictConfig) -> Path:
         max_new_tokens=cfg.max_new_tokens, temperatures=list(cfg.temperatures),
         strategies=to_plain(cfg.strategies), attention_layer=cfg.attention.layer,
         attention_head=cfg.attention.head, neighbour_queries=cfg.neighbour_queries,
+        position_windows=cfg.position_windows,
         log_scale=cfg.log_scale, seed=cfg.seed,
     )
     print(f"[gptlab] report written to {out / 'report.md'}")
