@@ -39,18 +39,47 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def mask_tokens(x: torch.Tensor, mask_prob: float, mask_token_id: int, vocab_size: int,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's masked-LM corruption: (inputs, targets) for a batch of token ids x.
+
+    Each position is chosen with probability mask_prob; a chosen token becomes [MASK] 80% of the
+    time, a random token 10%, and stays itself 10% (so the model cannot trust unmasked inputs
+    blindly). Targets hold the original token at chosen positions and -1 (ignored) elsewhere.
+    """
+    u = torch.rand(x.shape, generator=generator, device=x.device)
+    chosen = u < mask_prob
+    r = torch.rand(x.shape, generator=generator, device=x.device)  # which of the three fates
+    random_ids = torch.randint(0, vocab_size, x.shape, generator=generator, device=x.device)
+    inputs = torch.where(chosen & (r < 0.8), torch.full_like(x, mask_token_id), x)
+    inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs)
+    return inputs, torch.where(chosen, x, torch.full_like(x, -1))
+
+
 class GPTLitModule(L.LightningModule):
     """Args:
         model: GPTConfig fields (plus `compile`); vocab_size must be set.
         optim: lr, min_lr, warmup_steps, lr_decay_steps, weight_decay, betas.
         init_from: "scratch", or a Hugging Face GPT-2 folder/name to start from its weights.
         tokenizer: the tokenizer spec of the data, stored in checkpoints so generation can decode.
+        objective: "clm" (next-token prediction, GPT) or "mlm" (BERT's masked tokens; pair it with
+            model.causal=false). mlm adds a [MASK] token to the vocabulary, id = the data's vocab_size.
+        mask_prob: mlm only: the fraction of positions masked and scored.
     """
 
     def __init__(self, model: dict[str, Any], optim: dict[str, Any], init_from: str = "scratch",
-                 tokenizer: dict[str, Any] | None = None):
+                 tokenizer: dict[str, Any] | None = None, objective: str = "clm", mask_prob: float = 0.15,
+                 mask_token_id: int | None = None):
         super().__init__()
         model = dict(model)
+        if objective not in ("clm", "mlm"):
+            raise ValueError(f"objective={objective!r}: choose 'clm' (next token) or 'mlm' (masked tokens)")
+        if objective == "mlm" and init_from not in (None, "scratch"):
+            raise ValueError(f"objective=mlm trains from scratch (it adds a [MASK] token); got init_from={init_from!r}")
+        if objective == "mlm" and mask_token_id is None:  # a fresh run: one extra id for [MASK]
+            mask_token_id = model["vocab_size"]
+            model["vocab_size"] += 1
+        self.objective, self.mask_prob, self.mask_token_id = objective, mask_prob, mask_token_id
         self.compile_model = bool(model.pop("compile", False))
         if init_from in (None, "scratch"):
             self.model = GPT(GPTConfig.from_dict(model))
@@ -61,7 +90,8 @@ class GPTLitModule(L.LightningModule):
         self.tokenizer_spec = tokenizer
         # hparams hold the model's real config, so a checkpoint alone rebuilds the GPT
         self.save_hyperparameters({"model": self.model.config.to_dict() | {"compile": self.compile_model},
-                                   "optim": dict(optim), "init_from": init_from})
+                                   "optim": dict(optim), "init_from": init_from, "objective": objective,
+                                   "mask_prob": mask_prob, "mask_token_id": mask_token_id})
         self._micro_losses: list[torch.Tensor] = []
 
     def configure_model(self) -> None:
@@ -71,8 +101,13 @@ class GPTLitModule(L.LightningModule):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         return self.model(idx, targets)
 
+    def _mlm_batch(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        return mask_tokens(x, self.mask_prob, self.mask_token_id, self.mask_token_id, generator)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        if self.objective == "mlm":
+            x, y = self._mlm_batch(x)
         _, loss = self.model(x, y)
         # Under gradient accumulation one optimizer step spans k micro-batches: log their mean once.
         self._micro_losses.append(loss.detach())
@@ -86,8 +121,15 @@ class GPTLitModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        _, loss = self.model(x, y)
+        if self.objective == "mlm":  # the same masks at every validation, so the numbers compare
+            x, y = self._mlm_batch(x.cpu(), torch.Generator().manual_seed(batch_idx))
+            x, y = x.to(self.device), y.to(self.device)
+        logits, loss = self.model(x, y)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        if self.objective == "mlm":
+            scored = y != -1
+            acc = (logits.argmax(-1)[scored] == y[scored]).float().mean()
+            self.log("val/masked_acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def configure_optimizers(self):

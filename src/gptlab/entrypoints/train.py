@@ -98,7 +98,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             f"{model_cfg['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
         )
     module = GPTLitModule(model=model_cfg, optim=to_plain(cfg.optim), init_from=cfg.init_from,
-                          tokenizer=meta["tokenizer"])
+                          tokenizer=meta["tokenizer"], objective=cfg.get("objective", "clm"),
+                          mask_prob=cfg.get("mask_prob", 0.15))
 
     if "wandb" in (cfg.get("logger") or {}):
         configure_wandb_offline()
