@@ -251,12 +251,12 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         ValueError,
         r"top_p must be in \(0, 1\] .*got 1\.5",
     ),
-    ("top_k_below_one", lambda c: c.generate("top_k=0"), ValueError, r"top_k must be >= 1 .*got 0"),
+    ("top_k_below_one", lambda c: c.generate("top_k=0"), ValueError, r"top_k must be an integer >= 1 .*got 0"),
     (
         "max_new_tokens_negative",
         lambda c: c.generate("max_new_tokens=-1"),
         ValueError,
-        r"max_new_tokens must be >= 0, got -1",
+        r"max_new_tokens must be an integer >= 0, got -1",
     ),
     # --- output folder ---
     (
@@ -277,7 +277,8 @@ def test_bad_input_gives_a_clear_error(case, action, error, pattern):
 
 def test_prompt_longer_than_block_size_is_cropped_with_a_warning(case, capsys):
     texts = case.generate("prompt=" + "ab" * 40, "max_new_tokens=3")
-    assert "warning: prompt has 80 tokens; keeping the last 32 (block_size)" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert "warning: the prompt has 80 tokens; the model sees only the last 32 (block_size)" in err
     assert len(texts[0]) == 83  # the full prompt is printed, plus 3 new characters
 
 

@@ -179,7 +179,7 @@ def encode_prompt(prompt: str, tok: Tokenizer, block_size: int, device: torch.de
     if not ids:
         raise ValueError("the prompt encodes to no tokens; give at least one character")
     if len(ids) > block_size:
-        print(f"[gptlab] the prompt has {len(ids)} tokens; the model sees only the last {block_size} "
+        print(f"[gptlab] warning: the prompt has {len(ids)} tokens; the model sees only the last {block_size} "
               f"(block_size), and recomputes that window for every new token", file=sys.stderr)
     return prompt, torch.tensor([ids], dtype=torch.long, device=device)
 
