@@ -1,7 +1,7 @@
 """Samples from a trained model: a temperature sweep and one sample per decoding strategy.
 
-Each strategy is a name and the keyword arguments of `GPT.generate`, so a new strategy (beam
-search, say) is one more line in STRATEGIES (or in conf/analyze.yaml's `strategies`).
+Each strategy is a name and the keyword arguments of `GPT.generate`, so a new strategy is one more
+line in STRATEGIES (or in conf/analyze.yaml's `strategies`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ STRATEGIES: dict[str, dict[str, Any]] = {  # the presets of conf/decoding
     "temperature 0.8": {"strategy": "sample", "temperature": 0.8},
     "top-k 200, temperature 0.8": {"strategy": "sample", "temperature": 0.8, "top_k": 200},
     "top-p 0.9, temperature 1.0": {"strategy": "sample", "temperature": 1.0, "top_p": 0.9},
+    "beam search, 4 beams": {"strategy": "beam", "num_beams": 4},
 }
 WORD = re.compile(r"[A-Za-z']+")
 
