@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -98,8 +100,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if "wandb" in (cfg.get("logger") or {}):
         configure_wandb_offline()
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # a bar callback with the bar disabled is an error
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False,
-                                     callbacks=instantiate_all(cfg.get("callbacks")))
+                                     callbacks=callbacks)
     run_dir = Path(cfg.paths.run_dir)
     if trainer.is_global_zero:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +138,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "steps": trainer.global_step,
         "wall_seconds": wall,
     }
+    if trainer.is_global_zero:  # read back by the multirun summary (gptlab.entrypoints.sweep_summary)
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     say(
         f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | best val loss "
         f"{result['best_val_loss'] if result['best_val_loss'] is None else round(result['best_val_loss'], 4)}\n"
