@@ -103,3 +103,131 @@ def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_pa
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 8
+
+
+# ---- DDP ----------------------------------------------------------------------------------------
+
+def run_train_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "WANDB_MODE": "offline"})
+
+
+def test_ddp_cpu_two_ranks(tmp_path):
+    """`trainer=ddp_cpu trainer.devices=2`: the step equals one process accumulating rank 0's and
+    rank 1's first batches (so the ranks drew different windows and DDP averaged their gradients);
+    val loss is reduced over both ranks' shards; rank 0 alone logs and checkpoints."""
+    overrides = ["model=tiny", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=1", "eval_interval=1",
+                 "data.val_batches=4", "optim.warmup_steps=0", "sample_after_training=0",
+                 "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    proc = run_train_script(*overrides, f"hydra.run.dir={tmp_path}/run", f"paths.data_dir={tmp_path}/data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "× devices 2 = 768" in proc.stdout and proc.stdout.count("[gptlab] done") == 1
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best-step1-val" + \
+        f"{metrics(run_dir, 'val/loss')[0][1]:.4f}.ckpt", "last.ckpt"]
+    ddp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+    cfg = compose_train_cfg(tmp_path / "ref", tmp_path / "data", [*overrides[:1], *overrides[3:]])
+    from gptlab.data import read_meta
+    from gptlab.entrypoints.train import build_datamodule
+    from gptlab.entrypoints.config import to_plain
+
+    dm = build_datamodule(cfg)
+    dm.setup()
+    L.seed_everything(cfg.seed, verbose=False)
+    module = GPTLitModule(model={**to_plain(cfg.model), "vocab_size": read_meta(dm.data_dir)["vocab_size"]},
+                          optim=to_plain(cfg.optim))
+    per_rank = [RandomWindows(dm.train_ids, cfg.model.block_size, cfg.data.batch_size, cfg.seed, rank=r).batch(0)
+                for r in range(2)]
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, accumulate_grad_batches=2, gradient_clip_val=1.0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=DataLoader(per_rank, batch_size=None))
+    for name, tensor in module.state_dict().items():
+        torch.testing.assert_close(ddp["state_dict"][name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+    module.eval()
+    with torch.no_grad():
+        full_val = torch.stack([module.model(x, y)[1] for x, y in dm.val_dataloader()]).mean()
+    assert metrics(run_dir, "val/loss")[0][1] == pytest.approx(full_val.item(), abs=1e-5)
+
+
+# ---- callbacks, loggers, precision, debug configs -------------------------------------------------
+
+QUICK = ("model=tiny", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+         "trainer.enable_progress_bar=false", "sample_after_training=0", "data.val_batches=1")
+
+
+def quick_train(tmp_path: Path, *overrides: str) -> dict:
+    return train(compose_train_cfg(tmp_path / "run", tmp_path / "data", [*QUICK, *overrides]))
+
+
+def test_default_callbacks_log_throughput_lr_and_samples(tmp_path):
+    quick_train(tmp_path, "trainer.max_steps=12", "eval_interval=6", "callbacks.throughput.window=4",
+                "callbacks.throughput.skip=1", "callbacks.sampler.every_n_steps=5",
+                "callbacks.sampler.max_new_tokens=12", "callbacks.sampler.prompt=ROMEO:")
+    run_dir = tmp_path / "run"
+    tokens_per_s = metrics(run_dir, "perf/tokens_per_s")
+    # windows of 4 steps from step 1 (skip); validation after step 6 restarts the window one step later
+    assert [s for s, _ in tokens_per_s] == [4, 10] and all(v > 0 for _, v in tokens_per_s)
+    assert all(0 < v < 1 for _, v in metrics(run_dir, "perf/mfu"))
+    assert [s for s, _ in metrics(run_dir, "lr-AdamW/pg1")] == list(range(12))
+    samples = (run_dir / "logs" / "samples.txt").read_text()
+    assert samples.count("=== step") == 2 and "=== step 5\nROMEO:" in samples and "=== step 10\n" in samples
+
+
+def test_early_stopping_callbacks_config_stops_on_a_plateau(tmp_path):
+    result = quick_train(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+                         "callbacks.early_stopping.min_delta=10", "trainer.max_steps=20", "eval_interval=2")
+    assert result["steps"] == 4  # val at 2 sets the best, val at 4 does not beat it by 10 → stop
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb", "[csv,wandb]"])
+def test_loggers(tmp_path, logger):
+    quick_train(tmp_path, f"logger={logger}", "trainer.max_steps=2", "eval_interval=2",
+                "callbacks.sampler.every_n_steps=2", "callbacks.sampler.max_new_tokens=4")
+    run_dir = tmp_path / "run"
+    if "csv" in logger:
+        assert metrics(run_dir, "train/loss")
+    if "tensorboard" in logger:
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    if "wandb" in logger:
+        offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+        assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])  # 16-mixed → bf16 on CPU
+def test_precisions_start_on_cpu(tmp_path, precision):
+    result = quick_train(tmp_path, f"trainer.precision={precision}", "trainer.max_steps=2", "eval_interval=2")
+    assert result["steps"] == 2 and all(torch.isfinite(torch.tensor(v)) for _, v in
+                                        metrics(tmp_path / "run", "train/loss"))
+
+
+@pytest.mark.slow
+def test_compile_starts_on_cpu(tmp_path):
+    result = quick_train(tmp_path, "model.compile=true", "trainer.max_steps=3", "eval_interval=3")
+    assert result["steps"] == 3 and result["best_val_loss"] < 5
+
+
+@pytest.mark.parametrize("debug", ["fast_dev_run", "limit", "overfit", "profiler"])
+def test_debug_configs_start(tmp_path, debug):
+    result = quick_train(tmp_path, f"debug={debug}", "trainer.max_steps=4", "eval_interval=2")
+    assert result["steps"] == (1 if debug == "fast_dev_run" else 4)
+
+
+# ---- sweeps ---------------------------------------------------------------------------------------
+
+def test_multirun_prints_a_summary_of_best_val_loss_per_run(tmp_path):
+    proc = run_train_script("-m", "optim.lr=0.001,0.01", "model=tiny", "trainer.max_steps=6", "eval_interval=3",
+                            "data.val_batches=1", "sample_after_training=0", "trainer.enable_progress_bar=false",
+                            f"hydra.sweep.dir={tmp_path}/sweep", f"paths.data_dir={tmp_path}/data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {job: json.loads((tmp_path / "sweep" / job / "result.json").read_text()) for job in ("0", "1")}
+    table = (tmp_path / "sweep" / "summary.txt").read_text().splitlines()
+    assert "sweep summary" in proc.stdout and table[0].split()[:2] == ["job", "best"]
+    ranked = sorted(results, key=lambda j: results[j]["best_val_loss"])
+    assert [line.split()[0] for line in table[1:]] == ranked
+    for line in table[1:]:
+        job, loss, steps, _, override = line.split()
+        assert float(loss) == pytest.approx(results[job]["best_val_loss"], abs=1e-4) and steps == "6"
+        assert override == ["optim.lr=0.001", "optim.lr=0.01"][int(job)]

@@ -61,9 +61,11 @@ class Throughput(L.Callback):
         model = pl_module.model
         peak = self.peak_flops or device_peak_flops(precision=str(trainer.precision))
         mfu = estimate_mfu(model.config, model.num_params(non_embedding=True), tokens_per_s, peak)
-        pl_module.log_dict({"perf/tokens_per_s": tokens_per_s * trainer.world_size,
-                            "perf/steps_per_s": self._steps / elapsed, "perf/mfu": mfu},
-                           on_step=True, on_epoch=False, rank_zero_only=True)
+        figures = {"perf/tokens_per_s": tokens_per_s * trainer.world_size, "perf/steps_per_s": self._steps / elapsed,
+                   "perf/mfu": mfu}
+        if trainer.is_global_zero:  # straight to the loggers: self.log would repeat the value every step
+            for logger in trainer.loggers:
+                logger.log_metrics(figures, step=trainer.global_step - 1)  # the row of the step just taken
         self._t0, self._tokens, self._steps = time.perf_counter(), 0, 0
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -126,6 +126,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
+    for lg in trainer.loggers:  # close the wandb run, or the next run in this process (-m) would append to it
+        if type(lg).__name__ == "WandbLogger" and trainer.is_global_zero:
+            lg.experiment.finish()
 
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_score if ckpt_cb is not None else None
