@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from gptlab.data import GPTDataModule, ensure_prepared, read_meta
+from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
 from gptlab.entrypoints.config import to_plain
 from gptlab.lit_module import GPTLitModule
 
@@ -47,15 +48,25 @@ def data_folder(cfg: DictConfig) -> Path:
     overwrites (or silently reuses) another tokenizer's bins."""
     tok = tokenizer_config(cfg)
     tag = "-".join(str(v) for k, v in sorted(tok.items()) if k != "kind" and not isinstance(v, (list, dict)))
-    return Path(cfg.paths.data_dir) / cfg.data.name / (tok["kind"] + (f"-{tag}" if tag else ""))
+    name = str(cfg.data.name)
+    if cfg.data.get("kind") == "hf":  # a Hub name or a local path: one safe folder per dataset, config, split
+        name = "hf-" + re.sub(r"[^\w.-]+", "_", "-".join(str(p) for p in (name, cfg.data.config, cfg.data.split) if p))
+    return Path(cfg.paths.data_dir) / name / (tok["kind"] + (f"-{tag}" if tag else ""))
 
 
 def build_datamodule(cfg: DictConfig) -> GPTDataModule:
     out = data_folder(cfg)
-    source, tok, frac = cfg.data.path, tokenizer_config(cfg), cfg.data.val_fraction
+    tok, frac = tokenizer_config(cfg), cfg.data.val_fraction
+    if cfg.data.get("kind") == "hf":
+        d = cfg.data
+        options = dict(config=d.config, split=d.split, text_column=d.text_column, val_fraction=frac,
+                       num_proc=d.num_proc, split_seed=d.split_seed)
+        prepare = lambda: ensure_prepared_hf(d.name, out, tok, **options)  # noqa: E731
+    else:
+        prepare = lambda: ensure_prepared(cfg.data.path, out, tok, frac)  # noqa: E731
     return GPTDataModule(
         out, block_size=cfg.model.block_size, batch_size=cfg.data.batch_size, val_batches=cfg.data.val_batches,
-        num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=lambda: ensure_prepared(source, out, tok, frac),
+        num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=prepare,
     )
 
 
