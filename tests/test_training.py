@@ -231,3 +231,40 @@ def test_multirun_prints_a_summary_of_best_val_loss_per_run(tmp_path):
         job, loss, steps, _, override = line.split()
         assert float(loss) == pytest.approx(results[job]["best_val_loss"], abs=1e-4) and steps == "6"
         assert override == ["optim.lr=0.001", "optim.lr=0.01"][int(job)]
+
+
+# ---- recipes and cluster configs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("devices", [1, 2, 4, 8])
+def test_gpt2_124m_recipe_is_nanogpts(tmp_path, devices):
+    cfg = compose_train_cfg(tmp_path / "r", tmp_path / "d", ["experiment=gpt2_124m", f"trainer.devices={devices}"])
+    tokens = cfg.data.batch_size * cfg.model.block_size * cfg.trainer.accumulate_grad_batches * devices
+    assert tokens == 491_520 and cfg.trainer.max_steps == cfg.optim.lr_decay_steps == 600_000
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (6e-4, 6e-5, 2000, 0.1)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.compile and cfg.data.name == "openwebtext"
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (12, 12, 768)
+
+
+@pytest.mark.slow  # ~2.5 min here: 20 micro-batches × 2 ranks with GPT-2's 50k vocabulary
+def test_gpt2_124m_recipe_prints_its_arithmetic_and_runs_shrunk_on_cpu(tmp_path):
+    """The recipe's code path on this CPU: shakespeare instead of openwebtext, a 1-layer model, 2 devices."""
+    proc = run_train_script("experiment=gpt2_124m", "data=shakespeare", "trainer=ddp_cpu", "trainer.devices=2",
+                            "trainer.precision=bf16-mixed", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+                            "model.block_size=64", "model.compile=false", "trainer.max_steps=1", "eval_interval=1",
+                            "data.val_batches=2", "sample_after_training=0", "trainer.enable_progress_bar=false",
+                            f"hydra.run.dir={tmp_path}/run", f"paths.data_dir={tmp_path}/data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "batch 12 × block 64 × accumulation 20 × devices 2 = 30,720" in proc.stdout
+
+
+def test_fsdp_strategy_config_builds():
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from gptlab.model import Block
+
+    cfg = compose_train_cfg(ROOT / "x", ROOT / "y", ["trainer=fsdp", "model=gpt2_xl"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy) and isinstance(strategy.kwargs["auto_wrap_policy"], ModuleWrapPolicy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
