@@ -69,7 +69,7 @@ def test_clear_errors(local_dataset, tmp_path):
     with_splits = tmp_path / "with_splits"
     datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a", "b"]})}).save_to_disk(str(with_splits))
     assert load_hf_dataset(str(with_splits))["text"] == ["a", "b"]
-    with pytest.raises(ValueError, match="data.split='test' is not in .*splits: \['train'\]"):
+    with pytest.raises(ValueError, match=r"data.split='test' is not in .*splits: \['train'\]"):
         load_hf_dataset(str(with_splits), split="test")
     with pytest.raises(ValueError, match="data.name='no/such-dataset'.*not in the Hugging Face cache"):
         load_hf_dataset("no/such-dataset")

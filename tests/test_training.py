@@ -15,8 +15,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from gptlab.data import read_meta
 from gptlab.data.datamodule import RandomWindows
-from gptlab.entrypoints.train import train
+from gptlab.entrypoints.config import to_plain
+from gptlab.entrypoints.train import build_datamodule, train
 from gptlab.lit_module import GPTLitModule
 from tests.conftest import ROOT, compose_train_cfg
 
@@ -128,10 +130,6 @@ def test_ddp_cpu_two_ranks(tmp_path):
     ddp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
     cfg = compose_train_cfg(tmp_path / "ref", tmp_path / "data", [*overrides[:1], *overrides[3:]])
-    from gptlab.data import read_meta
-    from gptlab.entrypoints.train import build_datamodule
-    from gptlab.entrypoints.config import to_plain
-
     dm = build_datamodule(cfg)
     dm.setup()
     L.seed_everything(cfg.seed, verbose=False)

@@ -6,13 +6,15 @@
 
 Each round runs every variant once with the plain loop and once through train.py, alternating, so
 both see the same machine load. Steps/s is counted after `--skip` warm-up steps (compilation
-excluded). Prints a Markdown table; figures go to experiments/benchmarks/README.md (Training).
+excluded), both per wall-clock second and per CPU second of this process (`time.process_time`,
+all its threads): on a shared machine the wall clock measures the neighbours, the CPU clock
+measures the work. `--threads 1` (default) keeps OpenMP spin-waiting out of the CPU clock.
+Prints a Markdown table; figures go to experiments/benchmarks/README.md (Training).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import statistics
 import sys
@@ -20,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import lightning as L
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +43,23 @@ VARIANTS = {
 }
 
 
-def plain_loop(cfg, steps: int, skip: int) -> float:
+class Clocks(L.Callback):
+    """Wall and CPU time from the start of step `skip` to the end of training (in train.py's run)."""
+
+    last: tuple[float, float] = (0.0, 0.0)
+
+    def __init__(self, skip: int):
+        self.skip = skip
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.skip and batch_idx % trainer.accumulate_grad_batches == 0:
+            self.start = (time.perf_counter(), time.process_time())
+
+    def on_train_end(self, trainer, pl_module):
+        Clocks.last = (time.perf_counter() - self.start[0], time.process_time() - self.start[1])
+
+
+def plain_loop(cfg, steps: int, skip: int) -> tuple[float, float]:
     """nanoGPT's train.py inner loop (log_interval=1: loss.item() every step); returns steps/s."""
     torch.manual_seed(cfg.seed)
     datamodule = build_datamodule(cfg)
@@ -59,7 +78,7 @@ def plain_loop(cfg, steps: int, skip: int) -> float:
     n = 0
     for step in range(steps):
         if step == skip:
-            start = time.perf_counter()
+            start = (time.perf_counter(), time.process_time())
         for _ in range(accumulate):
             x, y = stream.batch(n)
             n += 1
@@ -71,15 +90,15 @@ def plain_loop(cfg, steps: int, skip: int) -> float:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss.item()
-    return (steps - skip) / (time.perf_counter() - start)
+    return (steps - skip) / (time.perf_counter() - start[0]), (steps - skip) / (time.process_time() - start[1])
 
 
-def lightning_run(cfg, steps: int, skip: int) -> float:
-    """train.py's own path; steps/s from the Throughput callback's single window after `skip` steps."""
-    train(cfg)
-    with open(Path(cfg.paths.run_dir) / "logs" / "metrics.csv") as f:
-        rows = [float(r["perf/steps_per_s"]) for r in csv.DictReader(f) if r.get("perf/steps_per_s")]
-    return rows[-1]
+def lightning_run(cfg, steps: int, skip: int) -> tuple[float, float]:
+    """train.py's own path (default callbacks and logger, plus the Clocks callback)."""
+    result = train(cfg)
+    assert result["steps"] == steps
+    wall, cpu = Clocks.last
+    return (steps - skip) / wall, (steps - skip) / cpu
 
 
 def main() -> None:
@@ -87,15 +106,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--skip", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"], choices=sorted(VARIANTS))
-    parser.add_argument("overrides", nargs="*", help="train.py overrides (default: the CPU recipe)")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides, before --variants (default: CPU recipe)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="gptlab-bench-"))
     common = [f"trainer.max_steps={args.steps}", f"eval_interval={10 * args.steps}", "sample_after_training=0",
               f"callbacks.throughput.skip={args.skip}", f"callbacks.throughput.window={args.steps - args.skip}",
-              "trainer.enable_model_summary=false", *args.overrides]
-    results: dict[str, dict[str, list[float]]] = {v: {"plain": [], "lightning": []} for v in args.variants}
+              "trainer.enable_model_summary=false", f"+callbacks.clocks._target_={__name__}.Clocks",
+              f"+callbacks.clocks.skip={args.skip}", *args.overrides]
+    results: dict[str, dict[str, list[tuple[float, float]]]] = {v: {"plain": [], "lightning": []} for v in args.variants}
     loads = []
     for r in range(args.rounds):
         for variant in args.variants:
@@ -105,19 +128,22 @@ def main() -> None:
             results[variant]["plain"].append(plain_loop(cfg, args.steps, args.skip))
             cfg = compose_train_cfg(work / f"lightning-{variant}-{r}", work / "data", over)
             results[variant]["lightning"].append(lightning_run(cfg, args.steps, args.skip))
-            print(f"[bench] round {r} {variant}: plain {results[variant]['plain'][-1]:.2f} steps/s, "
-                  f"lightning {results[variant]['lightning'][-1]:.2f} steps/s", flush=True)
+            (pw, pc), (lw, lc) = results[variant]["plain"][-1], results[variant]["lightning"][-1]
+            print(f"[bench] round {r} {variant}: steps/s wall plain {pw:.2f} lightning {lw:.2f}, "
+                  f"per CPU-s plain {pc:.2f} lightning {lc:.2f}", flush=True)
     loads.append(os.getloadavg()[0])
 
     print(f"\n{args.steps} steps ({args.skip} warm-up) × {args.rounds} rounds, overrides: {' '.join(args.overrides) or '(CPU recipe)'}; "
           f"torch threads {torch.get_num_threads()}; 1-min load average {min(loads):.1f}–{max(loads):.1f}\n")
-    print("| variant | plain loop steps/s | gptlab (Lightning) steps/s | Lightning / plain (per round) |")
-    print("|---|---|---|---|")
+    print("| variant | plain loop steps/s (wall / CPU) | gptlab steps/s (wall / CPU) | "
+          "gptlab / plain, wall | gptlab / plain, CPU (per round) |")
+    print("|---|---|---|---|---|")
     for variant, res in results.items():
-        ratios = [lt / p for lt, p in zip(res["lightning"], res["plain"])]
-        print(f"| {variant} | {statistics.median(res['plain']):.2f} | {statistics.median(res['lightning']):.2f} | "
-              f"{statistics.median(ratios):.3f} ({', '.join(f'{x:.3f}' for x in ratios)}) |")
-
+        med = {k: [statistics.median(x[i] for x in res[k]) for i in (0, 1)] for k in res}
+        ratios = [[lt[i] / p[i] for lt, p in zip(res["lightning"], res["plain"])] for i in (0, 1)]
+        print(f"| {variant} | {med['plain'][0]:.2f} / {med['plain'][1]:.2f} | {med['lightning'][0]:.2f} / "
+              f"{med['lightning'][1]:.2f} | {statistics.median(ratios[0]):.3f} | {statistics.median(ratios[1]):.3f} "
+              f"({', '.join(f'{x:.3f}' for x in ratios[1])}) |")
 
 if __name__ == "__main__":
     main()
