@@ -266,3 +266,30 @@ def test_fsdp_strategy_config_builds():
     strategy = instantiate(cfg.trainer.strategy)
     assert isinstance(strategy, FSDPStrategy) and isinstance(strategy.kwargs["auto_wrap_policy"], ModuleWrapPolicy)
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+
+
+def test_slurm_launcher_config_takes_nodes_and_devices_from_the_trainer():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the `slurm` extra
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
+    assert launcher._target_.endswith("SlurmLauncher")
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_and_prints_the_summary(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # the `sweep` extra
+    proc = run_train_script("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                            "hydra.sweeper.sampler.n_startup_trials=1", "model=tiny", "trainer.max_steps=3",
+                            "eval_interval=3", "data.val_batches=1", "sample_after_training=0",
+                            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}/sweep",
+                            f"paths.data_dir={tmp_path}/data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Best value" in proc.stdout + proc.stderr and "sweep summary" in proc.stdout
+    assert len((tmp_path / "sweep" / "summary.txt").read_text().splitlines()) == 3
