@@ -169,7 +169,7 @@ def test_default_callbacks_log_throughput_lr_and_samples(tmp_path):
     # windows of 4 steps from step 1 (skip); validation after step 6 restarts the window one step later
     assert [s for s, _ in tokens_per_s] == [4, 10] and all(v > 0 for _, v in tokens_per_s)
     assert all(0 < v < 1 for _, v in metrics(run_dir, "perf/mfu"))
-    assert [s for s, _ in metrics(run_dir, "lr-AdamW/pg1")] == list(range(12))
+    assert [s for s, _ in metrics(run_dir, "lr/decay")] == list(range(12))
     samples = (run_dir / "logs" / "samples.txt").read_text()
     assert samples.count("=== step") == 2 and "=== step 5\nROMEO:" in samples and "=== step 10\n" in samples
 
