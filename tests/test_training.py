@@ -293,3 +293,13 @@ def test_optuna_search_runs_trials_and_prints_the_summary(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Best value" in proc.stdout + proc.stderr and "sweep summary" in proc.stdout
     assert len((tmp_path / "sweep" / "summary.txt").read_text().splitlines()) == 3
+
+
+def test_fast_cpu_recipe_differs_from_nanogpts_only_in_peak_lr(tmp_path):
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.to_container(compose_train_cfg(tmp_path / "r", tmp_path / "d", ["experiment=shakespeare_char_cpu"]))
+    fast = OmegaConf.to_container(compose_train_cfg(tmp_path / "r", tmp_path / "d",
+                                                    ["experiment=shakespeare_char_cpu_fast"]))
+    assert fast["optim"].pop("lr") == 3e-3 and base["optim"].pop("lr") == 1e-3
+    assert fast == base

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import torch
@@ -69,6 +70,7 @@ def plain_loop(cfg, steps: int, skip: int) -> tuple[float, float]:
     model = module.model
     if module.compile_model:
         model.compile()
+    module._trainer = SimpleNamespace(precision=str(cfg.trainer.precision))  # the optimizer Lightning would get
     opt_cfg = module.configure_optimizers()
     optimizer, scheduler = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
     ids = open_memmap(datamodule.data_dir / "train.bin", meta["dtype"])
