@@ -31,7 +31,7 @@ def test_tiny_run_learns_checkpoints_and_generates(tiny_cfg, tmp_path):
     assert result["best_val_loss"] == pytest.approx(min(vals))
     assert (run_dir / "config.yaml").exists()
     assert OmegaConf.load(run_dir / "config.yaml").model.n_layer == 2
-    lrs = read_metric(run_dir, "lr")
+    lrs = read_metric(run_dir, "lr/decay")  # LearningRateMonitor (conf/callbacks/default.yaml)
     assert lrs[0] == pytest.approx(3e-3 / 6) and lrs[-1] < lrs[10]
 
     model, ckpt = load_gpt_from_lightning_ckpt(result["last_ckpt"])

@@ -164,3 +164,131 @@ def ensure_prepared(
         return read_meta(out_dir)
     print(f"[gptlab] preparing {source} → {out_dir} (tokenizer {tokenizer.get('kind')})")
     return prepare_text(source, out_dir, tokenizer, val_fraction)
+
+
+# ---- Hugging Face `datasets` ---------------------------------------------------------------------
+# nanoGPT's openwebtext prepare, with what it leaves out: any dataset/split/text column, every
+# tokenizer, a seeded held-out set of whole documents, uint32 for large vocabularies, an atomic
+# write and a meta.json that notices a changed dataset or tokenizer.
+
+_WORKER_TOKENIZERS: dict[str, Any] = {}
+
+
+def load_hf_dataset(name: str, config: str | None = None, split: str = "train"):
+    """One split of a `datasets` dataset: a folder written by `save_to_disk`, a local data folder or
+    file (json/csv/parquet/text), or a Hub name (from the local cache, or downloaded when online)."""
+    import datasets
+
+    path = Path(name).expanduser()
+    if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json")):
+        ds = datasets.load_from_disk(str(path))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ValueError(f"data.split={split!r} is not in {path}; splits: {sorted(ds)}")
+            ds = ds[split]
+        return ds
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except (FileNotFoundError, ConnectionError, ValueError) as e:
+        raise ValueError(
+            f"data.name={name!r} (config {config!r}, split {split!r}) could not be loaded: not a local dataset "
+            f"folder or file, and not in the Hugging Face cache (offline?). {type(e).__name__}: {e}"
+        ) from None
+
+
+def _encode_documents(batch: dict[str, list], spec: str, text_column: str) -> dict[str, list]:
+    """datasets.map worker: ids of each document + the separator (the tokenizer is built once per process)."""
+    from gptlab.tokenizers import tokenizer_from_spec
+
+    if spec not in _WORKER_TOKENIZERS:
+        tok = tokenizer_from_spec(json.loads(spec))
+        sep = [tok.eot_token_id] if tok.eot_token_id is not None else tok.encode_ordinary("\n")
+        _WORKER_TOKENIZERS[spec] = (tok.fast_encoder(), sep)
+    encode, sep = _WORKER_TOKENIZERS[spec]
+    ids = [encode(text) + sep for text in batch[text_column]]
+    return {"ids": ids, "len": [len(i) for i in ids]}
+
+
+def _write_split(path: Path, tokenized, dtype: np.dtype) -> int:
+    """Concatenate a tokenized split into one memmap, batch by batch (never the whole split in RAM)."""
+    total = int(np.sum(tokenized["len"], dtype=np.int64))
+    tmp = path.with_name(path.name + ".tmp")
+    arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(max(total, 1),))
+    pos = 0
+    for batch in tokenized.with_format("numpy", columns=["ids"]).iter(batch_size=1024):
+        chunk = np.concatenate(list(batch["ids"])) if len(batch["ids"]) else np.empty(0, dtype)
+        arr[pos : pos + len(chunk)] = chunk
+        pos += len(chunk)
+    arr.flush()
+    del arr
+    if total == 0:
+        tmp.write_bytes(b"")
+    os.replace(tmp, path)
+    return total
+
+
+def prepare_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, config: str | None = None,
+               split: str = "train", text_column: str = "text", val_fraction: float = 0.0005,
+               num_proc: int = 8, split_seed: int = 2357) -> dict[str, Any]:
+    """Tokenize one split of a `datasets` dataset with num_proc processes into out_dir; a seeded
+    val_fraction of its documents (at least one) becomes val.bin. Documents end with the tokenizer's
+    end-of-text token (a newline for tokenizers without one)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    ds = load_hf_dataset(name, config, split)
+    if text_column not in ds.column_names:
+        raise ValueError(f"data.text_column={text_column!r} is not a column of {name!r}; columns: {ds.column_names}")
+    if len(ds) < 2:
+        raise ValueError(f"{name!r} split {split!r} has {len(ds)} documents: need ≥ 2 (one for validation)")
+    parts = ds.train_test_split(test_size=val_fraction, seed=split_seed, shuffle=True)
+    train_docs = parts["train"][text_column]
+    tok = build_tokenizer(tokenizer, train_docs, "\n".join(ds[text_column]) if tokenizer.get("kind") == "char" else "")
+    dtype = dtype_for_vocab(tok.vocab_size)
+    tok.save(out_dir / "tokenizer.json")
+    spec = json.dumps(tok.to_spec())
+    counts, text_bytes = {}, 0
+    for split_name, part in (("train", parts["train"]), ("val", parts["test"])):
+        text_bytes += sum(len(t.encode("utf-8")) for t in part[text_column])
+        tokenized = part.map(_encode_documents, batched=True, num_proc=num_proc if num_proc > 1 else None,
+                             remove_columns=part.column_names, fn_kwargs={"spec": spec, "text_column": text_column},
+                             desc=f"tokenizing {split_name}")
+        counts[f"{split_name}_tokens"] = _write_split(out_dir / f"{split_name}.bin", tokenized, dtype)
+    meta = {
+        "source": f"hf:{name}" + (f"/{config}" if config else "") + f":{split}",
+        "source_fingerprint": ds._fingerprint,
+        "source_bytes": text_bytes,
+        "text_column": text_column,
+        "tokenizer_config": dict(tokenizer),
+        "tokenizer": tok.to_spec(),
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "val_fraction": val_fraction,
+        "split_seed": split_seed,
+        "documents": {"train": len(parts["train"]), "val": len(parts["test"])},
+        **counts,
+    }
+    write_meta(out_dir, meta)
+    return meta
+
+
+def ensure_prepared_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, config: str | None = None,
+                       split: str = "train", text_column: str = "text", val_fraction: float = 0.0005,
+                       num_proc: int = 8, split_seed: int = 2357) -> dict[str, Any]:
+    """prepare_hf unless out_dir already holds this dataset version, split and tokenizer."""
+    out_dir = Path(out_dir)
+    try:
+        meta = read_meta(out_dir)
+    except (FileNotFoundError, ValueError):
+        meta = None
+    if meta is not None and all((out_dir / f).exists() for f in ("train.bin", "val.bin")):
+        wanted = {"format_version": FORMAT_VERSION, "tokenizer_config": dict(tokenizer), "text_column": text_column,
+                  "val_fraction": val_fraction, "split_seed": split_seed,
+                  "source_fingerprint": load_hf_dataset(name, config, split)._fingerprint}
+        if all(meta.get(k) == v for k, v in wanted.items()):
+            return meta
+    print(f"[gptlab] preparing hf dataset {name} → {out_dir} (tokenizer {tokenizer.get('kind')})")
+    return prepare_hf(name, out_dir, tokenizer, config=config, split=split, text_column=text_column,
+                      val_fraction=val_fraction, num_proc=num_proc, split_seed=split_seed)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -10,11 +12,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from gptlab.checkpoint import check_resumable, check_writable
-from gptlab.data import GPTDataModule, ensure_prepared, read_meta
+from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
 from gptlab.entrypoints.config import to_plain
 from gptlab.lit_module import GPTLitModule
 
@@ -46,15 +49,25 @@ def data_folder(cfg: DictConfig) -> Path:
     overwrites (or silently reuses) another tokenizer's bins."""
     tok = tokenizer_config(cfg)
     tag = "-".join(str(v) for k, v in sorted(tok.items()) if k != "kind" and not isinstance(v, (list, dict)))
-    return Path(cfg.paths.data_dir) / cfg.data.name / (tok["kind"] + (f"-{tag}" if tag else ""))
+    name = str(cfg.data.name)
+    if cfg.data.get("kind") == "hf":  # a Hub name or a local path: one safe folder per dataset, config, split
+        name = "hf-" + re.sub(r"[^\w.-]+", "_", "-".join(str(p) for p in (name, cfg.data.config, cfg.data.split) if p))
+    return Path(cfg.paths.data_dir) / name / (tok["kind"] + (f"-{tag}" if tag else ""))
 
 
 def build_datamodule(cfg: DictConfig) -> GPTDataModule:
     out = data_folder(cfg)
-    source, tok, frac = cfg.data.path, tokenizer_config(cfg), cfg.data.val_fraction
+    tok, frac = tokenizer_config(cfg), cfg.data.val_fraction
+    if cfg.data.get("kind") == "hf":
+        d = cfg.data
+        options = dict(config=d.config, split=d.split, text_column=d.text_column, val_fraction=frac,
+                       num_proc=d.num_proc, split_seed=d.split_seed)
+        prepare = lambda: ensure_prepared_hf(d.name, out, tok, **options)  # noqa: E731
+    else:
+        prepare = lambda: ensure_prepared(cfg.data.path, out, tok, frac)  # noqa: E731
     return GPTDataModule(
         out, block_size=cfg.model.block_size, batch_size=cfg.data.batch_size, val_batches=cfg.data.val_batches,
-        num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=lambda: ensure_prepared(source, out, tok, frac),
+        num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=prepare,
     )
 
 
@@ -103,8 +116,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     if "wandb" in (cfg.get("logger") or {}):
         configure_wandb_offline()
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):  # a bar callback with the bar disabled is an error
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False,
-                                     callbacks=instantiate_all(cfg.get("callbacks")))
+                                     callbacks=callbacks)
     run_dir = Path(cfg.paths.run_dir)
     if trainer.is_global_zero:
         # fail now, not at the first checkpoint: weights + two AdamW moments, fp32
@@ -129,6 +145,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
+    for lg in trainer.loggers:  # close the wandb run, or the next run in this process (-m) would append to it
+        if type(lg).__name__ == "WandbLogger" and trainer.is_global_zero:
+            lg.experiment.finish()
 
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_score if ckpt_cb is not None else None
@@ -141,6 +160,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "steps": trainer.global_step,
         "wall_seconds": wall,
     }
+    if trainer.is_global_zero:  # read back by the multirun summary (gptlab.entrypoints.sweep_summary)
+        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
     say(
         f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | best val loss "
         f"{result['best_val_loss'] if result['best_val_loss'] is None else round(result['best_val_loss'], 4)}\n"

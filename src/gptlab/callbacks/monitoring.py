@@ -1,0 +1,127 @@
+"""What a run is doing: training throughput (tokens/s, MFU) and text samples while it trains."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from gptlab.flops import device_peak_flops, estimate_mfu
+
+
+def _optimizer_stepped(trainer: L.Trainer, batch_idx: int) -> bool:
+    """True on the micro-batch that ends an accumulation window (the optimizer step)."""
+    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
+class Throughput(L.Callback):
+    """Logs `perf/tokens_per_s` (all devices), `perf/steps_per_s` and `perf/mfu` over windows of
+    `window` optimizer steps.
+
+    Windows, not single steps, because a per-step time on a GPU needs a device sync per step
+    (it would slow the run it measures); the first window starts after `skip` steps so that
+    torch.compile and allocator warm-up do not count. MFU is per device against the GPU's peak
+    for the run's precision (gptlab.flops), or `peak_flops` when given (e.g. for a CPU).
+    """
+
+    def __init__(self, window: int = 50, skip: int = 5, peak_flops: float | None = None):
+        if window < 1 or skip < 0:
+            raise ValueError(f"Throughput: window must be ≥ 1 and skip ≥ 0, got window={window}, skip={skip}")
+        self.window, self.skip, self.peak_flops = window, skip, peak_flops
+        self._t0: float | None = None
+        self._tokens = 0
+        self._steps = 0
+
+    def _sync(self, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._t0 is not None:
+            self._tokens += batch[0].numel()
+        if not _optimizer_stepped(trainer, batch_idx):
+            return
+        if self._t0 is None:
+            if trainer.global_step >= self.skip:
+                self._sync(pl_module)
+                self._t0, self._tokens, self._steps = time.perf_counter(), 0, 0
+            return
+        self._steps += 1
+        if self._steps < self.window:
+            return
+        self._sync(pl_module)
+        elapsed = time.perf_counter() - self._t0
+        tokens_per_s = self._tokens / elapsed  # this device
+        model = pl_module.model
+        peak = self.peak_flops or device_peak_flops(precision=str(trainer.precision))
+        mfu = estimate_mfu(model.config, model.num_params(non_embedding=True), tokens_per_s, peak)
+        figures = {"perf/tokens_per_s": tokens_per_s * trainer.world_size, "perf/steps_per_s": self._steps / elapsed,
+                   "perf/mfu": mfu}
+        if trainer.is_global_zero:  # straight to the loggers: self.log would repeat the value every step
+            for logger in trainer.loggers:
+                logger.log_metrics(figures, step=trainer.global_step - 1)  # the row of the step just taken
+        self._t0, self._tokens, self._steps = time.perf_counter(), 0, 0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = None  # validation time is not training throughput: restart the window after it
+
+
+class TextSampler(L.Callback):
+    """Every `every_n_steps` optimizer steps, generate `max_new_tokens` from `prompt` and log it.
+
+    The text goes to `<run log dir>/samples.txt` (always) and to TensorBoard / wandb when those
+    loggers are in use. Sampling draws from its own seeded generator, never the global RNG, so it
+    leaves the training run (dropout masks, exact resume) untouched.
+    """
+
+    def __init__(self, every_n_steps: int = 500, max_new_tokens: int = 200, prompt: str = "\n",
+                 temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337):
+        if every_n_steps < 1 or max_new_tokens < 1:
+            raise ValueError(f"TextSampler: every_n_steps and max_new_tokens must be ≥ 1, "
+                             f"got {every_n_steps}, {max_new_tokens}")
+        self.every_n_steps, self.max_new_tokens, self.prompt = every_n_steps, max_new_tokens, prompt
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if _optimizer_stepped(trainer, batch_idx) and step % self.every_n_steps == 0:
+            self.sample(trainer, pl_module, step)
+
+    @rank_zero_only
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> str:
+        from gptlab.generation import generate
+        from gptlab.tokenizers import tokenizer_from_spec
+
+        if pl_module.tokenizer_spec is None:
+            raise ValueError("TextSampler needs the data's tokenizer: GPTLitModule(tokenizer=...) was None")
+        tok = tokenizer_from_spec(pl_module.tokenizer_spec)
+        start = tok.encode(self.prompt) or [tok.eot_token_id or 0]
+        model = pl_module.model
+        was_training = model.training
+        model.eval()
+        idx = torch.tensor([start], device=pl_module.device)
+        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
+        out = generate(model, idx, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
+                       generator=generator)
+        model.train(was_training)
+        text = tok.decode(out[0, len(start):].tolist())
+        self._write(trainer, step, text)
+        return text
+
+    def _write(self, trainer: L.Trainer, step: int, text: str) -> None:
+        folder = Path(trainer.log_dir or trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / "samples.txt", "a", encoding="utf-8") as f:
+            f.write(f"=== step {step}\n{self.prompt}{text}\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_text("samples", f"```\n{self.prompt}{text}\n```", global_step=step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_text("samples", columns=["step", "text"], data=[[step, self.prompt + text]], step=step)

@@ -1,0 +1,31 @@
+"""ModelCheckpoint that keeps the best val loss across a resume into a new run folder.
+
+Every launch gets its own Hydra folder, so a resumed run (ckpt_path=..., resume=auto) saves into
+a different dirpath than the run it continues. Lightning's ModelCheckpoint then forgets the best
+score and would call the next (maybe worse) validation "best". This one restores the ranking and
+never deletes checkpoints outside its own folder: the earlier run's files stay where they are.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+
+class ResumableModelCheckpoint(ModelCheckpoint):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:
+            super().load_state_dict(state_dict)
+            return
+        self.best_model_score = state_dict["best_model_score"]
+        self.best_model_path = state_dict["best_model_path"]
+        self.best_k_models = state_dict.get("best_k_models", {})
+        self.kth_best_model_path = state_dict.get("kth_best_model_path", "")
+        self.kth_value = state_dict.get("kth_value", self.kth_value)
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        if self.dirpath is not None and Path(filepath).resolve().is_relative_to(Path(self.dirpath).resolve()):
+            super()._remove_checkpoint(trainer, filepath)

@@ -1,0 +1,305 @@
+"""Training mechanics through Lightning's real Trainer and the real Hydra configs: gradient
+accumulation, exact resume, DDP, precision, loggers, callbacks, sweeps and debug configs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from gptlab.data import read_meta
+from gptlab.data.datamodule import RandomWindows
+from gptlab.entrypoints.config import to_plain
+from gptlab.entrypoints.train import build_datamodule, train
+from gptlab.lit_module import GPTLitModule
+from tests.conftest import ROOT, compose_train_cfg
+
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, dropout=0.0, bias=True)
+OPTIM = dict(lr=1e-3, min_lr=1e-4, warmup_steps=0, lr_decay_steps=10, weight_decay=0.1, betas=[0.9, 0.95])
+
+
+def metrics(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) rows of one metric in a run's CSV log."""
+    with open(run_dir / "logs" / "metrics.csv") as f:
+        return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
+
+
+# ---- accumulation -------------------------------------------------------------------------------
+
+class GradsBeforeStep(L.Callback):
+    """Keeps the gradients Lightning hands to the optimizer (before clipping)."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters()}
+
+
+def one_step_grads(chunks: list[tuple[torch.Tensor, torch.Tensor]], accumulate: int, tmp_path: Path):
+    torch.manual_seed(0)
+    module = GPTLitModule(model=TINY, optim=OPTIM)
+    grads = GradsBeforeStep()
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name="logs", version="")
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, accumulate_grad_batches=accumulate, logger=logger,
+                        callbacks=[grads], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1)
+    trainer.fit(module, train_dataloaders=DataLoader(chunks, batch_size=None))
+    return grads.grads, metrics(tmp_path, "train/loss")
+
+
+def test_accumulation_k_micro_batches_equals_one_big_batch(tmp_path):
+    """k micro-batches of b (Lightning divides each loss by k) give batch k·b's gradients, and the
+    logged train loss is the mean over the micro-batches = the big batch's loss."""
+    k, b = 4, 3
+    ids = torch.randint(0, TINY["vocab_size"], (5000,)).numpy()
+    x, y = RandomWindows(ids, TINY["block_size"], k * b, seed=1).batch(0)
+    big, big_loss = one_step_grads([(x, y)], 1, tmp_path / "big")
+    small, small_loss = one_step_grads([(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(k)], k,
+                                       tmp_path / "small")
+    assert big.keys() == small.keys()
+    for name in big:
+        torch.testing.assert_close(small[name], big[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert len(big_loss) == len(small_loss) == 1  # one logged loss per optimizer step
+    assert small_loss[0][1] == pytest.approx(big_loss[0][1], abs=1e-5)
+
+
+# ---- exact resume -------------------------------------------------------------------------------
+
+RESUME_RUN = ("model=tiny", "model.dropout=0.1", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+              "trainer.enable_progress_bar=false", "sample_after_training=0", "eval_interval=4",
+              "data.val_batches=2", "optim.warmup_steps=2", "optim.lr_decay_steps=8", "optim.lr=3e-3",
+              "callbacks.sampler.every_n_steps=3", "callbacks.sampler.max_new_tokens=8")
+
+
+def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_path):
+    """8 steps straight vs 4 steps + resume to 8 from last.ckpt: same per-step losses (bitwise on
+    CPU fp32), same final weights, same best val loss. Dropout is on, so the restored RNG matters;
+    the sampler callback runs in between and must not disturb it."""
+    data = tmp_path / "data"
+    straight = train(compose_train_cfg(tmp_path / "straight", data, [*RESUME_RUN, "trainer.max_steps=8"]))
+    half = train(compose_train_cfg(tmp_path / "half", data, [*RESUME_RUN, "trainer.max_steps=4"]))
+    resumed = train(compose_train_cfg(tmp_path / "resumed", data, [*RESUME_RUN, "trainer.max_steps=8",
+                                                                    f"ckpt_path={half['last_ckpt']}"]))
+    assert straight["steps"] == resumed["steps"] == 8
+    losses_straight = metrics(tmp_path / "straight", "train/loss")
+    losses_split = metrics(tmp_path / "half", "train/loss") + metrics(tmp_path / "resumed", "train/loss")
+    assert [s for s, _ in losses_straight] == list(range(8))
+    assert losses_split == losses_straight  # bitwise
+    assert metrics(tmp_path / "resumed", "val/loss") == metrics(tmp_path / "straight", "val/loss")[1:]
+    assert resumed["best_val_loss"] == straight["best_val_loss"]
+
+    # the best val loss survives a resume into a new run folder, even before the next validation
+    no_val_yet = train(compose_train_cfg(tmp_path / "resumed6", data, [*RESUME_RUN, "trainer.max_steps=6",
+                                                                       f"ckpt_path={half['last_ckpt']}"]))
+    assert no_val_yet["best_val_loss"] == half["best_val_loss"] is not None
+    assert Path(no_val_yet["best_ckpt"]).exists() and Path(half["best_ckpt"]).exists()
+
+    a = torch.load(straight["last_ckpt"], weights_only=True)
+    b = torch.load(resumed["last_ckpt"], weights_only=True)
+    for name, tensor in a["state_dict"].items():
+        assert torch.equal(tensor, b["state_dict"][name]), name
+    assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 8
+
+
+# ---- DDP ----------------------------------------------------------------------------------------
+
+def run_train_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "WANDB_MODE": "offline"})
+
+
+def test_ddp_cpu_two_ranks(tmp_path):
+    """`trainer=ddp_cpu trainer.devices=2`: the step equals one process accumulating rank 0's and
+    rank 1's first batches (so the ranks drew different windows and DDP averaged their gradients);
+    val loss is reduced over both ranks' shards; rank 0 alone logs and checkpoints."""
+    overrides = ["model=tiny", "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=1", "eval_interval=1",
+                 "data.val_batches=4", "optim.warmup_steps=0", "sample_after_training=0",
+                 "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+    proc = run_train_script(*overrides, f"hydra.run.dir={tmp_path}/run", f"paths.data_dir={tmp_path}/data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "× devices 2 = 768" in proc.stdout and proc.stdout.count("[gptlab] done") == 1
+    run_dir = tmp_path / "run"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best-step1-val" + \
+        f"{metrics(run_dir, 'val/loss')[0][1]:.4f}.ckpt", "last.ckpt"]
+    ddp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+
+    cfg = compose_train_cfg(tmp_path / "ref", tmp_path / "data", [*overrides[:1], *overrides[3:]])
+    dm = build_datamodule(cfg)
+    dm.setup()
+    L.seed_everything(cfg.seed, verbose=False)
+    module = GPTLitModule(model={**to_plain(cfg.model), "vocab_size": read_meta(dm.data_dir)["vocab_size"]},
+                          optim=to_plain(cfg.optim))
+    per_rank = [RandomWindows(dm.train_ids, cfg.model.block_size, cfg.data.batch_size, cfg.seed, rank=r).batch(0)
+                for r in range(2)]
+    trainer = L.Trainer(accelerator="cpu", max_steps=1, accumulate_grad_batches=2, gradient_clip_val=1.0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, train_dataloaders=DataLoader(per_rank, batch_size=None))
+    for name, tensor in module.state_dict().items():
+        torch.testing.assert_close(ddp["state_dict"][name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+    module.eval()
+    with torch.no_grad():
+        full_val = torch.stack([module.model(x, y)[1] for x, y in dm.val_dataloader()]).mean()
+    assert metrics(run_dir, "val/loss")[0][1] == pytest.approx(full_val.item(), abs=1e-5)
+
+
+# ---- callbacks, loggers, precision, debug configs -------------------------------------------------
+
+QUICK = ("model=tiny", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+         "trainer.enable_progress_bar=false", "sample_after_training=0", "data.val_batches=1")
+
+
+def quick_train(tmp_path: Path, *overrides: str) -> dict:
+    return train(compose_train_cfg(tmp_path / "run", tmp_path / "data", [*QUICK, *overrides]))
+
+
+def test_default_callbacks_log_throughput_lr_and_samples(tmp_path):
+    quick_train(tmp_path, "trainer.max_steps=12", "eval_interval=6", "callbacks.throughput.window=4",
+                "callbacks.throughput.skip=1", "callbacks.sampler.every_n_steps=5",
+                "callbacks.sampler.max_new_tokens=12", "callbacks.sampler.prompt=ROMEO:")
+    run_dir = tmp_path / "run"
+    tokens_per_s = metrics(run_dir, "perf/tokens_per_s")
+    # windows of 4 steps from step 1 (skip); validation after step 6 restarts the window one step later
+    assert [s for s, _ in tokens_per_s] == [4, 10] and all(v > 0 for _, v in tokens_per_s)
+    assert all(0 < v < 1 for _, v in metrics(run_dir, "perf/mfu"))
+    assert [s for s, _ in metrics(run_dir, "lr/decay")] == list(range(12))
+    samples = (run_dir / "logs" / "samples.txt").read_text()
+    assert samples.count("=== step") == 2 and "=== step 5\nROMEO:" in samples and "=== step 10\n" in samples
+
+
+def test_early_stopping_callbacks_config_stops_on_a_plateau(tmp_path):
+    result = quick_train(tmp_path, "callbacks=early_stopping", "callbacks.early_stopping.patience=1",
+                         "callbacks.early_stopping.min_delta=10", "trainer.max_steps=20", "eval_interval=2")
+    assert result["steps"] == 4  # val at 2 sets the best, val at 4 does not beat it by 10 → stop
+
+
+@pytest.mark.parametrize("logger", ["tensorboard", "wandb", "[csv,wandb]"])
+def test_loggers(tmp_path, logger):
+    quick_train(tmp_path, f"logger={logger}", "trainer.max_steps=2", "eval_interval=2",
+                "callbacks.sampler.every_n_steps=2", "callbacks.sampler.max_new_tokens=4")
+    run_dir = tmp_path / "run"
+    if "csv" in logger:
+        assert metrics(run_dir, "train/loss")
+    if "tensorboard" in logger:
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    if "wandb" in logger:
+        offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+        assert len(offline_runs) == 1 and list(offline_runs[0].glob("*.wandb"))
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "16-mixed"])  # 16-mixed → bf16 on CPU
+def test_precisions_start_on_cpu(tmp_path, precision):
+    result = quick_train(tmp_path, f"trainer.precision={precision}", "trainer.max_steps=2", "eval_interval=2")
+    assert result["steps"] == 2 and all(torch.isfinite(torch.tensor(v)) for _, v in
+                                        metrics(tmp_path / "run", "train/loss"))
+
+
+@pytest.mark.slow
+def test_compile_starts_on_cpu(tmp_path):
+    result = quick_train(tmp_path, "model.compile=true", "trainer.max_steps=3", "eval_interval=3")
+    assert result["steps"] == 3 and result["best_val_loss"] < 5
+
+
+@pytest.mark.parametrize("debug", ["fast_dev_run", "limit", "overfit", "profiler"])
+def test_debug_configs_start(tmp_path, debug):
+    result = quick_train(tmp_path, f"debug={debug}", "trainer.max_steps=4", "eval_interval=2")
+    assert result["steps"] == (1 if debug == "fast_dev_run" else 4)
+
+
+# ---- sweeps ---------------------------------------------------------------------------------------
+
+def test_multirun_prints_a_summary_of_best_val_loss_per_run(tmp_path):
+    proc = run_train_script("-m", "optim.lr=0.001,0.01", "model=tiny", "trainer.max_steps=6", "eval_interval=3",
+                            "data.val_batches=1", "sample_after_training=0", "trainer.enable_progress_bar=false",
+                            f"hydra.sweep.dir={tmp_path}/sweep", f"paths.data_dir={tmp_path}/data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {job: json.loads((tmp_path / "sweep" / job / "result.json").read_text()) for job in ("0", "1")}
+    table = (tmp_path / "sweep" / "summary.txt").read_text().splitlines()
+    assert "sweep summary" in proc.stdout and table[0].split()[:2] == ["job", "best"]
+    ranked = sorted(results, key=lambda j: results[j]["best_val_loss"])
+    assert [line.split()[0] for line in table[1:]] == ranked
+    for line in table[1:]:
+        job, loss, steps, _, override = line.split()
+        assert float(loss) == pytest.approx(results[job]["best_val_loss"], abs=1e-4) and steps == "6"
+        assert override == ["optim.lr=0.001", "optim.lr=0.01"][int(job)]
+
+
+# ---- recipes and cluster configs ------------------------------------------------------------------
+
+@pytest.mark.parametrize("devices", [1, 2, 4, 8])
+def test_gpt2_124m_recipe_is_nanogpts(tmp_path, devices):
+    cfg = compose_train_cfg(tmp_path / "r", tmp_path / "d", ["experiment=gpt2_124m", f"trainer.devices={devices}"])
+    tokens = cfg.data.batch_size * cfg.model.block_size * cfg.trainer.accumulate_grad_batches * devices
+    assert tokens == 491_520 and cfg.trainer.max_steps == cfg.optim.lr_decay_steps == 600_000
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.optim.weight_decay) == (6e-4, 6e-5, 2000, 0.1)
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.model.compile and cfg.data.name == "openwebtext"
+    assert (cfg.model.n_layer, cfg.model.n_head, cfg.model.n_embd) == (12, 12, 768)
+
+
+@pytest.mark.slow  # ~2.5 min here: 20 micro-batches × 2 ranks with GPT-2's 50k vocabulary
+def test_gpt2_124m_recipe_prints_its_arithmetic_and_runs_shrunk_on_cpu(tmp_path):
+    """The recipe's code path on this CPU: shakespeare instead of openwebtext, a 1-layer model, 2 devices."""
+    proc = run_train_script("experiment=gpt2_124m", "data=shakespeare", "trainer=ddp_cpu", "trainer.devices=2",
+                            "trainer.precision=bf16-mixed", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+                            "model.block_size=64", "model.compile=false", "trainer.max_steps=1", "eval_interval=1",
+                            "data.val_batches=2", "sample_after_training=0", "trainer.enable_progress_bar=false",
+                            f"hydra.run.dir={tmp_path}/run", f"paths.data_dir={tmp_path}/data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "batch 12 × block 64 × accumulation 20 × devices 2 = 30,720" in proc.stdout
+
+
+def test_fsdp_strategy_config_builds():
+    from hydra.utils import instantiate
+    from lightning.pytorch.strategies import FSDPStrategy
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+
+    from gptlab.model import Block
+
+    cfg = compose_train_cfg(ROOT / "x", ROOT / "y", ["trainer=fsdp", "model=gpt2_xl"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy) and isinstance(strategy.kwargs["auto_wrap_policy"], ModuleWrapPolicy)
+    assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
+
+
+def test_slurm_launcher_config_takes_nodes_and_devices_from_the_trainer():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the `slurm` extra
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=8",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)
+    assert launcher._target_.endswith("SlurmLauncher")
+
+
+@pytest.mark.slow
+def test_optuna_search_runs_trials_and_prints_the_summary(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")  # the `sweep` extra
+    proc = run_train_script("-m", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                            "hydra.sweeper.sampler.n_startup_trials=1", "model=tiny", "trainer.max_steps=3",
+                            "eval_interval=3", "data.val_batches=1", "sample_after_training=0",
+                            "trainer.enable_progress_bar=false", f"hydra.sweep.dir={tmp_path}/sweep",
+                            f"paths.data_dir={tmp_path}/data")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Best value" in proc.stdout + proc.stderr and "sweep summary" in proc.stdout
+    assert len((tmp_path / "sweep" / "summary.txt").read_text().splitlines()) == 3
+
+
+def test_fast_cpu_recipe_differs_from_nanogpts_only_in_peak_lr(tmp_path):
+    from omegaconf import OmegaConf
+
+    base = OmegaConf.to_container(compose_train_cfg(tmp_path / "r", tmp_path / "d", ["experiment=shakespeare_char_cpu"]))
+    fast = OmegaConf.to_container(compose_train_cfg(tmp_path / "r", tmp_path / "d",
+                                                    ["experiment=shakespeare_char_cpu_fast"]))
+    assert fast["optim"].pop("lr") == 3e-3 and base["optim"].pop("lr") == 1e-3
+    assert fast == base
