@@ -142,6 +142,10 @@ def test_report_end_to_end_on_tiny_runs(tmp_path):
     runs = tmp_path / "multirun"
     for job, extra in (("0", []), ("1", ["model.causal=false", "objective=mlm", "sample_after_training=0"])):
         train(compose_train_cfg(runs / job, tmp_path / "data", [*TINY_RUN, *short, *extra]))
+    from gptlab.analysis.curves import read_metrics
+
+    lr = read_metrics(runs / "0")["lr"]  # the schedule plotted beneath the losses, from LearningRateMonitor
+    assert lr.steps.tolist() == list(range(len(lr.steps))) and lr.values[-1] < lr.values[3]
     cfg = _compose_analyze([f"run_dir={runs}", "max_new_tokens=8", "prompt=ROMEO: hi", "log_scale=true", "position_windows=64",
                             "neighbour_queries=4"])
     out = run_analyze(cfg)

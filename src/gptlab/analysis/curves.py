@@ -21,6 +21,9 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 TRAIN, VAL, LR = "train/loss", "val/loss", "lr"
+# LearningRateMonitor names the column after the scheduler and the parameter group; both AdamW
+# groups share one LR, so the decayed group's column stands for the schedule (older runs: "lr").
+LR_COLUMNS = (LR, "lr/decay")
 
 
 @dataclass
@@ -116,10 +119,15 @@ def read_metrics(run_dir: str | Path) -> dict[str, Series]:
     run_dir = Path(run_dir)
     csv_path = run_dir / "logs" / "metrics.csv"
     if csv_path.is_file():
-        return read_csv_metrics(csv_path)
-    if any(run_dir.rglob("events.out.tfevents.*")):
-        return read_tensorboard_metrics(run_dir)
-    raise FileNotFoundError(f"{run_dir}: no logs/metrics.csv and no TensorBoard events (events.out.tfevents.*)")
+        metrics = read_csv_metrics(csv_path)
+    elif any(run_dir.rglob("events.out.tfevents.*")):
+        metrics = read_tensorboard_metrics(run_dir)
+    else:
+        raise FileNotFoundError(f"{run_dir}: no logs/metrics.csv and no TensorBoard events (events.out.tfevents.*)")
+    lr = next((metrics[c] for c in LR_COLUMNS if c in metrics), None)
+    if lr is not None:
+        metrics[LR] = lr
+    return metrics
 
 
 def tokens_per_step(config: dict) -> int | None:
