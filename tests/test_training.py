@@ -303,3 +303,28 @@ def test_fast_cpu_recipe_differs_from_nanogpts_only_in_peak_lr(tmp_path):
                                                     ["experiment=shakespeare_char_cpu_fast"]))
     assert fast["optim"].pop("lr") == 3e-3 and base["optim"].pop("lr") == 1e-3
     assert fast == base
+
+
+def test_resume_auto_in_a_sweep_only_takes_the_jobs_own_checkpoint(tmp_path, monkeypatch):
+    """Jobs of one sweep train different settings: job 1 must never continue job 0's last.ckpt."""
+    from omegaconf import OmegaConf
+
+    from gptlab.entrypoints import train as train_entry
+
+    sweep = tmp_path / "outputs" / "run" / "multirun-x"
+    (sweep / "0" / "checkpoints").mkdir(parents=True)
+    (sweep / "0" / "checkpoints" / "last.ckpt").write_bytes(b"job 0")
+    job1 = OmegaConf.create({"paths": {"run_dir": str(sweep / "1")}})
+    monkeypatch.setattr(train_entry, "in_multirun", lambda: True)
+    assert train_entry.find_last_checkpoint(job1) is None
+    (sweep / "1" / "checkpoints").mkdir(parents=True)
+    (sweep / "1" / "checkpoints" / "last.ckpt").write_bytes(b"job 1")
+    assert train_entry.find_last_checkpoint(job1) == str(sweep / "1" / "checkpoints" / "last.ckpt")
+
+    # a single run continues the newest run of its run_name
+    monkeypatch.setattr(train_entry, "in_multirun", lambda: False)
+    single = tmp_path / "outputs" / "run"
+    (single / "t1" / "checkpoints").mkdir(parents=True)
+    (single / "t1" / "checkpoints" / "last.ckpt").write_bytes(b"t1")
+    new_run = OmegaConf.create({"paths": {"run_dir": str(single / "t2")}})
+    assert train_entry.find_last_checkpoint(new_run) == str(single / "t1" / "checkpoints" / "last.ckpt")

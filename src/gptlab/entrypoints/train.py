@@ -11,6 +11,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
@@ -71,10 +73,19 @@ def build_datamodule(cfg: DictConfig) -> GPTDataModule:
     )
 
 
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def find_last_checkpoint(cfg: DictConfig) -> str | None:
-    """resume=auto: the newest last.ckpt among earlier runs of this run_name."""
-    root = Path(cfg.paths.run_dir).parent
-    candidates = sorted(root.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    """resume=auto: the newest last.ckpt among earlier runs of this run_name.
+
+    In a sweep only the job's own folder counts: the jobs of one sweep train different settings, so
+    one must never continue another's checkpoint. Re-launch the sweep with
+    `hydra.sweep.dir=<its folder>` to resume every job where it stopped."""
+    run_dir = Path(cfg.paths.run_dir)
+    found = run_dir.glob("checkpoints/last.ckpt") if in_multirun() else run_dir.parent.glob("*/checkpoints/last.ckpt")
+    candidates = sorted(found, key=lambda p: p.stat().st_mtime)
     return str(candidates[-1]) if candidates else None
 
 
