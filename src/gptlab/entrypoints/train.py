@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -50,10 +50,15 @@ def data_folder(cfg: DictConfig) -> Path:
 
 def build_datamodule(cfg: DictConfig) -> GPTDataModule:
     out = data_folder(cfg)
-    source, tok, frac = cfg.data.path, tokenizer_config(cfg), cfg.data.val_fraction
+    if cfg.data.get("prepare"):  # non-text data names its own prepare: f(data config dict, out dir) → meta
+        prepare_fn, data_cfg = get_method(cfg.data.prepare), {**to_plain(cfg.data), "tokenizer": tokenizer_config(cfg)}
+        prepare = lambda: prepare_fn(data_cfg, out)  # noqa: E731
+    else:
+        source, tok, frac = cfg.data.path, tokenizer_config(cfg), cfg.data.val_fraction
+        prepare = lambda: ensure_prepared(source, out, tok, frac)  # noqa: E731
     return GPTDataModule(
         out, block_size=cfg.model.block_size, batch_size=cfg.data.batch_size, val_batches=cfg.data.val_batches,
-        num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=lambda: ensure_prepared(source, out, tok, frac),
+        num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=prepare,
     )
 
 
