@@ -127,7 +127,7 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
         report["auroc_ratio_to_oracle"] = results["trajectory"]["auroc"] / results["oracle"]["auroc"]
     (out / "report.json").write_text(json.dumps(report, indent=1))
     M.calibration_plot(out / "calibration.png", y, scores,
-                       f"{task['name']}: calibration (N={len(y)}, prevalence {y.mean():.1%})")
+                       f"{task['name']}: calibration\nN={len(y)}, prevalence {y.mean():.1%}, equal-count bins")
     lines = [f"# {task['name']}", "", f"checkpoint `{cfg['ckpt_path']}`, MEDS `{meds_dir}`, splits {list(cfg['splits'])}",
              f"N = {len(y)} predictions, {int(y.sum())} positive (prevalence {y.mean():.1%}); "
              f"{cfg['n_trajectories']} trajectories each, horizon {task['horizon_days']} days", "",

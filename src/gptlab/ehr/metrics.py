@@ -105,8 +105,8 @@ def calibration_plot(path: str | Path, y, scores: dict[str, np.ndarray], title: 
         ax.plot(xs, ys, marker="o", label=name)
     top = min(1.0, top * 1.05 + 0.02)
     ax.plot([0, top], [0, top], ls="--", color="grey", lw=1, label="perfect calibration")
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted risk (bin)", ylabel="observed rate (bin)",
-           title=title)
+    ax.set(xlim=(0, top), ylim=(0, top), xlabel="mean predicted risk (bin)", ylabel="observed rate (bin)")
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
