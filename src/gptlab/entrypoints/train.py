@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_method, instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -59,8 +59,11 @@ def data_folder(cfg: DictConfig) -> Path:
 
 def build_datamodule(cfg: DictConfig) -> GPTDataModule:
     out = data_folder(cfg)
-    tok, frac = tokenizer_config(cfg), cfg.data.val_fraction
-    if cfg.data.get("kind") == "hf":
+    tok, frac = tokenizer_config(cfg), cfg.data.get("val_fraction")
+    if cfg.data.get("prepare"):  # non-text data names its own prepare: f(data config dict, out dir) → meta
+        prepare_fn, data_cfg = get_method(cfg.data.prepare), {**to_plain(cfg.data), "tokenizer": tok}
+        prepare = lambda: prepare_fn(data_cfg, out)  # noqa: E731
+    elif cfg.data.get("kind") == "hf":
         d = cfg.data
         options = dict(config=d.config, split=d.split, text_column=d.text_column, val_fraction=frac,
                        num_proc=d.num_proc, split_seed=d.split_seed)

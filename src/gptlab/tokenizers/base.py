@@ -6,6 +6,7 @@ and inside every checkpoint, so `generate.py` can decode with exactly the tokeni
 
 from __future__ import annotations
 
+import importlib
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -55,6 +56,8 @@ class Tokenizer(ABC):
 
 
 _REGISTRY: dict[str, type[Tokenizer]] = {}
+# kinds whose module registers itself on import; imported only when a spec names them
+_LAZY = {"ehr": "gptlab.ehr.tokenizer"}
 
 
 def register(kind: str) -> Callable[[type[Tokenizer]], type[Tokenizer]]:
@@ -68,8 +71,10 @@ def register(kind: str) -> Callable[[type[Tokenizer]], type[Tokenizer]]:
 
 def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
     kind = spec.get("kind")
+    if kind not in _REGISTRY and kind in _LAZY:
+        importlib.import_module(_LAZY[kind])
     if kind not in _REGISTRY:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted(_REGISTRY)}")
+        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted({*_REGISTRY, *_LAZY})}")
     return _REGISTRY[kind].from_spec(spec)
 
 

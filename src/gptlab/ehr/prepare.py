@@ -1,0 +1,123 @@
+"""Prepare a MEDS dataset for GPTDataModule: fit the EHRTokenizer on train, encode every split.
+
+Layout written to out_dir (next to what text prepare writes):
+  train.bin / val.bin / test.bin   token ids of the train / tuning / held_out splits
+  {train,val,test}_index.npy       (n_subjects, 3) int64: subject_id, start, end offsets in the bin
+  tokenizer.json, meta.json        (meta.json last, with the source hash and the counted problems)
+
+Patients are concatenated, each timeline framed by <TL_START> … <TL_END>; training windows are
+drawn anywhere, so a window may run from one patient's end into the next one's start. We chose
+separator tokens over patient-aligned windows because it keeps the one GPTDataModule for text and
+EHR and wastes no tokens on padding; the model learns that nothing carries over <TL_END> (its
+prefix restates sex and age), and risk prompts always start at a patient's own <TL_START>.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptlab.data.prepare import (
+    FORMAT_VERSION,
+    _write_atomic,
+    dtype_for_vocab,
+    read_meta,
+    write_bin,
+    write_meta,
+)
+from gptlab.ehr.meds import Problems, dataset_sha256, iter_timelines, read_code_names, read_dataset
+from gptlab.ehr.tokenizer import EHRTokenizer
+
+BIN_OF_SPLIT = {"train": "train", "tuning": "val", "held_out": "test"}
+TOKENIZER_OPTIONS = ("min_count", "time_edges", "atc_levels", "age_bin_years", "n_quantiles")
+
+
+def meds_source(data_cfg: dict[str, Any]) -> Path:
+    """The MEDS folder a data config names; a `synthetic:` block generates it on first use."""
+    path = Path(data_cfg["path"]).expanduser()
+    synth = data_cfg.get("synthetic")
+    if synth and not (path / "tasks").is_dir():
+        from gptlab.ehr.synthetic import generate_cohort
+
+        print(f"[gptlab] generating the synthetic cohort {synth} → {path}")
+        generate_cohort(path, **synth)
+    return path
+
+
+def tokenizer_options(tok_cfg: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(tok_cfg) - {"kind", *TOKENIZER_OPTIONS})
+    if unknown:
+        raise ValueError(f"data.tokenizer: unknown EHR tokenizer option(s) {unknown}; valid: {list(TOKENIZER_OPTIONS)}")
+    return {k: v for k, v in tok_cfg.items() if k in TOKENIZER_OPTIONS}
+
+
+def save_index(path: Path, index: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would append ".npy" to the temp name
+            np.save(f, index)
+
+    _write_atomic(path, write)
+
+
+def prepare_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Fit the tokenizer on the train split only and write the bins, index and meta.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)  # an interrupted prepare must not look complete
+    source = meds_source(data_cfg)
+    problems = Problems()
+    tables = read_dataset(source, problems)
+    tok = EHRTokenizer.fit(iter_timelines(tables["train"]), code_names=read_code_names(source),
+                           **tokenizer_options(data_cfg["tokenizer"]))
+    dtype = dtype_for_vocab(tok.vocab_size)
+    tok.save(out_dir / "tokenizer.json")
+    counts: dict[str, int] = {}
+    for split, name in BIN_OF_SPLIT.items():
+        ids: list[int] = []
+        index = []
+        for tl in iter_timelines(tables[split], problems):
+            start = len(ids)
+            ids.extend(tok.encode_timeline(tl, problems=problems))
+            index.append((tl.subject_id, start, len(ids)))
+        counts[f"{name}_tokens"] = write_bin(out_dir / f"{name}.bin", ids, dtype)
+        counts[f"{name}_subjects"] = len(index)
+        save_index(out_dir / f"{name}_index.npy", np.asarray(index, dtype=np.int64).reshape(-1, 3))
+    meta = {
+        "source": str(source.resolve()),
+        "source_sha256": dataset_sha256(source),
+        "tokenizer_config": dict(data_cfg["tokenizer"]),
+        "tokenizer": tok.to_spec(),
+        "vocab_size": tok.vocab_size,
+        "dtype": dtype.name,
+        "splits": BIN_OF_SPLIT,
+        "problems": problems.summary(),
+        **counts,
+    }
+    write_meta(out_dir, meta)
+    for line in problems.lines():
+        print(f"[gptlab] MEDS warning (counted, see meta.json): {line}")
+    return meta
+
+
+def ensure_prepared_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Prepare unless out_dir already holds this very source with this tokenizer config."""
+    out_dir = Path(out_dir)
+    source = meds_source(data_cfg)
+    try:
+        meta = read_meta(out_dir)
+        fresh = (meta.get("format_version") == FORMAT_VERSION and meta.get("tokenizer_config") == data_cfg["tokenizer"]
+                 and all((out_dir / f"{n}.bin").exists() for n in BIN_OF_SPLIT.values())
+                 and meta.get("source_sha256") == dataset_sha256(source))
+    except (FileNotFoundError, ValueError):
+        fresh = False
+    if fresh:
+        return meta
+    print(f"[gptlab] preparing MEDS {source} → {out_dir} (EHR tokenizer, fitted on train)")
+    return prepare_meds(data_cfg, out_dir)
+
+
+def read_index(data_dir: str | Path, name: str = "test") -> np.ndarray:
+    """(n_subjects, 3) subject_id, start, end of each timeline in `<name>.bin`."""
+    return np.load(Path(data_dir) / f"{name}_index.npy")

@@ -1,0 +1,364 @@
+"""EHR tokenizer, MEDS validation, prompts without leakage, trajectory sampling and metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import simple_icd_10_cm as cm
+import torch
+
+from gptlab.ehr import metrics as M
+from gptlab.ehr.codes import atc_names, icd9_to_icd10
+from gptlab.ehr.meds import Problems, Timeline, iter_timelines, read_dataset, read_labels, read_split
+from gptlab.ehr.prepare import read_index
+from gptlab.ehr.risk import prompt_ids, sample_trajectories
+from gptlab.ehr.synthetic import generate_cohort
+from gptlab.ehr.tokenizer import ETHOS_TIME_EDGES, EHRTokenizer, code_parts, gap_tokens, time_bin_names
+from gptlab.model import GPT, GPTConfig
+from gptlab.tokenizers import load_tokenizer, tokenizer_from_spec
+
+LEVELS = (1, 3, 4, 5, 7)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    return generate_cohort(tmp_path_factory.mktemp("meds") / "cohort", n_patients=120, seed=3)
+
+
+@pytest.fixture(scope="module")
+def splits(cohort):
+    problems = Problems()
+    return read_dataset(cohort, problems), problems
+
+
+@pytest.fixture(scope="module")
+def tok(cohort, splits):
+    from gptlab.ehr.meds import read_code_names
+
+    return EHRTokenizer.fit(iter_timelines(splits[0]["train"]), min_count=3, code_names=read_code_names(cohort))
+
+
+# ---- hierarchy -----------------------------------------------------------------------------------
+def test_icd10_hierarchy_parts_follow_the_cms_tree():
+    parts = code_parts("DIAGNOSIS//ICD//10//E119", LEVELS)
+    assert parts == ("ICD10_CHAPTER//4", "ICD10//E11", "ICD10//E11.9")
+    assert cm.get_ancestors("E11.9") == ["E11", "E08-E13", "4"]  # chapter and category from the package
+    assert code_parts("DIAGNOSIS//ICD//10//I10", LEVELS) == ("ICD10_CHAPTER//9", "ICD10//I10")  # a category
+
+
+def test_icd9_is_mapped_to_icd10_before_splitting():
+    assert icd9_to_icd10("4019") == "I10"  # CMS GEMs: essential hypertension
+    assert code_parts("DIAGNOSIS//ICD//9//4019", LEVELS) == code_parts("DIAGNOSIS//ICD//10//I10", LEVELS)
+    problems = Problems()
+    assert code_parts("DIAGNOSIS//ICD//9//ZZZZ", LEVELS, problems) == ("ICD9//ZZZZ",)
+    assert problems.counts["icd9_without_icd10_map_kept_whole"] == 1
+
+
+def test_atc_levels_of_a_drug_and_whole_codes():
+    parts = code_parts("MEDICATION//START//Enalapril", LEVELS)
+    assert parts == ("MEDICATION//START", "ATC//C", "ATC//C09", "ATC//C09A", "ATC//C09AA", "ATC//C09AA02")
+    assert atc_names()["C09AA02"] == "enalapril"
+    assert code_parts("MEDICATION//Heparin//Administered", (3, 7)) == ("MEDICATION//Administered", "ATC//B01",
+                                                                         "ATC//B01AB01")
+    assert code_parts("MEDICATION//START//No Such Drug", LEVELS) == ("MEDICATION//START", "DRUG//No_Such_Drug")
+    assert code_parts("HOSPITAL_ADMISSION//EW EMER.//EMERGENCY ROOM", LEVELS) == (
+        "HOSPITAL_ADMISSION//EW_EMER.//EMERGENCY_ROOM",)
+
+
+# ---- time ------------------------------------------------------------------------------------------
+def test_time_bin_edges():
+    names = time_bin_names(ETHOS_TIME_EDGES)
+    assert names[0] == "TIME//5m-15m" and names[2] == "TIME//1h-2h" and names[-2] == "TIME//3mt-6mt"
+    assert names[-1] == "TIME//6mt" and names[9] == "TIME//2w-1mt"
+    edges = ETHOS_TIME_EDGES
+    assert gap_tokens(4.99, edges, names) == []
+    assert gap_tokens(5, edges, names) == ["TIME//5m-15m"]  # lower edge belongs to the bin
+    assert gap_tokens(14.99, edges, names) == ["TIME//5m-15m"]
+    assert gap_tokens(15, edges, names) == ["TIME//15m-1h"]
+    assert gap_tokens(1440, edges, names) == ["TIME//1d-3d"]
+    assert gap_tokens(259199, edges, names) == ["TIME//3mt-6mt"]
+    assert gap_tokens(259200, edges, names) == ["TIME//6mt"]
+    assert gap_tokens(2 * 259200 + 1440, edges, names) == ["TIME//6mt", "TIME//6mt", "TIME//1d-3d"]
+
+
+def test_token_minutes_are_bin_midpoints(tok):
+    m = tok.token_minutes
+    assert m[tok.token_id("TIME//5m-15m")] == 10 and m[tok.token_id("TIME//6mt")] == 259200
+    assert m[tok.token_id("MEDS_DEATH")] == 0 and m[tok.token_id("Q3")] == 0
+
+
+# ---- fit / encode / decode ------------------------------------------------------------------------
+def test_fit_encode_decode_round_trip_and_json(tok, splits, tmp_path):
+    tl = next(iter_timelines(splits[0]["held_out"]))
+    ids = tok.encode_timeline(tl)
+    assert ids[0] == tok.token_id("<TL_START>") and ids[-1] == tok.token_id("<TL_END>")
+    text = tok.decode(ids)
+    assert tok.encode(text) == ids
+    assert text.split()[1].startswith("GENDER//") and text.split()[2].startswith("AGE//")
+    tok.save(tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
+    assert isinstance(again, EHRTokenizer) and again.encode_timeline(tl) == ids
+    assert tokenizer_from_spec(json.loads((tmp_path / "tok.json").read_text())).vocab == tok.vocab
+    readable = tok.readable(ids)
+    assert "Type 2 diabetes mellitus" in tok.readable(tok.encode("ICD10//E11")) and "\n+" in readable
+
+
+def test_deciles_are_fitted_on_train_only(splits, tok):
+    train = splits[0]["train"]
+    code = "LAB//creatinine//mg/dL"
+    mask = np.array([c == code for c in train["code"].to_pylist()])
+    v = train["numeric_value"].to_numpy(zero_copy_only=False)[mask].astype(np.float64)
+    np.testing.assert_allclose(tok.quantiles[code], np.quantile(v, np.linspace(0, 1, 11)[1:-1]))
+    assert tok.value_id(code, v.min()) == tok.token_id("Q1") and tok.value_id(code, v.max()) == tok.token_id("Q10")
+
+
+def test_rare_and_unknown_codes_become_family_unk_and_are_counted(tok):
+    problems = Problems()
+    ids = tok.code_ids("LAB//never_seen//mg", problems)
+    assert [tok.vocab[i] for i in ids] == ["LAB//UNK"]
+    ids = tok.code_ids("DIAGNOSIS//ICD//10//S72001A", problems)  # valid ICD-10, absent from train
+    assert [tok.vocab[i] for i in ids] == ["ICD10_CHAPTER//UNK", "ICD10//UNK"]  # chapter 19 and S72 unseen
+    assert [tok.vocab[i] for i in tok.code_ids("NEWFAMILY//X", problems)] == ["<UNK>"]
+    assert problems.counts["rare_or_unknown_LAB_to_UNK"] == 1 and problems.counts["rare_or_unknown_ICD10_to_UNK"] >= 1
+
+
+def test_min_count_decides_the_vocabulary(splits):
+    low = EHRTokenizer.fit(iter_timelines(splits[0]["train"]), min_count=1)
+    high = EHRTokenizer.fit(iter_timelines(splits[0]["train"]), min_count=10 ** 6)
+    assert set(high.vocab) < set(low.vocab)
+    assert "ICD10//E11.9" in low.vocab and "ICD10//E11.9" not in high.vocab and "ICD10//UNK" in high.vocab
+
+
+# ---- prompts: nothing after the prediction time --------------------------------------------------
+def _timeline(times, codes, values=None):
+    t = np.array(times, dtype="datetime64[us]")
+    return Timeline(7, ["GENDER//F"], np.datetime64("1960-01-01", "us"), t, list(codes),
+                    np.array(values if values is not None else [np.nan] * len(codes), dtype=np.float64))
+
+
+def test_prompt_holds_nothing_after_the_prediction_time(tok):
+    times = ["2020-01-01T00:00", "2020-01-01T06:00", "2020-01-03T00:00", "2020-02-01T00:00"]
+    tl = _timeline(times, ["HOSPITAL_ADMISSION//EMERGENCY", "LAB//creatinine//mg/dL",
+                           "HOSPITAL_DISCHARGE//HOME", "MEDS_DEATH"], [np.nan, 1.1, np.nan, np.nan])
+    cut = np.datetime64("2020-01-03T00:00", "us")
+    prompt = prompt_ids(tok, tl, cut, 500)
+    assert tok.vocab[prompt[-1]] == "HOSPITAL_DISCHARGE//HOME"  # an event exactly at the cut is history
+    assert "MEDS_DEATH" not in tok.decode(prompt) and "<TL_END>" not in tok.decode(prompt)
+    # whatever happens later, the prompt is the same
+    other = _timeline(times[:3] + ["2020-01-03T00:01"], tl.codes[:3] + ["LAB//albumin//g/dL"], [np.nan, 1.1, np.nan, 9])
+    assert prompt_ids(tok, other, cut, 500) == prompt
+    # a long history keeps the demographic prefix and the newest events
+    short = prompt_ids(tok, tl, cut, 6)
+    assert len(short) == 6 and short[:3] == prompt[:3] and short[3:] == prompt[-3:]
+
+
+# ---- bad MEDS input ------------------------------------------------------------------------------
+def _write(path, **cols):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(cols), path)
+
+
+def _meds(tmp_path, train_rows, **overrides):
+    """A minimal MEDS folder: `train_rows` (subject, time, code, value) + one good subject per other split."""
+    def table(rows):
+        return dict(subject_id=pa.array([r[0] for r in rows], pa.int64()),
+                    time=pa.array([None if r[1] is None else np.datetime64(r[1], "us") for r in rows], pa.timestamp("us")),
+                    code=pa.array([r[2] for r in rows], pa.string()),
+                    numeric_value=pa.array([r[3] for r in rows], pa.float32()))
+    good = lambda s: [(s, None, "GENDER//M", None), (s, "2000-01-01", "LAB//x", 1.0)]  # noqa: E731
+    for split, rows in (("train", train_rows), ("tuning", good(90)), ("held_out", good(91))):
+        _write(tmp_path / "data" / split / "0.parquet", **overrides.get(split, table(rows)))
+    return tmp_path
+
+
+def test_missing_column_names_the_file_and_the_columns(tmp_path):
+    _write(tmp_path / "data" / "train" / "0.parquet", subject_id=[1], code=["X"])
+    with pytest.raises(ValueError, match=r"0\.parquet: missing MEDS column\(s\) \['time', 'numeric_value'\]"):
+        read_split(tmp_path, "train", Problems())
+
+
+def test_null_codes_and_subjects_are_errors(tmp_path):
+    _meds(tmp_path, [(1, "2000-01-01", None, None)])
+    with pytest.raises(ValueError, match=r"1 row\(s\) with a null 'code'"):
+        read_dataset(tmp_path, Problems())
+
+
+def test_unsorted_rows_are_sorted_and_counted(tmp_path):
+    _meds(tmp_path, [(1, "2000-01-02", "B", None), (1, "2000-01-01", "A", None), (1, None, "GENDER//F", None)])
+    problems = Problems()
+    tables = read_dataset(tmp_path, problems)
+    assert tables["train"]["code"].to_pylist() == ["GENDER//F", "A", "B"]
+    assert problems.counts["unsorted_rows_sorted"] == 2  # rows not at their sorted position
+
+
+def test_null_times_are_static_prefix_rows_and_counted(tmp_path):
+    _meds(tmp_path, [(1, None, "GENDER//F", None), (1, "2000-01-01", "A", None)])
+    problems = Problems()
+    tl = next(iter_timelines(read_dataset(tmp_path, problems)["train"], problems))
+    assert tl.static == ["GENDER//F"] and tl.codes == ["A"]
+    assert problems.counts["null_time_rows_as_static_prefix"] == 1
+
+
+def test_empty_patients_are_counted_never_silently_dropped(tmp_path):
+    _meds(tmp_path, [(1, None, "GENDER//F", None), (1, "1950-01-01", "MEDS_BIRTH", None),
+                     (2, "2000-01-01", "A", None)])
+    _write(tmp_path / "metadata" / "subject_splits.parquet", subject_id=[1, 2, 3, 90, 91],
+           split=["train", "train", "train", "tuning", "held_out"])
+    problems = Problems()
+    tables = read_dataset(tmp_path, problems)
+    kept = [tl.subject_id for tl in iter_timelines(tables["train"], problems)]
+    assert kept == [2]
+    assert problems.counts["subjects_without_timed_events_skipped"] == 1  # subject 1: static + birth only
+    assert problems.counts["listed_subjects_without_events"] == 1  # subject 3: listed, no rows
+
+
+def test_subject_in_two_splits_and_missing_split_are_errors(tmp_path):
+    _meds(tmp_path, [(90, "2000-01-01", "A", None)])
+    with pytest.raises(ValueError, match="subject 90 appears in both 'train' and 'tuning'"):
+        read_dataset(tmp_path, Problems())
+    (tmp_path / "data" / "held_out" / "0.parquet").unlink()
+    with pytest.raises(FileNotFoundError, match="split 'held_out'.*splits found"):
+        read_dataset(tmp_path, Problems())
+
+
+def test_label_file_needs_the_label_schema(tmp_path):
+    _write(tmp_path / "labels.parquet", subject_id=[1], prediction_time=[np.datetime64("2000-01-01", "us")])
+    with pytest.raises(ValueError, match=r"missing MEDS column\(s\) \['boolean_value'\]"):
+        read_labels(tmp_path / "labels.parquet")
+
+
+# ---- trajectory sampling -------------------------------------------------------------------------
+class FixedNext(torch.nn.Module):
+    """A stand-in GPT whose next-token distribution is always `probs` (KV-cache calls are no-ops)."""
+
+    def __init__(self, probs: torch.Tensor, block_size: int = 64):
+        super().__init__()
+        self.config = GPTConfig(block_size=block_size, vocab_size=len(probs), n_layer=1, n_head=1, n_embd=4)
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.logits = probs.log()
+
+    def forward(self, idx, pos=0):
+        return self.logits.expand(idx.size(0), idx.size(1), -1), None
+
+    def setup_kv_cache(self, batch_size, max_len=None):
+        pass
+
+    def reorder_kv_cache(self, index):
+        pass
+
+    def clear_kv_cache(self):
+        pass
+
+
+def test_trajectories_stop_at_outcome_stop_and_horizon(tok):
+    V, death, end, six = tok.vocab_size, tok.token_id("MEDS_DEATH"), tok.token_id("<TL_END>"), tok.token_id("TIME//6mt")
+    kw = dict(outcome_ids=[death], stop_ids=[end], token_minutes=tok.token_minutes, max_new_tokens=20)
+
+    g = torch.Generator().manual_seed(0)
+    r = sample_trajectories(FixedNext(probs_map(V, {death: 1.0})), [0, 1], n=8, horizon_minutes=1e9, generator=g, **kw)
+    assert r.risk == 1.0 and r.outcomes == 8 and r.one_step == pytest.approx(1.0) and r.tokens == 8
+    # only 6-month gaps: 2 × 180 d stays within 365 d, the 3rd token passes it; never an outcome
+    r = sample_trajectories(FixedNext(probs_map(V, {six: 1.0})), [0], n=5, horizon_minutes=365 * 1440, generator=g, **kw)
+    assert (r.risk, r.past_horizon, r.tokens) == (0.0, 5, 15)
+    # 30% death, 70% end of timeline: risk ≈ 0.3 (binomial, n=4000: sd 0.007)
+    r = sample_trajectories(FixedNext(probs_map(V, {death: 0.3, end: 0.7})), [0], n=4000, horizon_minutes=1e9,
+                            generator=g, **kw)
+    assert abs(r.risk - 0.3) < 0.03 and r.stopped + r.outcomes == 4000
+    # a gap then death past the horizon does not count
+    r = sample_trajectories(FixedNext(probs_map(V, {six: 0.5, death: 0.5})), [0], n=2000,
+                            horizon_minutes=100 * 1440, generator=g, **kw)
+    assert abs(r.risk - 0.5) < 0.04 and r.outcomes + r.past_horizon == 2000
+
+
+def probs_map(V: int, p: dict[int, float]) -> torch.Tensor:
+    t = torch.full((V,), 1e-12)
+    for k, v in p.items():
+        t[k] = v
+    return t / t.sum()
+
+
+def test_real_gpt_one_step_matches_the_uncached_forward(tok):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16)).eval()
+    prompt = tok.encode("<TL_START> GENDER//F AGE//60-64 HOSPITAL_ADMISSION//EMERGENCY")
+    death = tok.token_id("MEDS_DEATH")
+    r = sample_trajectories(model, prompt, n=6, outcome_ids=[death], stop_ids=[tok.token_id("<TL_END>")],
+                            token_minutes=tok.token_minutes, horizon_minutes=1e9, max_new_tokens=40,
+                            generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(torch.tensor([prompt]))[0][0, -1].softmax(-1)[death]
+    assert r.one_step == pytest.approx(float(ref), rel=1e-5)
+    assert r.outcomes + r.stopped + r.past_horizon + r.unfinished == 6
+    with pytest.raises(ValueError, match="exceeds block_size"):
+        sample_trajectories(model, prompt, n=2, outcome_ids=[death], stop_ids=[], token_minutes=tok.token_minutes,
+                            horizon_minutes=1, max_new_tokens=48)
+
+
+# ---- metrics -------------------------------------------------------------------------------------
+def brute_auroc(y, s):
+    pos, neg = s[y], s[~y]
+    return ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+
+
+def brute_average_precision(y, s):
+    """Σ over each distinct threshold t (descending) of (recall(t) - recall(previous)) · precision(t)."""
+    ap, prev_recall = 0.0, 0.0
+    for t in sorted(set(s.tolist()), reverse=True):
+        pred = s >= t
+        tp = (pred & y).sum()
+        recall, precision = tp / y.sum(), tp / pred.sum()
+        ap += (recall - prev_recall) * precision
+        prev_recall = recall
+    return ap
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_and_auprc_equal_brute_force_references_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.random(300) < 0.2
+    s = np.round(rng.random(300) + 0.5 * y, 1)  # rounding makes many ties
+    assert M.auroc(y, s) == pytest.approx(brute_auroc(y, s), abs=1e-12)
+    assert M.auprc(y, s) == pytest.approx(brute_average_precision(y, s), abs=1e-12)
+    assert M.auroc(y, -s) == pytest.approx(1 - M.auroc(y, s))
+
+
+def test_bootstrap_ci_and_calibration():
+    rng = np.random.default_rng(0)
+    p = rng.random(400)
+    y = rng.random(400) < p
+    lo, hi = M.bootstrap_ci(M.auroc, y, p, n_boot=300)
+    assert lo < M.auroc(y, p) < hi and hi - lo < 0.15
+    bins = M.calibration_bins(y, p, 10)
+    assert sum(b["n"] for b in bins) == 400 and all(abs(b["predicted"] - b["observed"]) < 0.2 for b in bins)
+    assert np.isnan(M.auroc(np.zeros(5, bool), np.arange(5.0)))
+    with pytest.raises(ValueError, match="NaN"):
+        M.auroc(y, np.full(400, np.nan))
+
+
+def test_prepare_writes_bins_and_a_patient_index(cohort, tmp_path):
+    from gptlab.ehr.prepare import ensure_prepared_meds
+
+    cfg = {"path": str(cohort), "tokenizer": {"kind": "ehr", "min_count": 3}}
+    meta = ensure_prepared_meds(cfg, tmp_path)
+    ids = np.fromfile(tmp_path / "test.bin", dtype=meta["dtype"])
+    index = read_index(tmp_path, "test")
+    tok = tokenizer_from_spec(meta["tokenizer"])
+    assert index[0, 1] == 0 and index[-1, 2] == len(ids) and (index[1:, 1] == index[:-1, 2]).all()
+    assert all(ids[a] == tok.token_id("<TL_START>") and ids[b - 1] == tok.token_id("<TL_END>") for _, a, b in index)
+    assert meta["test_subjects"] == len(index) == 24 and "null_time_rows_as_static_prefix" in meta["problems"]
+    assert ensure_prepared_meds(cfg, tmp_path)["source_sha256"] == meta["source_sha256"]  # up to date: reused
+    # the tokenizer is fitted on train only: rewriting every held-out value changes nothing in it
+    import shutil
+
+    copy = shutil.copytree(cohort, tmp_path / "copy")
+    held = pq.read_table(copy / "data" / "held_out" / "0.parquet")
+    held = held.set_column(3, "numeric_value", pa.array(np.full(held.num_rows, 1e6, dtype=np.float32)))
+    pq.write_table(held, copy / "data" / "held_out" / "0.parquet")
+    again = ensure_prepared_meds({**cfg, "path": str(copy)}, tmp_path / "prep2")
+    assert again["source_sha256"] != meta["source_sha256"] and again["tokenizer"] == meta["tokenizer"]
+    assert np.fromfile(tmp_path / "prep2" / "train.bin", dtype=meta["dtype"]).tolist() == \
+        np.fromfile(tmp_path / "train.bin", dtype=meta["dtype"]).tolist()

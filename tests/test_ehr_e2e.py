@@ -1,0 +1,65 @@
+"""A tiny synthetic cohort end to end: generate → prepare (train.py's data hook) → train → ehr_eval report."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.entrypoints.train import train
+from gptlab.tokenizers import tokenizer_from_spec
+from tests.conftest import ROOT, SHARED_DATA, compose_train_cfg
+
+TINY = ("model=tiny", "model.block_size=96", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+        "trainer.enable_progress_bar=false", "sample_after_training=0")
+
+
+def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
+    from gptlab.ehr.evaluate import evaluate_task
+
+    cfg = compose_train_cfg(tmp_path / "run", tmp_path / "data", [
+        *TINY, "data=synthetic_ehr", "data.synthetic.n_patients=60", "data.tokenizer.min_count=2",
+        "trainer.max_steps=12", "eval_interval=6", "data.val_batches=1", "data.batch_size=8", "optim.lr=3e-3"])
+    result = train(cfg)
+    assert result["steps"] == 12
+    prepared = tmp_path / "data" / "synthetic_ehr"
+    meta = json.loads(next(prepared.glob("*/meta.json")).read_text())
+    assert meta["train_subjects"] == 42 and meta["tokenizer"]["kind"] == "ehr"
+    model, ckpt = load_gpt_from_lightning_ckpt(result["last_ckpt"])
+    tok = tokenizer_from_spec(ckpt["tokenizer"])  # the checkpoint rebuilds the EHR tokenizer
+    assert model.config.vocab_size == tok.vocab_size == meta["vocab_size"]
+
+    report = evaluate_task({
+        "ckpt_path": result["last_ckpt"], "meds_dir": None, "splits": ["held_out"], "n_trajectories": 4,
+        "max_new_tokens": 24, "temperature": 1.0, "max_labels": 6, "n_boot": 50, "seed": 0, "device": "cpu",
+        "threads": 1, "out_dir": str(tmp_path / "eval"),
+        "task": {"name": "tiny", "labels": "tasks/death_365d.parquet", "oracle": "tasks/death_365d_oracle.parquet",
+                 "outcome": ["MEDS_DEATH"], "stop": ["<TL_END>"], "horizon_days": 365}})
+    assert {"trajectory", "one_step", "oracle"} <= set(report["metrics"])
+    assert sum(report["trajectory_ends"].values()) == 6 * 4
+    assert report["metrics"]["trajectory"]["n"] == 6
+    for f in ("report.md", "report.json", "calibration.png", "predictions.csv"):
+        assert (tmp_path / "eval" / f).exists()
+    assert report["problems"]["labels_of_subjects_outside_held_out_not_scored"]["count"] > 0  # counted, not hidden
+
+
+# the MIMIC-IV demo: $GPTLAB_MIMIC_DEMO, else `make ehr-data`'s folder, else ../shared/data
+MIMIC = next((p for p in (Path(os.environ.get("GPTLAB_MIMIC_DEMO", "/nonexistent")), ROOT / "data" / "mimic-iv-demo-meds",
+                          SHARED_DATA / "mimic-iv-demo-meds") if (p / "data").is_dir()), SHARED_DATA / "mimic-iv-demo-meds")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (MIMIC / "data").is_dir(), reason="MIMIC-IV demo not found (make ehr-data)")
+def test_mimic_demo_prepares_with_counted_problems(tmp_path):
+    from gptlab.ehr.prepare import prepare_meds
+
+    meta = prepare_meds({"path": str(MIMIC), "tokenizer": {"kind": "ehr", "min_count": 5}}, tmp_path)
+    assert meta["train_subjects"] == 80 and meta["val_subjects"] == 10 and meta["test_subjects"] == 10
+    assert meta["train_tokens"] > 500_000
+    tok = tokenizer_from_spec(meta["tokenizer"])
+    assert "ICD10//I10" in tok.vocab and "MEDS_DEATH" in tok.vocab and tok.names["ICD10//I10"].startswith("Essential")
+    assert tok.names.get("LAB//51237//UNK", "").startswith("INR")  # names from metadata/codes.parquet
+    assert any(k.startswith("rare_or_unknown_") for k in meta["problems"])
