@@ -247,7 +247,7 @@ class FixedNext(torch.nn.Module):
     def setup_kv_cache(self, batch_size, max_len=None):
         pass
 
-    def reorder_kv_cache(self, index):
+    def reorder_kv_cache(self, index, length):
         pass
 
     def clear_kv_cache(self):

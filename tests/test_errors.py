@@ -132,7 +132,7 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         "unknown_tokenizer_shorthand",
         lambda c: c.train("data.tokenizer=wordpiece"),
         ValueError,
-        r"data\.tokenizer='wordpiece': no .*wordpiece\.yaml; choose one of \['bpe', 'char', 'tiktoken'\]",
+        r"data\.tokenizer='wordpiece': no .*wordpiece\.yaml; choose one of \['bpe', 'char', 'ehr', 'tiktoken'\]",
     ),
     # --- configuration ---
     (

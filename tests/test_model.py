@@ -91,6 +91,25 @@ def test_kv_cache_logits_equal_full_forward_at_every_step():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
+def test_kv_cache_reorder_fans_out_and_drops_rows():
+    """One prompt fanned out to 3 rows, then row 1 dropped (as trajectory sampling does): every
+    row's cached logits equal a full forward of that row's own sequence."""
+    model = tiny()
+    prompt = torch.randint(0, 50, (1, 6))
+    cont = torch.randint(0, 50, (3, 4))
+    model.setup_kv_cache(1, max_len=12)
+    model(prompt, pos=0)
+    model.reorder_kv_cache(torch.zeros(3, dtype=torch.long), 6)
+    first, _ = model(cont[:, :1], pos=6)
+    keep = torch.tensor([0, 2])
+    model.reorder_kv_cache(keep, 7)
+    rest = [model(cont[keep, t : t + 1], pos=6 + t)[0] for t in range(1, 4)]
+    model.clear_kv_cache()
+    full, _ = model(torch.cat([prompt.expand(3, -1), cont], dim=1))
+    torch.testing.assert_close(first[:, 0], full[:, 6], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(rest, dim=1), full[keep, 7:], atol=1e-5, rtol=1e-5)
+
+
 def test_weight_tying_and_scaled_init():
     model = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=64, block_size=8, vocab_size=100))
     assert model.lm_head.weight is model.transformer.wte.weight

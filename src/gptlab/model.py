@@ -88,9 +88,15 @@ class KVCache(nn.Module):
         """Row i becomes old row index[i] (beam search keeps the cache of the beams it keeps).
 
         Only the `length` filled positions are copied, in place: copying whole preallocated
-        buffers would cost block_size positions per layer per step."""
-        self.k[:, :, :length] = self.k[:, :, :length].index_select(0, index)  # 2x faster than k[index]
-        self.v[:, :, :length] = self.v[:, :, :length].index_select(0, index)
+        buffers would cost block_size positions per layer per step. When the batch changes size
+        (one prompt fanned out to n samples, finished samples dropped) the buffers are reallocated."""
+        k = self.k[:, :, :length].index_select(0, index)  # 2x faster than k[index]
+        v = self.v[:, :, :length].index_select(0, index)
+        if index.numel() != self.k.size(0):
+            self.k = self.k.new_zeros((index.numel(), *self.k.shape[1:]))
+            self.v = self.v.new_zeros((index.numel(), *self.v.shape[1:]))
+        self.k[:, :, :length] = k
+        self.v[:, :, :length] = v
 
 
 class CausalSelfAttention(nn.Module):

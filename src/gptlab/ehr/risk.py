@@ -61,7 +61,7 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
         logits, _ = model(torch.tensor([prompt], dtype=torch.long, device=device), pos=0)
         last = logits[:, -1, :].float()
         one_step = float(last.softmax(-1)[0, is_outcome].sum())
-        model.reorder_kv_cache(torch.zeros(n, dtype=torch.long, device=device))  # share the prompt's cache
+        model.reorder_kv_cache(torch.zeros(n, dtype=torch.long, device=device), len(prompt))  # n copies of the prompt's cache
         last = last.expand(n, -1)
         live = torch.arange(n, device=device)  # original row of each batch row
         elapsed = torch.zeros(n, dtype=torch.float64, device=device)
@@ -82,7 +82,7 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
                 break
             if not bool(keep.all()):
                 rows = keep.nonzero().squeeze(1)
-                model.reorder_kv_cache(rows)
+                model.reorder_kv_cache(rows, len(prompt) + step)  # drop the finished rows
                 live, elapsed, nxt = live[rows], elapsed[rows], nxt[rows]
             logits, _ = model(nxt.unsqueeze(1), pos=len(prompt) + step)
             last = logits[:, -1, :].float()
