@@ -16,13 +16,12 @@ from hydra.types import RunMode
 from hydra.utils import get_method, instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import check_resumable, check_writable
 from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
 from gptlab.entrypoints.config import to_plain
 from gptlab.lit_module import GPTLitModule
-
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
