@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.entrypoints.train import train
@@ -32,6 +33,7 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
     tok = tokenizer_from_spec(ckpt["tokenizer"])  # the checkpoint rebuilds the EHR tokenizer
     assert model.config.vocab_size == tok.vocab_size == meta["vocab_size"]
 
+    threads = torch.get_num_threads()
     report = evaluate_task({
         "ckpt_path": result["last_ckpt"], "meds_dir": None, "splits": ["held_out"], "n_trajectories": 4,
         "max_new_tokens": 24, "temperature": 1.0, "max_labels": 6, "n_boot": 50, "seed": 0, "device": "cpu",
@@ -39,6 +41,7 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
         "task": {"name": "tiny", "labels": "tasks/death_365d.parquet", "oracle": "tasks/death_365d_oracle.parquet",
                  "outcome": ["MEDS_DEATH"], "stop": ["<TL_END>"], "horizon_days": 365}})
     assert {"trajectory", "one_step", "oracle"} <= set(report["metrics"])
+    assert torch.get_num_threads() == threads  # threads=1 held only while scoring
     assert sum(report["trajectory_ends"].values()) == 6 * 4
     assert report["metrics"]["trajectory"]["n"] == 6
     for f in ("report.md", "report.json", "calibration.png", "predictions.csv"):

@@ -43,10 +43,21 @@ def read_oracle(path: Path) -> dict[tuple[int, np.datetime64], float]:
 
 def evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     """cfg: ckpt_path, task {name, labels, oracle?, outcome, stop, horizon_days}, splits, meds_dir?,
-    n_trajectories, max_new_tokens, temperature, seed, device, threads, n_boot, max_labels, out_dir."""
-    ckpt_path = Path(cfg["ckpt_path"])
+    n_trajectories, max_new_tokens, temperature, seed, device, threads, n_boot, max_labels, out_dir.
+
+    `threads` holds only while scoring: the caller's torch thread count is restored afterwards (a
+    training run later in the same process must not silently change its arithmetic)."""
+    before = torch.get_num_threads()
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    try:
+        return _evaluate_task(cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
+    ckpt_path = Path(cfg["ckpt_path"])
     device = torch.device(cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     model, ckpt = load_gpt_from_lightning_ckpt(ckpt_path, map_location=device)
     tok = tokenizer_from_spec(ckpt.get("tokenizer") or {})
