@@ -328,3 +328,11 @@ def test_resume_auto_in_a_sweep_only_takes_the_jobs_own_checkpoint(tmp_path, mon
     (single / "t1" / "checkpoints" / "last.ckpt").write_bytes(b"t1")
     new_run = OmegaConf.create({"paths": {"run_dir": str(single / "t2")}})
     assert train_entry.find_last_checkpoint(new_run) == str(single / "t1" / "checkpoints" / "last.ckpt")
+
+
+def test_last_ckpt_holds_the_final_step_when_max_steps_is_not_a_multiple_of_eval_interval(tiny_cfg):
+    from gptlab.checkpoint import load_checkpoint
+
+    result = train(tiny_cfg("trainer.max_steps=6", "eval_interval=4", "data.val_batches=1"))
+    assert load_checkpoint(result["last_ckpt"])["global_step"] == 6
+    assert "step4" in Path(result["best_ckpt"]).name  # the best is still the validated step 4

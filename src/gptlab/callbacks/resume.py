@@ -1,4 +1,5 @@
-"""ModelCheckpoint that keeps the best val loss across a resume into a new run folder.
+"""ModelCheckpoint that keeps the best val loss across a resume into a new run folder, and whose
+last.ckpt is the run's real last step.
 
 Every launch gets its own Hydra folder, so a resumed run (ckpt_path=..., resume=auto) saves into
 a different dirpath than the run it continues. Lightning's ModelCheckpoint then forgets the best
@@ -29,3 +30,12 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         if self.dirpath is not None and Path(filepath).resolve().is_relative_to(Path(self.dirpath).resolve()):
             super()._remove_checkpoint(trainer, filepath)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning writes last.ckpt only with a validation, so when max_steps is not a multiple of
+        eval_interval it would hold an earlier step: write the final state, so that a finished run
+        continues (a larger max_steps) or samples from where it really stopped."""
+        if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)
