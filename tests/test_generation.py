@@ -327,3 +327,22 @@ def test_text_stream_holds_back_partial_utf8_and_stop_prefixes(stop):
     pieces = [s.push(i) for i in ids] + [s.flush()]
     cut = min([text.find(x) for x in stop if x in text], default=len(text))
     assert "".join(pieces) == text[:cut] and "\ufffd" not in "".join(pieces)
+
+
+def test_generate_text_is_seeded_keeps_the_global_rng_and_starts_an_empty_prompt_at_eot():
+    """The helper behind training-time samples: reproducible, never touching the global RNG (so a
+    run's dropout masks stay exact), and an empty prompt means "a new document"."""
+    from gptlab.generation import generate_text
+    from gptlab.tokenizers import TiktokenTokenizer
+
+    tok = TiktokenTokenizer("gpt2")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=8))
+    state = torch.get_rng_state()
+    text = generate_text(model, tok, "", 6, seed=3, temperature=0.8)
+    assert torch.equal(torch.get_rng_state(), state)
+    expected = model.generate(torch.tensor([[tok.eot_token_id]]), 6, temperature=0.8,
+                              generator=torch.Generator().manual_seed(3))
+    assert text == tok.decode(expected[0, 1:].tolist()) == generate_text(model, tok, "", 6, seed=3, temperature=0.8)
+    with pytest.raises(ValueError, match="encodes to no tokens"):
+        generate_text(small_gpt(), CharTokenizer("ab"), "", 3)

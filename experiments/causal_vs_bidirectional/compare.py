@@ -26,12 +26,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
-from gptlab.analysis import samples  # noqa: E402
 from gptlab.analysis.attention import CMAP, NORM, attention_weights, sharpest_head, show_token  # noqa: E402
 from gptlab.analysis.report import pick_checkpoint  # noqa: E402
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt  # noqa: E402
 from gptlab.data.datamodule import FixedWindows  # noqa: E402
 from gptlab.entrypoints.analyze import run_datamodule  # noqa: E402
+from gptlab.generation import generate_text  # noqa: E402
 from gptlab.lit_module import mask_tokens  # noqa: E402
 from gptlab.tokenizers import tokenizer_from_spec  # noqa: E402
 
@@ -118,7 +118,7 @@ def main(out: str, causal: str, bidir: str, mlm: str, *more: str) -> None:
              "whole window at every step, as it was trained).", ""]
     for name in names[:2]:
         model, _, tok, _ = loaded[name]
-        text = samples.continue_text(model, tok, "ROMEO:", 200, 1337, strategy="sample", temperature=0.8)
+        text = "ROMEO:" + generate_text(model, tok, "ROMEO:", 200, seed=1337, strategy="sample", temperature=0.8)
         texts += [f"## {name}", "", "```", text, "```", ""]
     (out_dir / "samples.md").write_text("\n".join(texts))
     print(json.dumps(scores, indent=1))

@@ -344,6 +344,30 @@ def generate(
     return torch.cat([idx, torch.stack(new, dim=1)], dim=1) if new else idx.clone()
 
 
+
+def generate_text(model, tok, prompt: str, max_new_tokens: int, *, seed: int = 1337, **decoding) -> str:
+    """The decoded continuation of `prompt` (text in, text out): the one helper behind samples
+    during training, after training and in reports.
+
+    An empty prompt starts from the tokenizer's end-of-text token; a long one keeps its last
+    block_size tokens. Sampling draws from its own generator seeded with `seed`, never the global
+    RNG, so a sample is reproducible and leaves a training run's random stream untouched. A
+    bidirectional model runs without the KV cache: re-reading the whole window at each step is the
+    only way such a model can be asked for a next token.
+    """
+    ids = tok.encode(prompt) or ([tok.eot_token_id] if tok.eot_token_id is not None else [])
+    if not ids:
+        raise ValueError(f"the prompt {prompt!r} encodes to no tokens and the tokenizer has no end-of-text "
+                         f"token to start from; give at least one character")
+    ids = ids[-model.config.block_size:]
+    device = next(model.parameters()).device
+    if decoding.get("strategy", "sample") == "sample":
+        decoding = {**decoding, "generator": torch.Generator(device=device).manual_seed(seed)}
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    out = generate(model, idx, max_new_tokens, use_cache=model.config.causal, **decoding)
+    return tok.decode(out[0, len(ids):].tolist())
+
+
 @torch.inference_mode()
 def token_logprobs(model, seq: torch.Tensor, start: int) -> torch.Tensor:
     """log p(seq[:, t] | the up to block_size tokens before it) for t >= start, (B, T - start):

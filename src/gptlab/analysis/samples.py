@@ -16,8 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
+from gptlab.generation import generate_text  # noqa: E402
 from gptlab.model import GPT  # noqa: E402
 from gptlab.tokenizers import Tokenizer  # noqa: E402
 
@@ -32,34 +32,15 @@ STRATEGIES: dict[str, dict[str, Any]] = {  # the presets of conf/decoding
 WORD = re.compile(r"[A-Za-z']+")
 
 
-def continue_text(model: GPT, tok: Tokenizer, prompt: str, max_new_tokens: int, seed: int = 1337,
-                  **decoding: Any) -> str:
-    """The prompt followed by max_new_tokens decoded with `decoding` (GPT.generate's keyword arguments).
-
-    Sampling draws from its own seeded generator, so each sample is reproducible on its own. A
-    bidirectional model is run without the KV cache: each step then re-reads the whole window,
-    which is the only way such a model can be asked for a next token.
-    """
-    ids = tok.encode(prompt)[-model.config.block_size:]
-    if not ids:
-        raise ValueError("the prompt encodes to no tokens; give at least one character")
-    device = next(model.parameters()).device
-    idx = torch.tensor([ids], dtype=torch.long, device=device)
-    if decoding.get("strategy", "sample") == "sample":
-        decoding = {**decoding, "generator": torch.Generator(device=device).manual_seed(seed)}
-    out = model.generate(idx, max_new_tokens, use_cache=model.config.causal, **decoding)
-    return prompt + tok.decode(out[0, len(ids):].tolist())
-
-
 def temperature_samples(model: GPT, tok: Tokenizer, prompt: str, max_new_tokens: int,
                         temperatures: Iterable[float] = TEMPERATURES, seed: int = 1337) -> dict[str, str]:
-    return {f"temperature {t}": continue_text(model, tok, prompt, max_new_tokens, seed, strategy="sample",
-                                               temperature=t) for t in temperatures}
+    return {f"temperature {t}": prompt + generate_text(model, tok, prompt, max_new_tokens, seed=seed,
+                                                        strategy="sample", temperature=t) for t in temperatures}
 
 
 def strategy_samples(model: GPT, tok: Tokenizer, prompt: str, max_new_tokens: int,
                      strategies: dict[str, dict[str, Any]] | None = None, seed: int = 1337) -> dict[str, str]:
-    return {name: continue_text(model, tok, prompt, max_new_tokens, seed, **kw)
+    return {name: prompt + generate_text(model, tok, prompt, max_new_tokens, seed=seed, **kw)
             for name, kw in (strategies or STRATEGIES).items()}
 
 

@@ -96,22 +96,14 @@ class TextSampler(L.Callback):
 
     @rank_zero_only
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> str:
-        from gptlab.generation import generate
+        from gptlab.generation import generate_text
         from gptlab.tokenizers import tokenizer_from_spec
 
         if pl_module.tokenizer_spec is None:
             raise ValueError("TextSampler needs the data's tokenizer: GPTLitModule(tokenizer=...) was None")
         tok = tokenizer_from_spec(pl_module.tokenizer_spec)
-        start = tok.encode(self.prompt) or [tok.eot_token_id or 0]
-        model = pl_module.model
-        was_training = model.training
-        model.eval()
-        idx = torch.tensor([start], device=pl_module.device)
-        generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
-        out = generate(model, idx, self.max_new_tokens, temperature=self.temperature, top_k=self.top_k,
-                       generator=generator)
-        model.train(was_training)
-        text = tok.decode(out[0, len(start):].tolist())
+        text = generate_text(pl_module.model, tok, self.prompt, self.max_new_tokens, seed=self.seed,
+                             temperature=self.temperature, top_k=self.top_k)
         self._write(trainer, step, text)
         return text
 

@@ -248,6 +248,12 @@ class EHRTokenizer(Tokenizer):
             ids.append(self.stoi[END])
         return ids
 
+    @property
+    def eot_token_id(self) -> int:
+        """<TL_END> separates patients in the bins as <|endoftext|> separates documents: a sample
+        started after it begins a new timeline, and generation stops at it."""
+        return self.stoi[END]
+
     def encode(self, text: str) -> list[int]:
         return [self.token_id(t) for t in text.split()]
 

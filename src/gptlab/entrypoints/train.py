@@ -182,14 +182,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         f"[gptlab] logs: {trainer.log_dir}"
     )
     if trainer.is_global_zero and cfg.sample_after_training > 0 and not trainer.interrupted:
-        from gptlab.generation import generate
+        from gptlab.generation import generate_text
         from gptlab.tokenizers import tokenizer_from_spec
 
-        tok = tokenizer_from_spec(meta["tokenizer"])
-        model = module.model.eval()
-        start_ids = tok.encode("\n") if meta["tokenizer"]["kind"] == "char" else [tok.eot_token_id or 0]
-        idx = torch.tensor([start_ids], device=next(model.parameters()).device)
-        g = torch.Generator(device=idx.device).manual_seed(cfg.seed)
-        out = generate(model, idx, cfg.sample_after_training, temperature=0.8, top_k=200, generator=g)
-        print("[gptlab] sample (temperature 0.8, top-k 200):\n" + tok.decode(out[0, len(start_ids):].tolist()))
+        prompt = "\n" if meta["tokenizer"]["kind"] == "char" else ""  # "": start at <|endoftext|>
+        text = generate_text(module.model, tokenizer_from_spec(meta["tokenizer"]), prompt, cfg.sample_after_training,
+                             seed=cfg.seed, temperature=0.8, top_k=200)
+        print("[gptlab] sample (temperature 0.8, top-k 200):\n" + text)
     return result
