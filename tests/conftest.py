@@ -47,7 +47,8 @@ def compose_generate_cfg(overrides: list[str] | tuple[str, ...] = ()):
 
 
 TINY_RUN = ("model=tiny", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
-            "trainer.enable_progress_bar=false", "sample_after_training=0")
+            "trainer.enable_progress_bar=false", "sample_after_training=0",
+            "trainer.log_every_n_steps=1")  # the tests compare per-step losses
 
 
 @pytest.fixture

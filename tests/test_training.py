@@ -74,7 +74,8 @@ def test_accumulation_k_micro_batches_equals_one_big_batch(tmp_path):
 RESUME_RUN = ("model=tiny", "model.dropout=0.1", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
               "trainer.enable_progress_bar=false", "sample_after_training=0", "eval_interval=4",
               "data.val_batches=2", "optim.warmup_steps=2", "optim.lr_decay_steps=8", "optim.lr=3e-3",
-              "callbacks.sampler.every_n_steps=3", "callbacks.sampler.max_new_tokens=8")
+              "callbacks.sampler.every_n_steps=3", "callbacks.sampler.max_new_tokens=8",
+              "trainer.log_every_n_steps=1")
 
 
 def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_path):
@@ -150,10 +151,24 @@ def test_ddp_cpu_two_ranks(tmp_path):
     assert metrics(run_dir, "val/loss")[0][1] == pytest.approx(full_val.item(), abs=1e-5)
 
 
+def test_train_loss_rows_follow_log_every_n_steps(tmp_path):
+    """The module calls self.log only on the steps whose row Lightning writes: with
+    log_every_n_steps=3 the rows are steps 2, 5, 8 and hold the same losses as an every-step log."""
+    data = tmp_path / "data"
+    every = train(compose_train_cfg(tmp_path / "every", data, [*RESUME_RUN, "trainer.max_steps=9"]))
+    sparse = train(compose_train_cfg(tmp_path / "sparse", data, [*RESUME_RUN, "trainer.max_steps=9",
+                                                                  "trainer.log_every_n_steps=3"]))
+    assert every["steps"] == sparse["steps"] == 9
+    rows = metrics(tmp_path / "sparse", "train/loss")
+    assert [s for s, _ in rows] == [2, 5, 8]
+    assert rows == [r for r in metrics(tmp_path / "every", "train/loss") if r[0] in (2, 5, 8)]
+
+
 # ---- callbacks, loggers, precision, debug configs -------------------------------------------------
 
 QUICK = ("model=tiny", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
-         "trainer.enable_progress_bar=false", "sample_after_training=0", "data.val_batches=1")
+         "trainer.enable_progress_bar=false", "sample_after_training=0", "data.val_batches=1",
+         "trainer.log_every_n_steps=1")
 
 
 def quick_train(tmp_path: Path, *overrides: str) -> dict:
@@ -172,6 +187,17 @@ def test_default_callbacks_log_throughput_lr_and_samples(tmp_path):
     assert [s for s, _ in metrics(run_dir, "lr/decay")] == list(range(12))
     samples = (run_dir / "logs" / "samples.txt").read_text()
     assert samples.count("=== step") == 2 and "=== step 5\nROMEO:" in samples and "=== step 10\n" in samples
+
+
+def test_progress_bar_updates_every_n_batches_and_at_the_end(tmp_path, monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    updated = []
+    monkeypatch.setattr(RichProgressBar, "on_train_batch_end",
+                        lambda self, trainer, module, outputs, batch, batch_idx: updated.append(batch_idx + 1))
+    quick_train(tmp_path, "trainer.max_steps=10", "eval_interval=100", "trainer.enable_progress_bar=true",
+                "callbacks.progress_bar.update_every=4")
+    assert updated == [4, 8, 10]
 
 
 def test_early_stopping_callbacks_config_stops_on_a_plateau(tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import lightning.pytorch.callbacks
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -117,3 +118,23 @@ class TextSampler(L.Callback):
                 logger.experiment.add_text("samples", f"```\n{self.prompt}{text}\n```", global_step=step)
             elif isinstance(logger, WandbLogger):
                 logger.log_text("samples", columns=["step", "text"], data=[[step, self.prompt + text]], step=step)
+
+
+class RichProgressBar(lightning.pytorch.callbacks.RichProgressBar):
+    """Lightning's rich progress bar, updated every `update_every` training batches (and at the last).
+
+    Lightning's bar reads every logged metric and updates its rich task on every batch: ~0.3 ms, 1%
+    of a CPU-recipe step, spent on a line that redraws once a second anyway.
+    """
+
+    def __init__(self, update_every: int = 10, **kwargs: Any):
+        if update_every < 1:
+            raise ValueError(f"RichProgressBar: update_every must be ≥ 1, got {update_every}")
+        super().__init__(**kwargs)
+        self.update_every = update_every
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
+        if (batch_idx + 1) % self.update_every == 0 or last:
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -82,7 +82,8 @@ class NonFiniteGuard(L.Callback):
         bad = self._bad_loss if self._bad_loss is not None else torch.zeros((), dtype=torch.bool)
         # fp16's GradScaler expects inf gradients now and then and skips those steps itself
         if grads and getattr(trainer.precision_plugin, "scaler", None) is None:
-            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            # one fused kernel per (device, dtype) group: a per-tensor loop cost ~1 ms a CPU step
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
             bad = bad.to(norm.device) | ~torch.isfinite(norm)
         losses, self._losses, self._bad_loss = self._losses, [], None
         # one sync per step; under DDP every rank must take the same decision
