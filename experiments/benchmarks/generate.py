@@ -11,6 +11,11 @@ shared machine hits them alike: the table gives the median tokens/s and the medi
 per-repetition ratios. transformers cannot go past n_positions (its position table ends there), so on
 the baby model the comparison with it stops at block_size - 16 = 240 new tokens; ours also runs the
 full 512, where the window slides and every step recomputes it.
+
+--compile adds ours with compile=True and transformers with its static cache + torch.compile (its
+first call, the compile, is kept apart in first_call_seconds); --dtype bfloat16 runs both in bf16;
+--read-rate measures what one thread reads from memory per second, the ceiling of a batch-1 step
+(weights_GB_per_s is tokens/s × the bytes of weights a step reads).
 """
 
 from __future__ import annotations
@@ -105,6 +110,32 @@ def pairs(names) -> dict[str, tuple[str, str]]:
     return out
 
 
+def read_rate() -> dict[str, float]:
+    """GB/s one thread reads from memory: summing 500 MB, and GPT-2 small's LM head (50257×768,
+    154 MB) times one vector. Decoding batch 1 cannot go faster than its weights stream in."""
+    big, head, x = torch.randn(125_000_000), torch.randn(50257, 768), torch.randn(1, 768)
+    out = {}
+    for label, fn, nbytes in (("sum 500 MB", big.sum, big.numel() * 4),
+                              ("LM head matvec", lambda: torch.nn.functional.linear(x, head), head.numel() * 4)):
+        fn()
+        best = min(seconds(fn) for _ in range(5))
+        out[label] = nbytes / best / 1e9
+    return out
+
+
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def weight_bytes(model: GPT) -> int:
+    """Bytes of weights one decoding step reads: every parameter once (the tied table is the LM
+    head), except the position table, of which it reads one row."""
+    wpe = model.transformer.wpe.weight
+    return sum(p.numel() * p.element_size() for p in model.parameters()) - wpe.numel() * wpe.element_size()
+
+
 def bench(name: str, args) -> dict:
     load_before = open("/proc/loadavg").read().split()[:3]
     ours, hf = twins(SHAPES[name], getattr(torch, args.dtype))
@@ -119,15 +150,16 @@ def bench(name: str, args) -> dict:
             first[k] = round(time.perf_counter() - t0, 2)
         for _ in range(args.reps):
             for k, (fn, _) in run.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(seconds(fn))
     rate = {k: statistics.median(run[k][1] / t for t in v) for k, v in times.items()}
     # speed-up: median over repetitions of time(reference) / time(candidate)
     ratios = {label: statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
               for label, (a, b) in pairs(run).items()}
     same = {label: torch.equal(outputs[a], outputs[b]) for label, (a, b) in pairs(run).items()}
-    return {"dtype": args.dtype, "tokens_per_s": rate, "speedups": ratios, "outputs_equal": same,
+    nbytes = weight_bytes(ours)
+    return {"dtype": args.dtype, "weights_MB_per_token": nbytes / 1e6,
+            "weights_GB_per_s": {k: r * nbytes / 1e9 for k, r in rate.items() if "beam" not in k and "no-cache" not in k},
+            "tokens_per_s": rate, "speedups": ratios, "outputs_equal": same,
             "first_call_seconds": first, "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
             "loadavg_before": load_before, "loadavg_after": open("/proc/loadavg").read().split()[:3]}
 
@@ -149,12 +181,17 @@ def main() -> None:
     p.add_argument("--compile", action="store_true",
                    help="also ours with compile=True and transformers with a static cache + torch.compile "
                         "(first_call_seconds holds the compile time)")
+    p.add_argument("--read-rate", action="store_true",
+                   help="also measure the memory read rate of one thread (the ceiling of batch-1 decoding)")
     p.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"torch": torch.__version__, "transformers": transformers.__version__,
               "threads": torch.get_num_threads(), "loadavg_before": open("/proc/loadavg").read().split()[:3]}
+    if args.read_rate:
+        result["read_GB_per_s"] = read_rate()
+        print("read GB/s", result["read_GB_per_s"], flush=True)
     for name in args.models:
         result[name] = bench(name, args)
         print(name, json.dumps(result[name], indent=1), flush=True)
