@@ -303,6 +303,24 @@ def test_cli_decodings_match_the_library(char_ckpt, capsys):
     assert "tokens/s" in capsys.readouterr().out
 
 
+def test_cli_compile_reaches_the_decoder(char_ckpt, monkeypatch):
+    """compile=true reaches the Decoder for greedy and for beams. A stand-in for compiled_step keeps
+    this fast; the compiled step itself is test_compiled_steps_match_eager's."""
+    import gptlab.generation as generation
+
+    calls = []
+
+    def counting_step():
+        calls.append(1)
+        return generation._forward_last
+
+    monkeypatch.setattr(generation, "compiled_step", counting_step)
+    for decoding in ("decoding=greedy", "decoding=beam"):
+        args = (char_ckpt, 'prompt="ROMEO:"', "max_new_tokens=20", decoding)
+        assert run_cli(*args, "compile=true") == run_cli(*args)
+    assert len(calls) == 2
+
+
 def test_cli_stream_stop_and_prompt_file(char_ckpt, tmp_path, capsys):
     (tmp_path / "p.txt").write_text("JULIET:")
     texts = run_cli(char_ckpt, f"prompt=FILE:{tmp_path / 'p.txt'}", "max_new_tokens=60", "num_samples=3",
