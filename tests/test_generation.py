@@ -173,6 +173,26 @@ def test_cache_does_not_change_outputs(strategy):
     assert torch.equal(generate(model, idx, 30, **kw), generate(model, idx, 30, use_cache=False, **kw))
 
 
+@pytest.mark.slow  # ~45 s: two inductor compiles (batch 2, then 4 beams' rows)
+def test_compiled_steps_match_eager():
+    """compile=True: the one-token steps run compiled, with the eager logits up to rounding and,
+    on these weights, the same tokens (greedy and beam, past block_size where the window slides)."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    model = small_gpt()
+    seq = torch.randint(0, 37, (2, 16), generator=torch.Generator().manual_seed(5))
+    compiled = Decoder(model, 2, compile=True)
+    for t in range(4, 17):
+        with torch.no_grad():
+            reference = model(seq[:, :t])[0][:, -1]
+        assert (compiled(seq[:, :t]) - reference).abs().max() <= 1e-5
+    compiled.close()
+    assert counters["stats"]["unique_graphs"] >= 1  # the steps did go through torch.compile
+    for kw in (dict(strategy="greedy"), dict(strategy="beam", num_beams=2)):
+        assert torch.equal(generate(model, seq[:, :6], 20, compile=True, **kw), generate(model, seq[:, :6], 20, **kw))
+
+
 def test_prompt_longer_than_block_size_is_cropped_from_the_left():
     """nanoGPT's loop (forward the last block_size tokens, take the argmax) is the reference."""
     model = small_gpt()
@@ -281,6 +301,24 @@ def test_cli_decodings_match_the_library(char_ckpt, capsys):
         expected = generate(model, idx, 40, generator=torch.Generator().manual_seed(5), **kw)
         assert texts == [tok.decode(expected[0].tolist())]
     assert "tokens/s" in capsys.readouterr().out
+
+
+def test_cli_compile_reaches_the_decoder(char_ckpt, monkeypatch):
+    """compile=true reaches the Decoder for greedy and for beams. A stand-in for compiled_step keeps
+    this fast; the compiled step itself is test_compiled_steps_match_eager's."""
+    import gptlab.generation as generation
+
+    calls = []
+
+    def counting_step():
+        calls.append(1)
+        return generation._forward_last
+
+    monkeypatch.setattr(generation, "compiled_step", counting_step)
+    for decoding in ("decoding=greedy", "decoding=beam"):
+        args = (char_ckpt, 'prompt="ROMEO:"', "max_new_tokens=20", decoding)
+        assert run_cli(*args, "compile=true") == run_cli(*args)
+    assert len(calls) == 2
 
 
 def test_cli_stream_stop_and_prompt_file(char_ckpt, tmp_path, capsys):

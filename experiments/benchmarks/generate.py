@@ -11,6 +11,11 @@ shared machine hits them alike: the table gives the median tokens/s and the medi
 per-repetition ratios. transformers cannot go past n_positions (its position table ends there), so on
 the baby model the comparison with it stops at block_size - 16 = 240 new tokens; ours also runs the
 full 512, where the window slides and every step recomputes it.
+
+--compile adds ours with compile=True and transformers with its static cache + torch.compile (its
+first call, the compile, is kept apart in first_call_seconds); --dtype bfloat16 runs both in bf16;
+--read-rate measures what one thread reads from memory per second, the ceiling of a batch-1 step
+(weights_GB_per_s is tokens/s × the bytes of weights a step reads).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from transformers import GPT2LMHeadModel  # noqa: E402
+from transformers import CompileConfig, GPT2LMHeadModel  # noqa: E402
 
 from gptlab.model import GPT, GPTConfig  # noqa: E402
 
@@ -44,13 +49,13 @@ SHAPES = {
 }
 
 
-def twins(config: GPTConfig) -> tuple[GPT, GPT2LMHeadModel]:
+def twins(config: GPTConfig, dtype: torch.dtype = torch.float32) -> tuple[GPT, GPT2LMHeadModel]:
     torch.manual_seed(0)
     ours = GPT(config).eval()
     with tempfile.TemporaryDirectory() as folder:
         ours.save_pretrained(folder)
         hf = GPT2LMHeadModel.from_pretrained(folder).eval()
-    return ours, hf
+    return ours.to(dtype), hf.to(dtype)
 
 
 def contenders(ours: GPT, hf: GPT2LMHeadModel, prompt: torch.Tensor, args) -> dict:
@@ -59,6 +64,10 @@ def contenders(ours: GPT, hf: GPT2LMHeadModel, prompt: torch.Tensor, args) -> di
     nc = fit if args.no_cache_tokens is None else args.no_cache_tokens
     nb = fit if args.beam_tokens is None else args.beam_tokens
     mask = torch.ones_like(prompt)
+    # transformers' compiled path: a static cache and torch.compile of its forward; on CPU it compiles
+    # only when told to (_compile_all_devices), otherwise it decodes the static cache eagerly
+    static = dict(cache_implementation="static", compile_config=CompileConfig())
+    static["compile_config"]._compile_all_devices = True
 
     def ours_run(n, **kw):
         return lambda: ours.generate(prompt, n, **{"strategy": "greedy", **kw})
@@ -67,6 +76,9 @@ def contenders(ours: GPT, hf: GPT2LMHeadModel, prompt: torch.Tensor, args) -> di
         return lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0, **kw)
 
     run = {f"ours cache {fit}": (ours_run(fit), fit), f"hf cache {fit}": (hf_run(fit), fit)}
+    if args.compile:
+        run[f"ours compiled {fit}"] = (ours_run(fit, compile=True), fit)
+        run[f"hf compiled {fit}"] = (hf_run(fit, **static), fit)
     if fit < args.new_tokens:  # past block_size: only ours, with the sliding window recomputed
         run[f"ours cache {args.new_tokens}"] = (ours_run(args.new_tokens), args.new_tokens)
     if nc:
@@ -75,40 +87,81 @@ def contenders(ours: GPT, hf: GPT2LMHeadModel, prompt: torch.Tensor, args) -> di
     if nb:
         run[f"ours beam4 {nb}"] = (ours_run(nb, strategy="beam", num_beams=4), nb)
         run[f"hf beam4 {nb}"] = (hf_run(nb, num_beams=4), nb)
+        if args.compile:
+            run[f"ours compiled-beam4 {nb}"] = (ours_run(nb, strategy="beam", num_beams=4, compile=True), nb)
     return run
 
 
+def pairs(names) -> dict[str, tuple[str, str]]:
+    """label → (faster candidate, reference): each of ours against transformers' same decoding,
+    compiled ours also against transformers' default (eager, dynamic cache), and cache vs no cache."""
+    out = {}
+    for k in names:
+        if not k.startswith("ours"):
+            continue
+        hf = k.replace("ours", "hf")
+        if hf in names:
+            out[f"{k} vs {hf}"] = (k, hf)
+        for variant, ref in (("compiled ", "cache "), ("compiled-beam4", "beam4")):
+            if variant in k and hf.replace(variant, ref) in names:
+                out[f"{k} vs {hf.replace(variant, ref)}"] = (k, hf.replace(variant, ref))
+        if "no-cache" in k:
+            out[f"{k.replace('no-cache', 'cache')} vs no-cache"] = (k.replace("no-cache", "cache"), k)
+    return out
+
+
+def read_rate() -> dict[str, float]:
+    """GB/s one thread reads from memory: summing 500 MB, and GPT-2 small's LM head (50257×768,
+    154 MB) times one vector. Decoding batch 1 cannot go faster than its weights stream in."""
+    big, head, x = torch.randn(125_000_000), torch.randn(50257, 768), torch.randn(1, 768)
+    out = {}
+    for label, fn, nbytes in (("sum 500 MB", big.sum, big.numel() * 4),
+                              ("LM head matvec", lambda: torch.nn.functional.linear(x, head), head.numel() * 4)):
+        fn()
+        best = min(seconds(fn) for _ in range(5))
+        out[label] = nbytes / best / 1e9
+    return out
+
+
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def weight_bytes(model: GPT) -> int:
+    """Bytes of weights one decoding step reads: every parameter once (the tied table is the LM
+    head), except the position table, of which it reads one row."""
+    wpe = model.transformer.wpe.weight
+    return sum(p.numel() * p.element_size() for p in model.parameters()) - wpe.numel() * wpe.element_size()
+
+
 def bench(name: str, args) -> dict:
-    ours, hf = twins(SHAPES[name])
+    load_before = open("/proc/loadavg").read().split()[:3]
+    ours, hf = twins(SHAPES[name], getattr(torch, args.dtype))
     prompt = torch.randint(0, ours.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
     run = contenders(ours, hf, prompt, args)
     times: dict[str, list[float]] = {k: [] for k in run}
-    outputs = {}
+    outputs, first = {}, {}
     with torch.inference_mode():
-        for k, (fn, _) in run.items():  # warm-up (and the outputs compared below)
+        for k, (fn, _) in run.items():  # warm-up: the compile time, and the outputs compared below
+            t0 = time.perf_counter()
             outputs[k] = fn()
+            first[k] = round(time.perf_counter() - t0, 2)
         for _ in range(args.reps):
             for k, (fn, _) in run.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
+                times[k].append(seconds(fn))
     rate = {k: statistics.median(run[k][1] / t for t in v) for k, v in times.items()}
-
-    def ratio(a: str, b: str) -> float:  # median over repetitions of time(b) / time(a)
-        return statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
-
-    ratios, same = {}, {}
-    for k in run:
-        if k.startswith("ours cache") and k.replace("ours", "hf") in run:
-            ratios[f"{k} vs HF"] = ratio(k, k.replace("ours", "hf"))
-            same[k] = torch.equal(outputs[k], outputs[k.replace("ours", "hf")])
-        if k.startswith("ours no-cache"):
-            ratios[f"{k.replace('no-cache', 'cache')} vs no-cache"] = ratio(k.replace("no-cache", "cache"), k)
-        if k.startswith("ours beam4"):
-            ratios[f"{k} vs HF"] = ratio(k, k.replace("ours", "hf"))
-            same[k] = torch.equal(outputs[k], outputs[k.replace("ours", "hf")])
-    return {"tokens_per_s": rate, "speedups": ratios, "outputs_equal": same,
-            "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()}}
+    # speed-up: median over repetitions of time(reference) / time(candidate)
+    ratios = {label: statistics.median(tb / ta for ta, tb in zip(times[a], times[b]))
+              for label, (a, b) in pairs(run).items()}
+    same = {label: torch.equal(outputs[a], outputs[b]) for label, (a, b) in pairs(run).items()}
+    nbytes = weight_bytes(ours)
+    return {"dtype": args.dtype, "weights_MB_per_token": nbytes / 1e6,
+            "weights_GB_per_s": {k: r * nbytes / 1e9 for k, r in rate.items() if "beam" not in k and "no-cache" not in k},
+            "tokens_per_s": rate, "speedups": ratios, "outputs_equal": same,
+            "first_call_seconds": first, "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
+            "loadavg_before": load_before, "loadavg_after": open("/proc/loadavg").read().split()[:3]}
 
 
 def main() -> None:
@@ -123,12 +176,22 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: on a machine busier than its cores, a second OpenMP "
                         "thread waits for a busy core at every op and decoding runs ~10x slower; 0: torch's default)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="weights and activations of both implementations (compare equal dtypes only)")
+    p.add_argument("--compile", action="store_true",
+                   help="also ours with compile=True and transformers with a static cache + torch.compile "
+                        "(first_call_seconds holds the compile time)")
+    p.add_argument("--read-rate", action="store_true",
+                   help="also measure the memory read rate of one thread (the ceiling of batch-1 decoding)")
     p.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     result = {"torch": torch.__version__, "transformers": transformers.__version__,
               "threads": torch.get_num_threads(), "loadavg_before": open("/proc/loadavg").read().split()[:3]}
+    if args.read_rate:
+        result["read_GB_per_s"] = read_rate()
+        print("read GB/s", result["read_GB_per_s"], flush=True)
     for name in args.models:
         result[name] = bench(name, args)
         print(name, json.dumps(result[name], indent=1), flush=True)

@@ -131,7 +131,7 @@ def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, kw: dict[str, Any]
     new: list[int] = []
     t0 = time.perf_counter()
     for nxt in stream(model, idx, cfg.max_new_tokens, eos_token_id=eos, use_cache=cfg.use_cache,
-                      generator=generator, **kw):
+                      compile=cfg.compile, generator=generator, **kw):
         new.append(int(nxt[0]))
         piece = text.push(new[-1])
         if echo and piece:
@@ -192,7 +192,8 @@ def search_beams(cfg: DictConfig, model: GPT, tok: Tokenizer, idx: torch.Tensor,
     t0 = time.perf_counter()
     out = beam_search(model, idx, cfg.max_new_tokens, kw.get("num_beams", 1),
                       length_penalty=kw.get("length_penalty", 1.0), eos_token_id=eos,
-                      early_stopping=kw.get("early_stopping", False), use_cache=cfg.use_cache)
+                      early_stopping=kw.get("early_stopping", False), use_cache=cfg.use_cache,
+                      compile=cfg.compile)
     dt = time.perf_counter() - t0
     hyps = []
     for i in range(out.sequences.size(1)):
