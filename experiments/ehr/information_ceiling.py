@@ -7,6 +7,7 @@ reproduces the oracle; checked) and from the prompt's tokens, cut as ehr_eval cu
 AGE bin's middle + the summed interval-token midpoints, conditions and stays → the ICD / admission
 tokens left in the prompt. Each mix is scored with the same formula; the AUROC drop from the oracle
 is a ceiling no model of these tokens can pass (up to the plug-in of a bin mean for E[p | bin]).
+Rows "without ..." fix an input at a typical value: what a model that ignores it can reach.
 
     python experiments/ehr/information_ceiling.py data/prepared/meds/synthetic_ehr_n4000_seed0 --max-len 128 192
     python experiments/ehr/information_ceiling.py MEDS --split tuning --predictions <ehr_eval out>/predictions.csv
@@ -137,11 +138,15 @@ def main() -> None:
                 "stays counted in prompt": {**ex, "stays": tk["stays"]},
                 "conditions in prompt": {**ex, "conditions": tk["conditions"]},
                 "all from tokens": tk,
+                "without age (fixed at 65)": {**ex, "age": 65.0},
+                "without the last labs (fixed at 1.2, 3.8)": {**ex, "creat": 1.2, "alb": 3.8},
+                "without age and the last labs": {**ex, "age": 65.0, "creat": 1.2, "alb": 3.8},
             }
             for name, x in mixes.items():
-                if name.startswith(("oracle", "labs")) and max_len != args.max_len[0]:
-                    continue  # these do not depend on the cut
-                scores.setdefault(name if name.startswith(("oracle", "labs")) else f"{name}, prompt ≤ {max_len}",
+                uncut = name.startswith(("oracle", "labs", "without"))  # these do not depend on the cut
+                if uncut and max_len != args.max_len[0]:
+                    continue
+                scores.setdefault(name if uncut else f"{name}, prompt ≤ {max_len}",
                                   []).append(p_of(x))
         cut_stats[max_len] = {"prompts_cut": n_cut, "stays_lost": n_lost_stays, "conditions_lost": n_lost_cond}
     o = pq.read_table(f"{args.meds_dir}/tasks/death_365d_oracle.parquet")["probability"].to_numpy()[rows]
