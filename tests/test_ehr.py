@@ -339,6 +339,32 @@ def test_bootstrap_ci_and_calibration():
         M.auroc(y, np.full(400, np.nan))
 
 
+def test_bootstrap_over_patients_resamples_whole_groups():
+    rng = np.random.default_rng(1)
+    p = rng.random(300)
+    y = rng.random(300) < p
+    # one row per group: the same draws as the row bootstrap
+    assert M.bootstrap_ci(M.auroc, y, p, 200, 3, groups=np.arange(300) * 3 + 7) == M.bootstrap_ci(M.auroc, y, p, 200, 3)
+    # every patient seen 4 times with the same label and score (perfectly correlated predictions)
+    k, sid = 4, np.repeat(np.arange(300) + 1000, 4)
+    yk, pk = np.repeat(y, k), np.repeat(p, k)
+    seen = []
+
+    def spy(yy, ss):
+        seen.append(np.unique(ss, return_counts=True)[1])  # scores are distinct per patient
+        return M.auroc(yy, ss)
+
+    lo, hi = M.bootstrap_ci(spy, yk, pk, 300, 0, groups=sid)
+    assert all((c % k == 0).all() for c in seen)  # a drawn patient brings all its rows
+    row_lo, row_hi = M.bootstrap_ci(M.auroc, yk, pk, 300, 0)
+    one_lo, one_hi = M.bootstrap_ci(M.auroc, y, p, 300, 0)
+    assert row_hi - row_lo < 0.7 * (one_hi - one_lo)  # rows as if independent: too narrow
+    assert (hi - lo) == pytest.approx(one_hi - one_lo, rel=0.25)  # patients: the width of 300 predictions
+    assert M.summarize(yk, pk, 100, 0, groups=sid)["auroc_ci"] == list(M.bootstrap_ci(M.auroc, yk, pk, 100, 0, groups=sid))
+    with pytest.raises(ValueError, match="groups"):
+        M.bootstrap_ci(M.auroc, y, p, 10, groups=np.arange(5))
+
+
 def test_prepare_writes_bins_and_a_patient_index(cohort, tmp_path):
     from gptlab.ehr.prepare import ensure_prepared_meds
 

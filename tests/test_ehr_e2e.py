@@ -44,6 +44,7 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
     assert torch.get_num_threads() == threads  # threads=1 held only while scoring
     assert sum(report["trajectory_ends"].values()) == 6 * 4
     assert report["metrics"]["trajectory"]["n"] == 6
+    assert report["ci"] == "percentile bootstrap over patients" and report["patients"] <= 6
     for f in ("report.md", "report.json", "calibration.png", "predictions.csv"):
         assert (tmp_path / "eval" / f).exists()
     assert report["problems"]["labels_of_subjects_outside_held_out_not_scored"]["count"] > 0  # counted, not hidden

@@ -127,11 +127,13 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
     scorers = {"trajectory": "risk_trajectory", "one_step": "risk_one_step", "oracle": "risk_oracle"}
     scores = {name: np.array([p[key] for p in preds]) for name, key in scorers.items() if key in preds[0]}
     task, n_boot = cfg["task"], int(cfg["n_boot"])
-    results = {name: M.summarize(y, s, n_boot, int(cfg["seed"])) for name, s in scores.items()}
+    patients = np.array([p["subject_id"] for p in preds])  # the bootstrap resamples patients, not rows
+    results = {name: M.summarize(y, s, n_boot, int(cfg["seed"]), groups=patients) for name, s in scores.items()}
     report = {
         "task": task, "ckpt_path": str(cfg["ckpt_path"]), "meds_dir": str(meds_dir), "splits": list(cfg["splits"]),
         "n_trajectories": int(cfg["n_trajectories"]), "max_new_tokens": int(cfg["max_new_tokens"]),
-        "temperature": float(cfg["temperature"]), "metrics": results, "trajectory_ends": ends,
+        "temperature": float(cfg["temperature"]), "patients": int(len(set(patients.tolist()))),
+        "ci": "percentile bootstrap over patients", "metrics": results, "trajectory_ends": ends,
         "sampling_seconds": wall, "tokens_sampled": n_tokens, "problems": problems.summary(),
     }
     if "oracle" in results and results["oracle"]["auroc"] > 0:
@@ -150,7 +152,8 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
         lines.append(f"\ntrajectory AUROC / oracle AUROC = {report['auroc_ratio_to_oracle']:.3f}")
     lines += ["", f"trajectory ends: {ends}; {n_tokens:,} tokens sampled in {wall:.0f} s",
               "", "counted data problems: " + ("; ".join(problems.lines()) or "none"), "",
-              "CIs: percentile bootstrap over predictions (rows), " + f"{n_boot} resamples.", ""]
+              f"CIs: percentile bootstrap over patients ({len(set(patients.tolist()))}; all of a drawn patient's "
+              f"predictions together), {n_boot} resamples.", ""]
     (out / "report.md").write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"[gptlab] report: {out / 'report.md'}, {out / 'calibration.png'}, {out / 'predictions.csv'}")

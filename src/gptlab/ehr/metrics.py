@@ -53,16 +53,32 @@ def auprc(y, score) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def bootstrap_ci(metric, y, score, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of `metric` over resamples of the rows with replacement; resamples that
-    miss a class are skipped (and redrawn), as the metric is undefined there."""
+def bootstrap_ci(metric, y, score, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 groups=None) -> tuple[float, float]:
+    """Percentile interval of `metric` over resamples with replacement; resamples that miss a class
+    are skipped (and redrawn), as the metric is undefined there.
+
+    With `groups` (e.g. the patient of each prediction) whole groups are resampled, all of a drawn
+    group's rows together: a patient's predictions are correlated, so resampling rows would treat
+    them as independent and give too narrow an interval."""
     y, score = _check(y, score)
     if y.all() or not y.any():
         return float("nan"), float("nan")
+    if groups is None:
+        groups = np.arange(len(y))
+    groups = np.asarray(groups)
+    if groups.shape != y.shape:
+        raise ValueError(f"groups {groups.shape} must have one entry per prediction {y.shape}")
+    order = np.argsort(groups, kind="mergesort")
+    starts = np.r_[0, np.flatnonzero(np.diff(groups[order]) != 0) + 1]
+    sizes = np.diff(np.r_[starts, len(y)])
     rng = np.random.default_rng(seed)
     values = []
     while len(values) < n_boot:
-        i = rng.integers(0, len(y), len(y))
+        g = rng.integers(0, len(starts), len(starts))
+        # rows of the drawn groups: each group's run start .. start + size in `order`
+        offsets = np.arange(sizes[g].sum()) - np.repeat(np.cumsum(sizes[g]) - sizes[g], sizes[g])
+        i = order[np.repeat(starts[g], sizes[g]) + offsets]
         if y[i].any() and not y[i].all():
             values.append(metric(y[i], score[i]))
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
@@ -81,10 +97,11 @@ def calibration_bins(y, score, n_bins: int = 10) -> list[dict[str, float]]:
     return out
 
 
-def summarize(y, score, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+def summarize(y, score, n_boot: int = 1000, seed: int = 0, groups=None) -> dict[str, float]:
+    """AUROC and AUPRC with bootstrap CIs (resampling `groups`, e.g. patients, when given)."""
     y, score = _check(y, score)
-    lo, hi = bootstrap_ci(auroc, y, score, n_boot, seed)
-    plo, phi = bootstrap_ci(auprc, y, score, n_boot, seed)
+    lo, hi = bootstrap_ci(auroc, y, score, n_boot, seed, groups=groups)
+    plo, phi = bootstrap_ci(auprc, y, score, n_boot, seed, groups=groups)
     return {"auroc": auroc(y, score), "auroc_ci": [lo, hi], "auprc": auprc(y, score), "auprc_ci": [plo, phi],
             "n": int(len(y)), "positives": int(y.sum()), "prevalence": float(y.mean()) if len(y) else float("nan")}
 
