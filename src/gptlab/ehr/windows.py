@@ -8,7 +8,7 @@ hold the previous patient's. As in ETHOS, each window here is built as
 
 for a patient drawn with probability ∝ its number of timed tokens and an offset o drawn uniformly
 among them. The target at the join (predicting timeline[o] from the AGE token) is ignored (-1)
-unless o is the first timed token, since there the prefix is not what precedes timeline[o]. A
+unless o is the first timed token: for a later o, AGE is not what precedes timeline[o]. A
 window whose timeline ends early is padded, with ignored targets (never another patient's tokens);
 with pack=True it goes on instead with the next patients of the bin, each whole from its own
 <TL_START> (no padding: on the synthetic cohort, median 69 tokens a timeline, padding is ~2/3 of a
