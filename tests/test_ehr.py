@@ -374,8 +374,11 @@ def test_prepare_writes_bins_and_a_patient_index(cohort, tmp_path):
     index = read_index(tmp_path, "test")
     tok = tokenizer_from_spec(meta["tokenizer"])
     assert index[0, 1] == 0 and index[-1, 2] == len(ids) and (index[1:, 1] == index[:-1, 2]).all()
-    assert all(ids[a] == tok.token_id("<TL_START>") and ids[b - 1] == tok.token_id("<TL_END>") for _, a, b in index)
+    assert all(ids[a] == tok.token_id("<TL_START>") and ids[b - 1] == tok.token_id("<TL_END>") for _, a, b, _ in index)
     assert meta["test_subjects"] == len(index) == 24 and "null_time_rows_as_static_prefix" in meta["problems"]
+    # prefix_end: the prefix is <TL_START>, the static codes, then AGE; the first timed event follows
+    assert all(tok.decode([ids[p - 1]]).startswith("AGE//") and not tok.decode([ids[p]]).startswith(("AGE//", "GENDER//"))
+               for _, _, _, p in index)
     assert ensure_prepared_meds(cfg, tmp_path)["source_sha256"] == meta["source_sha256"]  # up to date: reused
     # the tokenizer is fitted on train only: rewriting every held-out value changes nothing in it
     import shutil
@@ -388,3 +391,42 @@ def test_prepare_writes_bins_and_a_patient_index(cohort, tmp_path):
     assert again["source_sha256"] != meta["source_sha256"] and again["tokenizer"] == meta["tokenizer"]
     assert np.fromfile(tmp_path / "prep2" / "train.bin", dtype=meta["dtype"]).tolist() == \
         np.fromfile(tmp_path / "train.bin", dtype=meta["dtype"]).tolist()
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_patient_windows_carry_the_patients_prefix(cohort, tmp_path, pack):
+    from gptlab.ehr.prepare import ensure_prepared_meds
+    from gptlab.ehr.windows import PatientWindows
+
+    meta = ensure_prepared_meds({"path": str(cohort), "tokenizer": {"kind": "ehr", "min_count": 3}}, tmp_path)
+    ids, index = np.fromfile(tmp_path / "train.bin", dtype=meta["dtype"]), read_index(tmp_path, "train")
+    T, start_id = 48, tokenizer_from_spec(meta["tokenizer"]).token_id("<TL_START>")
+    windows = PatientWindows(ids, index, T, 16, seed=7, pack=pack)
+    for n in (0, 5):
+        x, y = windows.batch(n)
+        assert x.shape == y.shape == (16, T)
+        x2, y2 = PatientWindows(ids, index, T, 16, seed=7, start=n, pack=pack).batch(n)
+        assert torch.equal(x, x2) and torch.equal(y, y2)  # batch n depends on n only: exact resume
+        for row, (k, o) in enumerate(zip(*windows.draw(n))):
+            _, begin, end, prefix_end = index[k]
+            assert prefix_end <= o < end - 1
+            prefix = ids[begin:prefix_end].tolist()
+            assert prefix[0] == start_id and x[row, 0] == start_id
+            stop = len(ids) if pack else end  # packed: the next patients follow, whole; else padding
+            rest = ids[o : min(o + T + 1 - len(prefix), stop)].tolist()
+            chunk = prefix + rest
+            assert x[row, : len(chunk) - 1].tolist() == chunk[:-1]
+            want = chunk[1:] + [-1] * (T + 1 - len(chunk))
+            if o != prefix_end:
+                want[len(prefix) - 1] = -1  # AGE → timeline[o] is not scored
+            assert y[row].tolist() == want
+            if not pack:
+                assert o + len(rest) <= end  # nothing of another patient
+    assert not torch.equal(windows.batch(0)[0], windows.batch(1)[0])
+    # data.windows names the factory; GPTDataModule then streams these batches for training
+    from gptlab.data import GPTDataModule
+    from gptlab.ehr.windows import packed_patient_windows, patient_windows
+
+    dm = GPTDataModule(tmp_path, T, 16, seed=7, windows=packed_patient_windows if pack else patient_windows)
+    dm.setup()
+    assert torch.equal(next(iter(dm.train_dataloader()))[1], windows.batch(0)[1])

@@ -21,7 +21,7 @@ def main() -> None:
     args = ap.parse_args()
     meta = read_meta(args.data_dir)
     tok = tokenizer_from_spec(meta["tokenizer"])
-    sid, start, end = read_index(args.data_dir, args.split)[args.row]
+    sid, start, end = read_index(args.data_dir, args.split)[args.row][:3]
     ids = np.fromfile(f"{args.data_dir}/{args.split}.bin", dtype=meta["dtype"])[start:end]
     print(f"subject {sid}: {end - start} tokens (first {min(args.max_tokens, end - start)} shown)\n")
     print(tok.readable(ids[: args.max_tokens]))

@@ -11,6 +11,7 @@ Validation uses a fixed, evenly spaced set of windows so val loss is comparable 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,25 @@ def windows_at(ids: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[t
     return chunk[:, :-1], chunk[:, 1:]
 
 
-class RandomWindows(IterableDataset):
-    """An endless stream of (x, y) batches; batch n is drawn from rng(seed, rank, n)."""
+class BatchStream(IterableDataset):
+    """An endless stream of batches start, start+1, …; subclasses say what batch(n) is."""
+
+    start: int
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
+        n = self.start + worker  # DataLoader takes from its workers round-robin, so order is kept
+        while True:
+            yield self.batch(n)
+            n += n_workers
+
+
+class RandomWindows(BatchStream):
+    """Windows anywhere in the token stream; batch n is drawn from rng(seed, rank, n)."""
 
     def __init__(self, ids: np.ndarray, block_size: int, batch_size: int, seed: int, start: int = 0,
                  rank: int = 0):
@@ -47,14 +65,6 @@ class RandomWindows(IterableDataset):
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.rank, n])
         return windows_at(self.ids, rng.integers(0, self.high, size=self.batch_size), self.block_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = get_worker_info()
-        worker, n_workers = (info.id, info.num_workers) if info else (0, 1)
-        n = self.start + worker  # DataLoader takes from its workers round-robin, so order is kept
-        while True:
-            yield self.batch(n)
-            n += n_workers
 
 
 class FixedWindows(Dataset):
@@ -78,16 +88,20 @@ class GPTDataModule(L.LightningDataModule):
     """Reads `train.bin`/`val.bin` + `meta.json` from data_dir (written by gptlab.data.prepare).
 
     `prepare` is an optional callable run once on rank 0 (in prepare_data) that makes sure
-    data_dir is up to date, so a plain `python train.py` prepares on first use.
+    data_dir is up to date, so a plain `python train.py` prepares on first use. `windows` is an
+    optional factory of the training BatchStream, called as windows(data_dir, ids, block_size,
+    batch_size, seed, start, rank) (e.g. gptlab.ehr.windows.patient_windows); None: RandomWindows.
+    Validation always uses FixedWindows.
     """
 
     def __init__(self, data_dir: str | Path, block_size: int, batch_size: int, val_batches: int = 20,
-                 num_workers: int = 0, seed: int = 1337, prepare: Callable[[], Any] | None = None):
+                 num_workers: int = 0, seed: int = 1337, prepare: Callable[[], Any] | None = None,
+                 windows: Callable[..., BatchStream] | None = None):
         super().__init__()
         self.data_dir = Path(data_dir)
         self.block_size, self.batch_size, self.val_batches = block_size, batch_size, val_batches
         self.num_workers, self.seed = num_workers, seed
-        self._prepare = prepare
+        self._prepare, self._windows = prepare, windows
         self.train_batches_consumed = 0  # saved in checkpoints: where the batch stream resumes
 
     @property
@@ -116,8 +130,9 @@ class GPTDataModule(L.LightningDataModule):
         return 0, 1
 
     def train_dataloader(self) -> DataLoader:
-        dataset = RandomWindows(self.train_ids, self.block_size, self.batch_size, self.seed,
-                                start=self.train_batches_consumed, rank=self._rank_world()[0])
+        make = RandomWindows if self._windows is None else partial(self._windows, self.data_dir)
+        dataset = make(self.train_ids, self.block_size, self.batch_size, self.seed,
+                       start=self.train_batches_consumed, rank=self._rank_world()[0])
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 

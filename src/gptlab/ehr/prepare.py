@@ -2,14 +2,14 @@
 
 Layout written to out_dir (next to what text prepare writes):
   train.bin / val.bin / test.bin   token ids of the train / tuning / held_out splits
-  {train,val,test}_index.npy       (n_subjects, 3) int64: subject_id, start, end offsets in the bin
+  {train,val,test}_index.npy       (n_subjects, 4) int64: subject_id, start, end, prefix_end offsets in
+                                   the bin (prefix_end: where the first timed event begins)
   tokenizer.json, meta.json        (meta.json last, with the source hash and the counted problems)
 
-Patients are concatenated, each timeline framed by <TL_START> … <TL_END>; training windows are
-drawn anywhere, so a window may run from one patient's end into the next one's start. We chose
-separator tokens over patient-aligned windows because it keeps the one GPTDataModule for text and
-EHR and wastes no tokens on padding; the model learns that nothing carries over <TL_END> (its
-prefix restates sex and age), and risk prompts always start at a patient's own <TL_START>.
+Patients are concatenated, each timeline framed by <TL_START> … <TL_END>. With the default random
+windows a training window may run from one patient's end into the next one's start; the
+`gptlab.ehr.windows.PatientWindows` (data.windows) instead builds every window as one patient's
+prefix + a stretch of that patient's timeline, the layout of a risk prompt, from this index.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from gptlab.ehr.meds import Problems, dataset_sha256, iter_timelines, read_code_
 from gptlab.ehr.tokenizer import EHRTokenizer
 
 BIN_OF_SPLIT = {"train": "train", "tuning": "val", "held_out": "test"}
+INDEX_COLUMNS = ["subject_id", "start", "end", "prefix_end"]  # meta.json names them: a change re-prepares
 TOKENIZER_OPTIONS = ("min_count", "time_edges", "atc_levels", "age_bin_years", "n_quantiles")
 
 
@@ -80,10 +81,10 @@ def prepare_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any
         for tl in iter_timelines(tables[split], problems):
             start = len(ids)
             ids.extend(tok.encode_timeline(tl, problems=problems))
-            index.append((tl.subject_id, start, len(ids)))
+            index.append((tl.subject_id, start, len(ids), start + len(tok.prefix_ids(tl))))
         counts[f"{name}_tokens"] = write_bin(out_dir / f"{name}.bin", ids, dtype)
         counts[f"{name}_subjects"] = len(index)
-        save_index(out_dir / f"{name}_index.npy", np.asarray(index, dtype=np.int64).reshape(-1, 3))
+        save_index(out_dir / f"{name}_index.npy", np.asarray(index, dtype=np.int64).reshape(-1, len(INDEX_COLUMNS)))
     meta = {
         "source": str(source.resolve()),
         "source_sha256": dataset_sha256(source),
@@ -92,6 +93,7 @@ def prepare_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any
         "vocab_size": tok.vocab_size,
         "dtype": dtype.name,
         "splits": BIN_OF_SPLIT,
+        "index_columns": INDEX_COLUMNS,
         "problems": problems.summary(),
         **counts,
     }
@@ -108,6 +110,7 @@ def ensure_prepared_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[
     try:
         meta = read_meta(out_dir)
         fresh = (meta.get("format_version") == FORMAT_VERSION and meta.get("tokenizer_config") == data_cfg["tokenizer"]
+                 and meta.get("index_columns") == INDEX_COLUMNS
                  and all((out_dir / f"{n}.bin").exists() for n in BIN_OF_SPLIT.values())
                  and meta.get("source_sha256") == dataset_sha256(source))
     except (FileNotFoundError, ValueError):
@@ -119,5 +122,5 @@ def ensure_prepared_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[
 
 
 def read_index(data_dir: str | Path, name: str = "test") -> np.ndarray:
-    """(n_subjects, 3) subject_id, start, end of each timeline in `<name>.bin`."""
+    """(n_subjects, 4) subject_id, start, end, prefix_end of each timeline in `<name>.bin`."""
     return np.load(Path(data_dir) / f"{name}_index.npy")

@@ -216,13 +216,10 @@ class EHRTokenizer(Tokenizer):
         lo = int(max(years, 0) // self.age_bin_years) * self.age_bin_years
         return f"AGE//{lo}-{lo + self.age_bin_years - 1}"
 
-    def encode_timeline(self, tl: Timeline, until: np.datetime64 | None = None,
-                        problems: Problems | None = None) -> list[int]:
-        """The token ids of a timeline; with `until`, only events at or before it and no end token
-        (a prompt for prediction at that time)."""
-        n = len(tl.times) if until is None else int(np.searchsorted(tl.times, until, side="right"))
+    def prefix_ids(self, tl: Timeline, has_events: bool = True, problems: Problems | None = None) -> list[int]:
+        """`<TL_START>`, the static codes and the AGE token: what precedes the first timed event."""
         age = None
-        if tl.birth is not None and n:
+        if tl.birth is not None and has_events:
             age = float((tl.times[0] - tl.birth) / np.timedelta64(1, "D")) / 365.25
         elif problems is not None:
             problems.add("subjects_without_MEDS_BIRTH_age_UNK", 1, f"subject {tl.subject_id}")
@@ -230,6 +227,14 @@ class EHRTokenizer(Tokenizer):
         for code in tl.static:
             ids.extend(self.code_ids(code, problems))
         ids.append(self.stoi.get(self.age_token(age), self.stoi["AGE//UNK"]))
+        return ids
+
+    def encode_timeline(self, tl: Timeline, until: np.datetime64 | None = None,
+                        problems: Problems | None = None) -> list[int]:
+        """The token ids of a timeline; with `until`, only events at or before it and no end token
+        (a prompt for prediction at that time)."""
+        n = len(tl.times) if until is None else int(np.searchsorted(tl.times, until, side="right"))
+        ids = self.prefix_ids(tl, n > 0, problems)
         minutes = (tl.times[:n] - tl.times[0]).astype("timedelta64[us]").astype(np.int64) / MINUTE_US
         for i in range(n):
             if i:

@@ -72,6 +72,7 @@ def build_datamodule(cfg: DictConfig) -> GPTDataModule:
     return GPTDataModule(
         out, block_size=cfg.model.block_size, batch_size=cfg.data.batch_size, val_batches=cfg.data.val_batches,
         num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=prepare,
+        windows=get_method(cfg.data.windows) if cfg.data.get("windows") else None,
     )
 
 
