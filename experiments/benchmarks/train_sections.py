@@ -41,7 +41,7 @@ PLAIN = "1 data", "2 forward", "3 zero_grad + loss.item()", "4 backward", "6 cli
 class First(L.Callback):
     """First in the callback list: marks the loop's part (before) and the optimizer's part (after)."""
 
-    def __init__(self, probe: "Probe"):
+    def __init__(self, probe: Probe):
         self.probe = probe
 
     def on_train_batch_start(self, *args):
@@ -55,7 +55,7 @@ class Probe(L.Callback):
     """Last in the callback list; every `chunk` steps after `skip` it runs `chunk` plain steps."""
 
     plain: PlainLoop | None = None  # handed over by main() (Hydra builds the callback)
-    current: "Probe | None" = None  # the instance of the run, for main() to read
+    current: Probe | None = None  # the instance of the run, for main() to read
 
     def __init__(self, chunk: int, skip: int):
         self.chunk, self.skip = chunk, skip

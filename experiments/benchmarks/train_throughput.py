@@ -91,7 +91,7 @@ class Interleave(L.Callback):
     """
 
     next_plain: PlainLoop | None = None  # handed over by main() before each run (Hydra builds the callback)
-    current: "Interleave | None" = None  # the instance of the last run, for main() to read
+    current: Interleave | None = None  # the instance of the last run, for main() to read
 
     def __init__(self, chunk: int, skip: int):
         self.chunk, self.skip = chunk, skip
