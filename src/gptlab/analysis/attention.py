@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
+from gptlab.analysis import save_figure
 from gptlab.model import GPT  # noqa: E402
 
 CMAP = plt.get_cmap("viridis").with_extremes(bad="white")  # exact zeros (masked future positions) show as blank paper
@@ -78,10 +79,7 @@ def plot_attention_grid(weights: np.ndarray, path: str | Path, title: str) -> Pa
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     cax = fig.add_axes((0.935, 0.15, 0.015, 0.7))
     fig.colorbar(im, cax=cax, label="attention weight (√ scale)")
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def plot_head(weights: np.ndarray, tokens: list[str], path: str | Path, title: str) -> Path:
@@ -100,7 +98,4 @@ def plot_head(weights: np.ndarray, tokens: list[str], path: str | Path, title: s
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="attention weight (√ scale)")
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -20,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from gptlab.analysis import save_figure
+
 TRAIN, VAL, LR = "train/loss", "val/loss", "lr"
 # LearningRateMonitor names the column after the scheduler and the parameter group; both AdamW
 # groups share one LR, so the decayed group's column stands for the schedule (older runs: "lr").
@@ -234,10 +236,7 @@ def plot_curves(runs: list[RunLog], path: str | Path, log_scale: bool = False, s
         loss_ax.plot([], [], "ko--", markersize=4, label="validation")
         loss_ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def plot_metric(runs: list[RunLog], key: str, path: str | Path, ylabel: str, title: str) -> Path | None:
@@ -257,9 +256,7 @@ def plot_metric(runs: list[RunLog], key: str, path: str | Path, ylabel: str, tit
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=110)
 
 
 def summary_rows(runs: list[RunLog]) -> list[dict[str, str]]:

@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from gptlab.analysis import save_figure
 from gptlab.analysis.attention import show_token  # noqa: E402
 from gptlab.data.datamodule import FixedWindows  # noqa: E402
 from gptlab.model import GPT  # noqa: E402
@@ -51,10 +52,7 @@ def plot_position_loss(curves: dict[str, np.ndarray], path: str | Path, title: s
     if len(curves) > 1:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def token_counts(ids: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -93,7 +91,4 @@ def plot_embedding_pca(model: GPT, tok: Tokenizer, token_ids: list[int], path: s
            ylabel=f"principal component 2 ({explained[1]:.0%} of variance)", title=title)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)

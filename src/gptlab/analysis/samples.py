@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from gptlab.analysis import save_figure
 from gptlab.generation import generate_text  # noqa: E402
 from gptlab.model import GPT  # noqa: E402
 from gptlab.tokenizers import Tokenizer  # noqa: E402
@@ -78,7 +79,4 @@ def plot_sample_grid(samples: dict[str, str], path: str | Path, title: str, widt
         ax.set_title(name, fontsize=11, loc="left", fontweight="bold")
     fig.suptitle(title, fontsize=12)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -19,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import regex  # noqa: E402
 
+from gptlab.analysis import save_figure
 from gptlab.tokenizers.bpe import BPETokenizer  # noqa: E402
 
 SHIPPED_SHAKESPEARE = Path(__file__).resolve().parent.parent / "assets" / "data" / "tinyshakespeare.txt"
@@ -51,8 +52,7 @@ def _plot(sizes: list[int], counts: dict[int, Counter[int]], bytes_per_token: di
     comp.set(xlabel="vocabulary size", ylabel="bytes per token", title="Compression")
     comp.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def vocab_report(
