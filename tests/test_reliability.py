@@ -319,6 +319,26 @@ def test_skip_mode_stops_after_max_skips(monkeypatch, tmp_path, data_dir):
             train(compose_train_cfg(tmp_path / "run", data_dir, overrides))
 
 
+def test_clipping_reuses_the_guards_gradient_norm_and_matches_lightnings_own(monkeypatch, tmp_path, data_dir):
+    """With the guard on, clipping by norm reads the gradients once (the guard's norm) and gives the
+    same weights, bit for bit, as Lightning's clipping without the guard; max norm 0.05 clips every step."""
+    real_norm, norms = torch._foreach_norm, []
+
+    def counted(tensors, *args, **kwargs):  # one call per (device, dtype) group: one per step here
+        norms.append(torch.linalg.vector_norm(torch.stack(real_norm(tensors, *args, **kwargs))))
+        return real_norm(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_norm", counted)  # the guard's get_total_norm and clip_grad_norm_
+    clip = [*RUN, "trainer.max_steps=6", "eval_interval=100", "trainer.gradient_clip_val=0.05"]
+    shared = train(compose_train_cfg(tmp_path / "guard", data_dir, clip))
+    assert len(norms) == 6 and min(float(n) for n in norms) > 0.05
+    del norms[:]
+    lightning = train(compose_train_cfg(tmp_path / "no-guard", data_dir, [*clip, "~callbacks.nonfinite_guard"]))
+    assert len(norms) == 6  # Lightning's clip_grad_norm_, once a step
+    a, b = (load_gpt_from_lightning_ckpt(r["last_ckpt"])[0].state_dict() for r in (shared, lightning))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 # ---- loading never runs code ------------------------------------------------------------------------
 class RunsCode:
     """Unpickling this runs a shell command: what a booby-trapped checkpoint from the internet does."""

@@ -12,6 +12,7 @@ from typing import Any
 import lightning as L
 import torch
 
+from gptlab.callbacks.safety import NonFiniteGuard
 from gptlab.checkpoint import strip_wrapper_prefixes
 from gptlab.model import GPT, GPTConfig
 
@@ -128,6 +129,21 @@ class GPTLitModule(L.LightningModule):
         if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
             for optimizer in self.trainer.optimizers:
                 optimizer.zero_grad(set_to_none=True)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        """Lightning's clipping, except that clipping by norm reuses the norm NonFiniteGuard has just
+        computed for this step (the same torch.nn.utils.clip_grad_norm_ arithmetic, one read of the
+        gradients instead of two)."""
+        norm = None
+        if gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            guards = (cb for cb in self.trainer.callbacks if isinstance(cb, NonFiniteGuard))
+            norm = next((n for g in guards if (n := g.checked_grad_norm(self.trainer, optimizer)) is not None), None)
+        if norm is None:
+            self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch

@@ -5,7 +5,8 @@
   renamed into place; loading is always torch.load(weights_only=True).
 - NonFiniteGuard: a NaN/inf loss (or gradient) never reaches the weights. `stop` ends the run
   before the optimizer step, so the weights and the last good checkpoint stay as they were;
-  `skip` drops that step's update and goes on (at most `max_skips` times).
+  `skip` drops that step's update and goes on (at most `max_skips` times). The gradient norm it
+  checks is handed on to clipping (GPTLitModule), so the gradients are read once, not twice.
 - SaveOnInterrupt: the first Ctrl-C (SIGINT) or SIGTERM lets the optimizer step in progress
   finish, writes last.ckpt, then stops as Lightning does on Ctrl-C; a second Ctrl-C stops at once.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from gptlab.checkpoint import load_checkpoint, save_atomic
@@ -67,6 +69,20 @@ class NonFiniteGuard(L.Callback):
         self.skipped: list[int] = []  # global steps whose update was dropped
         self._bad_loss: torch.Tensor | None = None  # any micro-batch of this step had a non-finite loss
         self._losses: list[torch.Tensor] = []
+        self._checked: tuple[torch.optim.Optimizer, int, torch.Tensor] | None = None  # (optimizer, step, norm)
+
+    def checked_grad_norm(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
+        """The total 2-norm of `optimizer`'s gradients found finite at this step, or None.
+
+        Gradient clipping by norm can reuse it instead of reading every gradient again (on the CPU
+        recipe ~0.3 ms, 1.5% of a step). Only where each rank holds whole gradients (one device or
+        DDP): under FSDP and DeepSpeed a rank's norm covers its shard alone.
+        """
+        whole = isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(
+            trainer.strategy, DeepSpeedStrategy)
+        if whole and self._checked is not None and self._checked[:2] == (optimizer, trainer.global_step):
+            return self._checked[2]
+        return None
 
     def on_before_backward(
         self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
@@ -80,6 +96,7 @@ class NonFiniteGuard(L.Callback):
     ) -> None:
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         bad = self._bad_loss if self._bad_loss is not None else torch.zeros((), dtype=torch.bool)
+        norm, self._checked = None, None
         # fp16's GradScaler expects inf gradients now and then and skips those steps itself
         if grads and getattr(trainer.precision_plugin, "scaler", None) is None:
             # one fused kernel per (device, dtype) group: a per-tensor loop cost ~1 ms a CPU step
@@ -88,6 +105,8 @@ class NonFiniteGuard(L.Callback):
         losses, self._losses, self._bad_loss = self._losses, [], None
         # one sync per step; under DDP every rank must take the same decision
         if not trainer.strategy.reduce_boolean_decision(bool(bad), all=False):
+            if norm is not None:
+                self._checked = (optimizer, trainer.global_step, norm)
             return
         step = trainer.global_step
         values = ", ".join(f"{float(v):g}" for v in losses) or "finite"
