@@ -319,6 +319,23 @@ def test_skip_mode_stops_after_max_skips(monkeypatch, tmp_path, data_dir):
             train(compose_train_cfg(tmp_path / "run", data_dir, overrides))
 
 
+def test_inf_gradient_with_a_finite_loss_stops_before_the_update(monkeypatch, tmp_path, data_dir):
+    """An overflow in the backward pass alone (the loss is finite) is caught by the gradient norm."""
+    real = GPTLitModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        loss = real(self, batch, batch_idx)
+        if self.trainer.global_step == 13:
+            self.model.lm_head.weight.register_hook(lambda g: g * float("inf"))
+        return loss
+
+    monkeypatch.setattr(GPTLitModule, "training_step", training_step)
+    with pytest.raises(NonFiniteLossError, match=r"at global step 13 \(micro-batch losses: \d+\.\d+\)"):
+        train(compose_train_cfg(tmp_path / "run", data_dir, RUN))
+    model, ckpt = load_gpt_from_lightning_ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 10 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_clipping_reuses_the_guards_gradient_norm_and_matches_lightnings_own(monkeypatch, tmp_path, data_dir):
     """With the guard on, clipping by norm reads the gradients once (the guard's norm) and gives the
     same weights, bit for bit, as Lightning's clipping without the guard; max norm 0.05 clips every step."""

@@ -130,6 +130,12 @@ class GPTLitModule(L.LightningModule):
             for optimizer in self.trainer.optimizers:
                 optimizer.zero_grad(set_to_none=True)
 
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        # on_train_batch_end has already freed the gradients of the last optimizer step, so Lightning's
+        # zero_grad before the next backward would only walk the parameters again (~0.1 ms a CPU step).
+        if any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
+            optimizer.zero_grad(set_to_none=True)  # something else left gradients behind
+
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Lightning's clipping, except that clipping by norm reuses the norm NonFiniteGuard has just
