@@ -127,10 +127,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=440)
     parser.add_argument("--skip", type=int, default=40)
     parser.add_argument("--chunk", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch's default; CPU time then counts OpenMP spin-waits too)")
     parser.add_argument("overrides", nargs="*", help="train.py overrides (default: the CPU recipe)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="gptlab-sections-"))
     over = [f"trainer.max_steps={args.steps}", f"eval_interval={10 * args.steps}", "sample_after_training=0",
             "trainer.enable_model_summary=false", f"+callbacks.probe._target_={__name__}.Probe",

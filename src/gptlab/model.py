@@ -77,12 +77,13 @@ class KVCache(nn.Module):
 
     def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, nh, T, hs) at positions pos..pos+T-1; return all keys/values up to there."""
-        end = pos + k.size(2)
-        if end > self.k.size(2):
-            raise ValueError(f"KV cache holds {self.k.size(2)} positions; cannot write up to {end}")
-        self.k[:, :, pos:end] = k
-        self.v[:, :, pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        T = k.size(2)
+        if pos + T > self.k.size(2):
+            raise ValueError(f"KV cache holds {self.k.size(2)} positions; cannot write up to {pos + T}")
+        # narrow() views along one dim: cheaper than slicing with [:, :, a:b], which matters at batch 1
+        self.k.narrow(2, pos, T).copy_(k)
+        self.v.narrow(2, pos, T).copy_(v)
+        return self.k.narrow(2, 0, pos + T), self.v.narrow(2, 0, pos + T)
 
     def reorder(self, index: torch.Tensor, length: int) -> None:
         """Row i becomes old row index[i] (beam search keeps the cache of the beams it keeps).
@@ -118,11 +119,10 @@ class CausalSelfAttention(nn.Module):
         self, x: torch.Tensor, pos: int = 0, need_weights: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        # (B, T, C) -> (B, nh, T, hs): each head attends independently
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        # (B, T, 3C) -> q, k, v, each (B, nh, T, hs): each head attends independently. The same views
+        # as split + view + transpose per tensor, in 3 ops instead of 7 (decoding is op-bound at batch 1)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(pos, k, v)
         S = k.size(2)  # number of keys: the cached prefix plus the new tokens
