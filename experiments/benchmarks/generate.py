@@ -15,7 +15,8 @@ full 512, where the window slides and every step recomputes it.
 --compile adds ours with compile=True and transformers with its static cache + torch.compile (its
 first call, the compile, is kept apart in first_call_seconds); --dtype bfloat16 runs both in bf16;
 --read-rate measures what one thread reads from memory per second, the ceiling of a batch-1 step
-(weights_GB_per_s is tokens/s × the bytes of weights a step reads).
+(weights_GB_per_s is tokens/s × the bytes of weights a step reads); --products-only times a step
+cut down to its matrix products, the tokens/s no implementation of those weights can beat here.
 """
 
 from __future__ import annotations
@@ -123,6 +124,24 @@ def read_rate() -> dict[str, float]:
     return out
 
 
+@torch.inference_mode()
+def products_only(model: GPT, tokens: int = 60) -> float:
+    """Tokens/s of a decode step cut down to its matrix products: every block's four Linear layers
+    and the LM head, each on a fresh (1, 1, in) input, nothing else. Any batch-1 implementation of
+    the same weights (ours, transformers') is slower than this on the same machine and threads."""
+    linears = [m for block in model.transformer.h for m in block.modules() if isinstance(m, torch.nn.Linear)]
+    linears.append(model.lm_head)
+    inputs = [torch.randn(1, 1, m.in_features, dtype=m.weight.dtype) for m in linears]
+
+    def step():
+        for _ in range(tokens):
+            for m, x in zip(linears, inputs):
+                m(x)
+
+    step()
+    return tokens / min(seconds(step) for _ in range(3))
+
+
 def seconds(fn) -> float:
     t0 = time.perf_counter()
     fn()
@@ -157,7 +176,8 @@ def bench(name: str, args) -> dict:
               for label, (a, b) in pairs(run).items()}
     same = {label: torch.equal(outputs[a], outputs[b]) for label, (a, b) in pairs(run).items()}
     nbytes = weight_bytes(ours)
-    return {"dtype": args.dtype, "weights_MB_per_token": nbytes / 1e6,
+    floor = {"products_only_tokens_per_s": products_only(ours)} if args.products_only else {}
+    return {"dtype": args.dtype, "weights_MB_per_token": nbytes / 1e6, **floor,
             "weights_GB_per_s": {k: r * nbytes / 1e9 for k, r in rate.items() if "beam" not in k and "no-cache" not in k},
             "tokens_per_s": rate, "speedups": ratios, "outputs_equal": same,
             "first_call_seconds": first, "seconds": {k: [round(t, 3) for t in v] for k, v in times.items()},
@@ -183,6 +203,8 @@ def main() -> None:
                         "(first_call_seconds holds the compile time)")
     p.add_argument("--read-rate", action="store_true",
                    help="also measure the memory read rate of one thread (the ceiling of batch-1 decoding)")
+    p.add_argument("--products-only", action="store_true",
+                   help="also time a decode step cut down to its matrix products (the ceiling of tokens/s)")
     p.add_argument("--out", type=Path, default=None, help="also write the results here as JSON")
     args = p.parse_args()
     if args.threads:
