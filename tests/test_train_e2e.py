@@ -62,6 +62,7 @@ def test_train_script_with_overrides_then_generate_script(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "tokens per optimizer step = batch 12 × block 32" in proc.stdout
     assert "best val loss" in proc.stdout and "sample" in proc.stdout
+    assert "litlogger" not in proc.stdout + proc.stderr and "LeafSpec" not in proc.stderr  # noise, dropped
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert ckpt.exists()
     gen = run_script("generate.py", f"ckpt_path={ckpt}", "prompt=ROMEO:", "max_new_tokens=30",

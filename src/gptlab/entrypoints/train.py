@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import lightning_utilities.core.rank_zero
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -104,8 +107,25 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+class _DropAdvert(logging.Filter):
+    """Lightning 2.6 logs a tip advertising its cloud logger at every run; the run's own lines matter."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def quiet_lightning_notices() -> None:
+    """Drop two lines every run printed that say nothing about the run: Lightning's litlogger
+    advert, and the deprecation warning its pytree helper triggers in torch ≥ 2.10 (harmless)."""
+    logger = lightning_utilities.core.rank_zero.log  # where rank_zero_info logs (Lightning names it on import)
+    if not any(isinstance(f, _DropAdvert) for f in logger.filters):
+        logger.addFilter(_DropAdvert())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; returns the run's figures (best val loss, paths, timings)."""
+    quiet_lightning_notices()
     if cfg.resume not in (None, "auto"):
         raise ValueError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
                          f"ckpt_path=<a .ckpt>; null starts fresh")
