@@ -427,6 +427,15 @@ def test_patient_windows_carry_the_patients_prefix(cohort, tmp_path, pack):
     from gptlab.data import GPTDataModule
     from gptlab.ehr.windows import packed_patient_windows, patient_windows
 
-    dm = GPTDataModule(tmp_path, T, 16, seed=7, windows=packed_patient_windows if pack else patient_windows)
+    dm = GPTDataModule(tmp_path, T, 16, val_batches=3, seed=7,
+                       windows=packed_patient_windows if pack else patient_windows)
     dm.setup()
     assert torch.equal(next(iter(dm.train_dataloader()))[1], windows.batch(0)[1])
+    # validation scores the same kind of windows, over the val split's patients, the same each time
+    val_ids = np.fromfile(tmp_path / "val.bin", dtype=meta["dtype"])
+    val_windows = PatientWindows(val_ids, read_index(tmp_path, "val"), T, 16, seed=7, pack=pack)
+    first, second = list(dm.val_dataloader()), list(dm.val_dataloader())
+    assert len(first) == 3 and (first[0][0][:, 0] == start_id).all()
+    for n, ((x, y), (x2, y2)) in enumerate(zip(first, second)):
+        want = val_windows.batch(n)
+        assert torch.equal(x, want[0]) and torch.equal(y, want[1]) and torch.equal(x, x2) and torch.equal(y, y2)

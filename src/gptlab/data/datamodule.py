@@ -89,9 +89,11 @@ class GPTDataModule(L.LightningDataModule):
 
     `prepare` is an optional callable run once on rank 0 (in prepare_data) that makes sure
     data_dir is up to date, so a plain `python train.py` prepares on first use. `windows` is an
-    optional factory of the training BatchStream, called as windows(data_dir, ids, block_size,
-    batch_size, seed, start, rank) (e.g. gptlab.ehr.windows.patient_windows); None: RandomWindows.
-    Validation always uses FixedWindows.
+    optional factory of BatchStreams, called as windows(data_dir, ids, block_size, batch_size, seed,
+    start, rank, split=...) (e.g. gptlab.ehr.windows.patient_windows): it makes the training stream,
+    and validation scores its first val_batches batches over the val split, the same ones at every
+    validation, so the val loss measures what training optimises. None: RandomWindows for training,
+    FixedWindows (evenly spaced over the val split) for validation.
     """
 
     def __init__(self, data_dir: str | Path, block_size: int, batch_size: int, val_batches: int = 20,
@@ -130,7 +132,7 @@ class GPTDataModule(L.LightningDataModule):
         return 0, 1
 
     def train_dataloader(self) -> DataLoader:
-        make = RandomWindows if self._windows is None else partial(self._windows, self.data_dir)
+        make = RandomWindows if self._windows is None else partial(self._windows, self.data_dir, split="train")
         dataset = make(self.train_ids, self.block_size, self.batch_size, self.seed,
                        start=self.train_batches_consumed, rank=self._rank_world()[0])
         return DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
@@ -138,6 +140,10 @@ class GPTDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
+        if self._windows is not None:  # the training windows' kind, drawn once from a fixed seed per rank
+            stream = self._windows(self.data_dir, self.val_ids, self.block_size, self.batch_size, self.seed,
+                                   start=0, rank=rank, split="val")
+            return DataLoader([stream.batch(n) for n in range(self.val_batches)], batch_size=None, num_workers=0)
         dataset = FixedWindows(self.val_ids, self.block_size, self.batch_size, self.val_batches, rank, world)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 

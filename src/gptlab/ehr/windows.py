@@ -72,11 +72,11 @@ class PatientWindows(BatchStream):
 
 
 def patient_windows(data_dir: Path, ids: np.ndarray, block_size: int, batch_size: int, seed: int,
-                    start: int = 0, rank: int = 0, pack: bool = False) -> PatientWindows:
-    """The `data.windows` factory GPTDataModule calls for the train split (reads `train_index.npy`)."""
+                    start: int = 0, rank: int = 0, pack: bool = False, split: str = "train") -> PatientWindows:
+    """The `data.windows` factory GPTDataModule calls for the train and val splits (reads `<split>_index.npy`)."""
     from gptlab.ehr.prepare import read_index
 
-    return PatientWindows(ids, read_index(data_dir, "train"), block_size, batch_size, seed, start, rank, pack)
+    return PatientWindows(ids, read_index(data_dir, split), block_size, batch_size, seed, start, rank, pack)
 
 
 packed_patient_windows = partial(patient_windows, pack=True)  # data.windows with short timelines packed
