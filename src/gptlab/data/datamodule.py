@@ -140,10 +140,12 @@ class GPTDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        if self._windows is not None:  # the training windows' kind, drawn once from a fixed seed per rank
+        if self._windows is not None:  # the training windows' kind: the same val_batches batches for any
+            # number of ranks (drawn as rank 0 would, then shared out), so val losses compare across runs
             stream = self._windows(self.data_dir, self.val_ids, self.block_size, self.batch_size, self.seed,
-                                   start=0, rank=rank, split="val")
-            return DataLoader([stream.batch(n) for n in range(self.val_batches)], batch_size=None, num_workers=0)
+                                   start=0, rank=0, split="val")
+            batches = [stream.batch(n) for n in range(rank, self.val_batches, world)]
+            return DataLoader(batches, batch_size=None, num_workers=0)
         dataset = FixedWindows(self.val_ids, self.block_size, self.batch_size, self.val_batches, rank, world)
         return DataLoader(dataset, batch_size=None, num_workers=0)
 
