@@ -294,6 +294,31 @@ def test_fsdp_strategy_config_builds():
     assert strategy.kwargs["auto_wrap_policy"]._module_classes == {Block}
 
 
+def test_fsdp_clips_by_norm_through_the_root_fsdp_module():
+    """Lightning's FSDP plugin refuses to clip by norm (it has no handle on the root module), and
+    trainer=fsdp keeps gradient_clip_val=1.0: the module hands the clipping to FSDP's own
+    clip_grad_norm_, the norm over every rank's shard. (FSDP needs GPUs: the root is a stand-in.)"""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    class Root(torch.nn.Module):  # FullyShardedDataParallel's clipping entry point
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def clip_grad_norm_(self, max_norm):
+            self.calls.append(max_norm)
+
+    strategy = FSDPStrategy()
+    strategy.model = Root()
+    module = GPTLitModule(model=TINY, optim=OPTIM)
+    module._trainer = SimpleNamespace(strategy=strategy, callbacks=[], precision="bf16-mixed")
+    optimizer = module.configure_optimizers()["optimizer"]
+    module.configure_gradient_clipping(optimizer, gradient_clip_val=1.0, gradient_clip_algorithm=None)
+    assert strategy.model.calls == [1.0]
+
+
 def test_slurm_launcher_config_takes_nodes_and_devices_from_the_trainer():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the `slurm` extra
     from hydra import compose, initialize_config_dir

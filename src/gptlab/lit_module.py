@@ -11,6 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from gptlab.callbacks.safety import NonFiniteGuard
 from gptlab.checkpoint import strip_wrapper_prefixes
@@ -140,9 +141,13 @@ class GPTLitModule(L.LightningModule):
                                     gradient_clip_algorithm: str | None = None) -> None:
         """Lightning's clipping, except that clipping by norm reuses the norm NonFiniteGuard has just
         computed for this step (the same torch.nn.utils.clip_grad_norm_ arithmetic, one read of the
-        gradients instead of two)."""
+        gradients instead of two), and under FSDP goes through FSDP's own clip_grad_norm_ (the norm
+        over every rank's shard), which Lightning's FSDP plugin leaves to the module."""
         norm = None
         if gradient_clip_val and (gradient_clip_algorithm or "norm") == "norm":
+            if isinstance(self.trainer.strategy, FSDPStrategy):  # trainer=fsdp clips by norm 1.0
+                self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)  # the root FSDP module
+                return
             guards = (cb for cb in self.trainer.callbacks if isinstance(cb, NonFiniteGuard))
             norm = next((n for g in guards if (n := g.checked_grad_norm(self.trainer, optimizer)) is not None), None)
         if norm is None:
