@@ -257,6 +257,22 @@ def test_multirun_prints_a_summary_of_best_val_loss_per_run(tmp_path):
         assert override == ["optim.lr=0.001", "optim.lr=0.01"][int(job)]
 
 
+def test_a_model_sweep_without_a_sweep_dir_lands_in_one_default_folder(tmp_path):
+    """The default sweep folder names the model through Hydra's `hydra:` resolver, which the sweeper
+    cannot use and each job would resolve with its own model: PinSweepDir resolves it once."""
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "model=tiny,baby_cpu", "trainer.max_steps=2",
+                           "eval_interval=2", "data.val_batches=1", "sample_after_training=0",
+                           "trainer.enable_progress_bar=false", f"paths.data_dir={tmp_path}/data"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "shakespeare-baby_cpu").glob("multirun-*")  # the default model's name
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert all((sweep / job / "result.json").exists() for job in ("0", "1"))
+    table = (sweep / "summary.txt").read_text()
+    assert "model=tiny" in table and "model=baby_cpu" in table
+
+
 # ---- recipes and cluster configs ------------------------------------------------------------------
 
 @pytest.mark.parametrize("devices", [1, 2, 4, 8])

@@ -1,7 +1,9 @@
-"""`python train.py -m ...` ends with a table of each run's best val loss (a Hydra callback).
+"""Hydra callbacks for `python train.py -m ...`: one sweep folder, and a closing table of results.
 
-Every training run writes `result.json` into its own folder; the table is read back from those
-files, so it works with any launcher (local, joblib, SLURM) and any sweeper (grid, Optuna).
+- PinSweepDir resolves the sweep folder once, before the sweeper needs it, for every job.
+- MultirunSummary ends the sweep with a table of each run's best val loss. Every training run
+  writes `result.json` into its own folder; the table is read back from those files, so it works
+  with any launcher (local, joblib, SLURM) and any sweeper (grid, Optuna).
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
@@ -50,6 +53,28 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         varying = " ".join(o for o in r["overrides"] if o not in common) or "(none)"
         lines.append(f"{r['job']:>4}  {loss:>9}  {steps:>6}  {wall:>7}  {varying}")
     return "\n".join(lines)
+
+
+class PinSweepDir(Callback):
+    """Resolve `hydra.sweep.dir` once at the start of a multirun and hand every job that folder.
+
+    The default, outputs/${run_name}/multirun-<time>, names the model through run_name's
+    `${hydra:runtime.choices.model}`. Hydra serves that resolver only inside a job, so its sweeper
+    could not resolve the folder at all; and each job would resolve it again with its own model,
+    scattering a `model=a,b` sweep over several folders. The folder is taken from the sweep's own
+    choices (the defaults, for a swept group) and passed to each job as an override, as if the user
+    had written `hydra.sweep.dir=...`.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # what Hydra does before each job, once for the sweep
+        sweep_dir = str(config.hydra.sweep.dir)
+        quoted = "'" + sweep_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's override grammar
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = sweep_dir
+            overrides = config.hydra.overrides.hydra
+            if not any(str(o).startswith("hydra.sweep.dir=") for o in overrides):
+                overrides.append(f"hydra.sweep.dir={quoted}")
 
 
 class MultirunSummary(Callback):
