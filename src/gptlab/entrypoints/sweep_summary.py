@@ -69,7 +69,7 @@ class PinSweepDir(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # what Hydra does before each job, once for the sweep
         sweep_dir = str(config.hydra.sweep.dir)
-        quoted = "'" + sweep_dir.replace("\\", "\\\\").replace("'", "\\'") + "'"  # Hydra's override grammar
+        quoted = "'" + sweep_dir.replace("'", "\\'") + "'"  # Hydra's override grammar: quotes escaped
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = sweep_dir
             overrides = config.hydra.overrides.hydra
