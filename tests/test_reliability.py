@@ -342,8 +342,9 @@ def test_clipping_reuses_the_guards_gradient_norm_and_matches_lightnings_own(mon
     real_norm, norms = torch._foreach_norm, []
 
     def counted(tensors, *args, **kwargs):  # one call per (device, dtype) group: one per step here
-        norms.append(torch.linalg.vector_norm(torch.stack(real_norm(tensors, *args, **kwargs))))
-        return real_norm(tensors, *args, **kwargs)
+        per_tensor = real_norm(tensors, *args, **kwargs)
+        norms.append(torch.linalg.vector_norm(torch.stack(per_tensor)))
+        return per_tensor
 
     monkeypatch.setattr(torch, "_foreach_norm", counted)  # the guard's get_total_norm and clip_grad_norm_
     clip = [*RUN, "trainer.max_steps=6", "eval_interval=100", "trainer.gradient_clip_val=0.05"]

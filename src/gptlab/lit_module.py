@@ -148,8 +148,8 @@ class GPTLitModule(L.LightningModule):
             if isinstance(self.trainer.strategy, FSDPStrategy):  # trainer=fsdp clips by norm 1.0
                 self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)  # the root FSDP module
                 return
-            guards = (cb for cb in self.trainer.callbacks if isinstance(cb, NonFiniteGuard))
-            norm = next((n for g in guards if (n := g.checked_grad_norm(self.trainer, optimizer)) is not None), None)
+            guard = next((cb for cb in self.trainer.callbacks if isinstance(cb, NonFiniteGuard)), None)
+            norm = guard.checked_grad_norm(self.trainer, optimizer) if guard is not None else None
         if norm is None:
             self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
             return
