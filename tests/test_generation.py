@@ -384,3 +384,13 @@ def test_generate_text_is_seeded_keeps_the_global_rng_and_starts_an_empty_prompt
     assert text == tok.decode(expected[0, 1:].tolist()) == generate_text(model, tok, "", 6, seed=3, temperature=0.8)
     with pytest.raises(ValueError, match="encodes to no tokens"):
         generate_text(small_gpt(), CharTokenizer("ab"), "", 3)
+
+
+def test_cli_label_names_temperature_zero_greedy():
+    """`decoding=temperature decoding.temperature=0` decodes greedily; its label must not say "sample"."""
+    from gptlab.entrypoints.generate import describe
+
+    assert describe({"strategy": "sample", "temperature": 0}) == "greedy (T=0)"
+    assert describe({"strategy": "sample", "temperature": 0.8, "top_k": 200}) == "sample T=0.8 top_k=200"
+    assert describe({"strategy": "greedy"}) == "greedy"
+    assert describe({"strategy": "beam", "num_beams": 4}) == "beam k=4"

@@ -65,8 +65,8 @@ def decoding_kwargs(decoding: Any, shortcuts: dict[str, Any] | None = None) -> d
 
 def describe(kw: dict[str, Any]) -> str:
     """A short label: "greedy", "beam k=4", "sample T=0.8 top_k=200"."""
-    if kw["strategy"] == "greedy":
-        return "greedy"
+    if kw["strategy"] == "greedy" or (kw["strategy"] == "sample" and kw.get("temperature") == 0):
+        return "greedy" if kw["strategy"] == "greedy" else "greedy (T=0)"
     if kw["strategy"] == "beam":
         return f"beam k={kw.get('num_beams', 1)}" + (f" lp={kw['length_penalty']}" if "length_penalty" in kw else "")
     parts = [f"T={kw.get('temperature', 1.0)}"]
