@@ -193,6 +193,25 @@ def test_compiled_steps_match_eager():
         assert torch.equal(generate(model, seq[:, :6], 20, compile=True, **kw), generate(model, seq[:, :6], 20, **kw))
 
 
+def test_bidirectional_model_rereads_the_window_whatever_use_cache_says():
+    """Without the causal mask an earlier position's keys depend on later tokens, so cached keys go
+    stale: the next-token logits must be those of the whole window, as generate_text and the CLI
+    (use_cache=true by default) both promise."""
+    from tests.test_hf import randomize_
+
+    torch.manual_seed(0)
+    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=False)), 0)
+    idx = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(1))
+    expected = idx
+    with torch.no_grad():
+        for _ in range(8):
+            nxt = model(expected[:, -16:])[0][:, -1].argmax(-1, keepdim=True)
+            expected = torch.cat([expected, nxt], dim=1)
+    for kw in (dict(strategy="greedy"), dict(strategy="beam", num_beams=1)):
+        assert torch.equal(generate(model, idx, 8, **kw), expected)
+    assert all(b.attn.kv_cache is None for b in model.transformer.h)  # no cache set up, none left behind
+
+
 def test_prompt_longer_than_block_size_is_cropped_from_the_left():
     """nanoGPT's loop (forward the last block_size tokens, take the argmax) is the reference."""
     model = small_gpt()

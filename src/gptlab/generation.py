@@ -136,16 +136,18 @@ class Decoder:
     """Next-token logits of a growing sequence: one prefill, then one token per step via the KV cache.
 
     Once the sequence is longer than block_size the window slides, the cache is dropped and every
-    step recomputes the last block_size tokens (see the module docstring). compile=True runs the
+    step recomputes the last block_size tokens (see the module docstring). A bidirectional model
+    (config.causal False) never uses the cache: its earlier keys depend on the later tokens, so
+    re-reading the whole window is the only way to ask it for a next token. compile=True runs the
     one-token steps through `compiled_step` (the prefill and the sliding window stay eager)."""
 
     def __init__(self, model, batch_size: int, use_cache: bool = True, compile: bool = False):
         self.model = model
         self.block_size = model.config.block_size
-        self.use_cache = use_cache
+        self.use_cache = use_cache and model.config.causal
         self.step = compiled_step() if compile else _forward_last
         self.cached = 0  # positions held in the cache
-        if use_cache:
+        if self.use_cache:
             model.setup_kv_cache(batch_size)
 
     @torch.inference_mode()
@@ -377,9 +379,7 @@ def generate_text(model, tok, prompt: str, max_new_tokens: int, *, seed: int = 1
 
     An empty prompt starts from the tokenizer's end-of-text token; a long one keeps its last
     block_size tokens. Sampling draws from its own generator seeded with `seed`, never the global
-    RNG, so a sample is reproducible and leaves a training run's random stream untouched. A
-    bidirectional model runs without the KV cache: re-reading the whole window at each step is the
-    only way such a model can be asked for a next token.
+    RNG, so a sample is reproducible and leaves a training run's random stream untouched.
     """
     ids = tok.encode(prompt) or ([tok.eot_token_id] if tok.eot_token_id is not None else [])
     if not ids:
@@ -390,7 +390,7 @@ def generate_text(model, tok, prompt: str, max_new_tokens: int, *, seed: int = 1
     if decoding.get("strategy", "sample") == "sample":
         decoding = {**decoding, "generator": torch.Generator(device=device).manual_seed(seed)}
     idx = torch.tensor([ids], dtype=torch.long, device=device)
-    out = generate(model, idx, max_new_tokens, use_cache=model.config.causal, **decoding)
+    out = generate(model, idx, max_new_tokens, **decoding)
     return tok.decode(out[0, len(ids):].tolist())
 
 
