@@ -369,7 +369,7 @@ def test_cli_compare_prints_every_decoding(char_ckpt, capsys):
     assert "loglik/token" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("stop", [[], ["é"], ["\n\n"]])
+@pytest.mark.parametrize("stop", [[], ["é"], ["\n\n"], ["日本"]])  # "日" comes with half of "本"
 def test_text_stream_holds_back_partial_utf8_and_stop_prefixes(stop):
     """Fed one GPT-2 token at a time, the pieces join to the full text (cut at the stop string) and no
     piece shows a half character or the first half of a stop string."""

@@ -103,10 +103,13 @@ class TextStream:
             self.text, self.done = text[: min(cuts)], True
             return self.flush()
         self.text = text
-        hold = 1 if text.endswith("\ufffd") else 0
+        # the stop-string prefixes are judged before the unfinished character: its missing bytes may
+        # complete one (stop "日本" when a token brings "日" and half of "本")
+        body = text[:-1] if text.endswith("\ufffd") else text
+        hold = 0
         for s in self.stop:
-            hold = max([hold] + [n for n in range(1, len(s)) if text.endswith(s[:n])])
-        return self._take(len(text) - hold)
+            hold = max([hold] + [n for n in range(1, len(s)) if body.endswith(s[:n])])
+        return self._take(len(body) - hold)
 
     def flush(self) -> str:
         return self._take(len(self.text))
