@@ -277,6 +277,18 @@ def test_bad_parameters_are_rejected(kwargs, match):
         small_gpt().generate(torch.zeros(1, 2, dtype=torch.long), **kwargs)
 
 
+@pytest.mark.parametrize("idx,match", [
+    (torch.zeros(1, 0, dtype=torch.long), r"at least one token.*shape \(1, 0\)"),
+    (torch.tensor([1, 2]), r"\(batch, time\).*shape \(2,\)"),
+    (torch.tensor([[1, 37]]), r"token ids 1\.\.37.*vocabulary 0\.\.36"),
+])
+@pytest.mark.parametrize("strategy", ["greedy", "sample", "beam"])
+def test_bad_prompts_are_rejected_with_their_shape_or_ids(idx, match, strategy):
+    """An empty or 1-D prompt and out-of-vocabulary ids name themselves, not an IndexError deep in the model."""
+    with pytest.raises(ValueError, match=match):
+        small_gpt().generate(idx, 3, strategy=strategy, num_beams=2 if strategy == "beam" else 1)
+
+
 # ---- generate.py ------------------------------------------------------------------------------------------
 TEXT = "ROMEO: a rose by any other name\n\nJULIET: would smell as sweet\n"
 

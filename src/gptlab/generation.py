@@ -62,6 +62,18 @@ def validate(
         raise ValueError(f"length_penalty must be a number, got {length_penalty!r}")
 
 
+def check_prompt(idx: torch.Tensor, vocab_size: int) -> None:
+    """Raise ValueError for a prompt the model cannot read, naming its shape or ids, rather than an
+    IndexError deep in the forward."""
+    if idx.dim() != 2 or idx.size(1) == 0:
+        raise ValueError(f"idx must be a (batch, time) tensor of token ids with at least one token, got shape "
+                         f"{tuple(idx.shape)} (an empty prompt can start from the end-of-text token)")
+    lo, hi = (int(idx.min()), int(idx.max())) if idx.numel() else (0, 0)
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"idx holds token ids {lo}..{hi}, outside the model's vocabulary 0..{vocab_size - 1}; "
+                         f"was the prompt encoded with another tokenizer?")
+
+
 # ---- logits processors: (B, V) → (B, V), filtered entries set to -inf -------------------------------
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits / temperature
@@ -206,6 +218,7 @@ def stream(
     has. temperature 0 means greedy. generator=None draws from torch's global RNG, as transformers does.
     """
     validate(max_new_tokens, temperature, top_k, top_p, strategy=strategy)
+    check_prompt(idx, model.config.vocab_size)
     if strategy == "beam":
         raise ValueError("stream() decodes strategy 'sample' or 'greedy'; use beam_search() for beams")
     greedy = strategy == "greedy" or temperature == 0
@@ -267,6 +280,7 @@ def beam_search(
     """
     validate(max_new_tokens, strategy="beam", num_beams=num_beams, length_penalty=length_penalty,
              early_stopping=early_stopping)
+    check_prompt(idx, model.config.vocab_size)
     B, T = idx.shape
     if max_new_tokens == 0:
         zeros = torch.zeros(B, num_beams, device=idx.device)
