@@ -255,8 +255,14 @@ def test_generation_leaves_the_model_as_it_was():
     assert model.training and all(b.attn.kv_cache is None for b in model.transformer.h)
 
 
-def test_token_logprobs_match_the_model():
-    model = small_gpt()
+@pytest.mark.parametrize("causal", [True, False])
+def test_token_logprobs_match_the_model(causal):
+    """Each token scored from the window before it, as decoding saw it: a bidirectional model read
+    over the whole sequence at once would see the very token it is scored on."""
+    from tests.test_hf import randomize_
+
+    torch.manual_seed(0)
+    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=causal)), 0)
     seq = torch.randint(0, 37, (2, 24), generator=torch.Generator().manual_seed(5))
     got = token_logprobs(model, seq, 3)
     with torch.no_grad():

@@ -415,7 +415,9 @@ def token_logprobs(model, seq: torch.Tensor, start: int) -> torch.Tensor:
     if start < 1:
         raise ValueError(f"token_logprobs: start must be >= 1 (the first token has no context), got {start}")
     block, T = model.config.block_size, seq.size(1)
-    m = min(T - 1, block)  # tokens 1..m have their whole context in the first block: one forward
+    # tokens 1..m have their whole context in the first block: one forward. Not for a bidirectional
+    # model: there every position reads the later tokens, the scored one included
+    m = min(T - 1, block) if model.config.causal else 0
     out = []
     with _eval_mode(model):
         if start <= m:
@@ -423,6 +425,6 @@ def token_logprobs(model, seq: torch.Tensor, start: int) -> torch.Tensor:
             logp = F.log_softmax(logits[:, start - 1 :].float(), dim=-1)
             out.append(logp.gather(-1, seq[:, start : m + 1, None]).squeeze(-1))
         for t in range(max(start, m + 1), T):  # later tokens: one sliding window each
-            logp = F.log_softmax(model.forward_last(seq[:, t - block : t]).float(), dim=-1)
+            logp = F.log_softmax(model.forward_last(seq[:, max(0, t - block) : t]).float(), dim=-1)
             out.append(logp.gather(-1, seq[:, t, None]))
     return torch.cat(out, dim=1) if out else seq.new_zeros(seq.size(0), 0, dtype=torch.float)
