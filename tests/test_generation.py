@@ -439,3 +439,18 @@ def test_cli_label_names_temperature_zero_greedy():
     assert describe({"strategy": "sample", "temperature": 0.8, "top_k": 200}) == "sample T=0.8 top_k=200"
     assert describe({"strategy": "greedy"}) == "greedy"
     assert describe({"strategy": "beam", "num_beams": 4}) == "beam k=4"
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("stop=END", ["END"]), ('stop="\\n\\n"', ["\n\n"]), ('stop=["\\n\\n",END]', ["\n\n", "END"]),
+    ("stop=[42]", ["42"]), ("stop=42", ["42"]), ("stop=null", [])])
+def test_cli_stop_given_as_one_string_is_one_stop_string(override, expected):
+    """`stop=END` (no brackets) reaches the config as a str: it must not become stops "E", "N", "D",
+    nor `stop="\\n\\n"` a lone backslash that the escape reader rejects; Hydra makes 42 a number."""
+    from hydra import compose, initialize_config_dir
+
+    from gptlab.entrypoints.generate import stop_strings
+    from tests.conftest import ROOT
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        assert stop_strings(compose("generate", overrides=[override])) == expected

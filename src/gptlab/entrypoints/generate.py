@@ -121,8 +121,11 @@ class TextStream:
 
 
 def stop_strings(cfg: DictConfig) -> list[str]:
-    """cfg.stop with backslash escapes read: Hydra keeps `stop=["\\n\\n"]` as a backslash and an n."""
-    return [s.encode("latin-1", "backslashreplace").decode("unicode_escape") for s in cfg.stop]
+    """cfg.stop with backslash escapes read: Hydra keeps `stop=["\\n\\n"]` as a backslash and an n.
+    `stop=END`, without brackets, arrives as one string: one stop string, not one per character;
+    Hydra reads `stop=[42]` as a number, which stays the string "42"."""
+    stops = [cfg.stop] if isinstance(cfg.stop, (str, int, float)) else cfg.stop or []
+    return [str(s).encode("latin-1", "backslashreplace").decode("unicode_escape") for s in stops]
 
 
 def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, kw: dict[str, Any], cfg: DictConfig,
