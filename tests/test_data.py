@@ -117,6 +117,39 @@ def test_split_shorter_than_a_window_is_a_clear_error(tmp_path):
         dm.setup("fit")
 
 
+def test_a_bin_that_disagrees_with_meta_is_reprepared_or_named(tmp_path):
+    """A cut-short or foreign bin, a bad dtype or a meta.json that is no object: ensure_prepared
+    prepares again, and setup names the file instead of training on it or failing inside numpy."""
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text(TEXT)
+    meta = ensure_prepared(src, out, {"kind": "char"})
+    dm = GPTDataModule(out, block_size=8, batch_size=2)
+    with open(out / "train.bin", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ValueError, match=r"train\.bin holds 100 bytes but .*meta\.json counts train_tokens="):
+        dm.setup("fit")
+    assert ensure_prepared(src, out, {"kind": "char"}) == meta
+    assert (out / "train.bin").stat().st_size == 2 * meta["train_tokens"]
+    (out / "val.bin").write_bytes(b"\x01")  # not even a whole uint16
+    with pytest.raises(ValueError, match=r"val\.bin holds 1 bytes"):
+        dm.setup("fit")
+    (out / "meta.json").write_text(json.dumps({**meta, "dtype": "float99"}))
+    with pytest.raises(ValueError, match=r"meta\.json: dtype='float99' is not an unsigned integer dtype"):
+        dm.setup("fit")
+    (out / "meta.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"meta\.json holds a JSON list"):
+        dm.setup("fit")
+    assert ensure_prepared(src, out, {"kind": "char"}) == meta
+
+
+def test_an_empty_train_split_is_the_block_size_error(tmp_path):
+    src, out = tmp_path / "one.txt", tmp_path / "out"
+    src.write_text("x")  # 90% of one character: train.bin is an empty file, which numpy cannot map
+    ensure_prepared(src, out, {"kind": "char"})
+    with pytest.raises(ValueError, match=r"train\.bin holds 0 tokens, fewer than one window"):
+        GPTDataModule(out, block_size=4, batch_size=2).setup("fit")
+
+
 def test_prepare_with_own_bpe_matches_its_encoder(tmp_path):
     from gptlab.tokenizers import BPETokenizer
 

@@ -100,11 +100,37 @@ def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
 def read_meta(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / "meta.json"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text())
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: the data folder was never prepared (or not completely)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is corrupt ({e}); delete the folder to prepare it again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not gptlab's meta object; delete the folder "
+                         f"to prepare it again")
+    return meta
+
+
+def check_bin(out_dir: str | Path, meta: dict[str, Any], split: str) -> np.dtype:
+    """The dtype of `<split>.bin`, once the file is shown to hold exactly the `<split>_tokens` ids
+    meta.json counted: a missing, cut-short or foreign bin is an error naming it, never read as data."""
+    out_dir = Path(out_dir)
+    path, meta_path = out_dir / f"{split}.bin", out_dir / "meta.json"
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except (KeyError, TypeError):
+        dtype = None
+    if dtype is None or dtype.kind != "u":
+        raise ValueError(f"{meta_path}: dtype={meta.get('dtype')!r} is not an unsigned integer dtype such as "
+                         f"'uint16' or 'uint32'; delete the folder to prepare it again")
+    if not path.exists():
+        raise FileNotFoundError(f"token file not found: {path}")
+    tokens, size = meta.get(f"{split}_tokens"), path.stat().st_size
+    if not isinstance(tokens, int) or size != tokens * dtype.itemsize:
+        raise ValueError(f"{path} holds {size} bytes but {meta_path} counts {split}_tokens={tokens!r} of {dtype} "
+                         f"({dtype.itemsize} bytes each): the folder is incomplete or mixes two prepares; delete it "
+                         f"to prepare it again")
+    return dtype
 
 
 def prepare_text(
@@ -149,11 +175,19 @@ def is_up_to_date(out_dir: str | Path, source: str | Path, tokenizer: dict[str, 
         return False
     if meta.get("format_version") != FORMAT_VERSION or meta.get("tokenizer_config") != dict(tokenizer):
         return False
-    if meta.get("val_fraction") != val_fraction:
-        return False
-    if not all((out_dir / f).exists() for f in ("train.bin", "val.bin")):
+    if meta.get("val_fraction") != val_fraction or not bins_match(out_dir, meta):
         return False
     return meta.get("source_sha256") == read_text(source)[1]
+
+
+def bins_match(out_dir: Path, meta: dict[str, Any], splits: tuple[str, ...] = ("train", "val")) -> bool:
+    """True when every split's bin holds what meta.json counts (see check_bin)."""
+    try:
+        for split in splits:
+            check_bin(out_dir, meta, split)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
 
 
 def ensure_prepared(
@@ -283,7 +317,7 @@ def ensure_prepared_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any]
         meta = read_meta(out_dir)
     except (FileNotFoundError, ValueError):
         meta = None
-    if meta is not None and all((out_dir / f).exists() for f in ("train.bin", "val.bin")):
+    if meta is not None and bins_match(out_dir, meta):
         wanted = {"format_version": FORMAT_VERSION, "tokenizer_config": dict(tokenizer), "text_column": text_column,
                   "val_fraction": val_fraction, "split_seed": split_seed,
                   "source_fingerprint": load_hf_dataset(name, config, split)._fingerprint}
