@@ -70,6 +70,20 @@ def test_folder_of_text_files(tmp_path):
     assert meta["train_tokens"] + meta["val_tokens"] == len("hello " * 50) + 1 + len("world " * 50)
 
 
+def test_text_moved_between_files_of_a_folder_is_prepared_again(tmp_path):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("to be or not to be, " * 20 + "that is")
+    (corpus / "b.txt").write_text(" the question. " * 20)
+    ensure_prepared(corpus, out, {"kind": "char"})
+    (corpus / "a.txt").write_text("to be or not to be, " * 20)  # the same bytes, split at another place
+    (corpus / "b.txt").write_text("that is" + " the question. " * 20)
+    meta = ensure_prepared(corpus, out, {"kind": "char"})
+    tok = load_tokenizer(out / "tokenizer.json")
+    ids = [np.fromfile(out / f"{split}.bin", dtype=meta["dtype"]).tolist() for split in ("train", "val")]
+    assert tok.decode(ids[0] + ids[1]) == "\n".join(p.read_text() for p in sorted(corpus.glob("*.txt")))
+
+
 def test_random_windows_shift_by_one_in_range_and_reproducible():
     ids = np.arange(1000, dtype=np.uint16)
     stream = RandomWindows(ids, block_size=16, batch_size=8, seed=3)

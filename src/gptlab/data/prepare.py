@@ -42,11 +42,15 @@ def text_files(path: str | Path) -> list[Path]:
 
 
 def read_text(path: str | Path) -> tuple[str, str]:
-    """The concatenated text of `path` and its sha256; clear errors for non-UTF-8 or empty input."""
+    """The concatenated text of `path` and its sha256; clear errors for non-UTF-8 or empty input.
+
+    The hash is of the joined text itself (separators included), so moving text from one file of a
+    folder into the next, or adding an empty file, changes it as it changes the tokens."""
     digest = hashlib.sha256()
     parts = []
-    for f in text_files(path):
+    for i, f in enumerate(text_files(path)):
         raw = f.read_bytes()
+        digest.update(b"\n" if i else b"")
         digest.update(raw)
         try:
             parts.append(raw.decode("utf-8"))
