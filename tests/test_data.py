@@ -1,4 +1,6 @@
 import json
+import multiprocessing
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,7 +8,7 @@ import torch
 
 from gptlab.data import GPTDataModule, ensure_prepared, prepare_text, read_meta
 from gptlab.data.datamodule import FixedWindows, RandomWindows
-from gptlab.data.prepare import SHIPPED_SHAKESPEARE, dtype_for_vocab, write_bin
+from gptlab.data.prepare import SHIPPED_SHAKESPEARE, _write_atomic, dtype_for_vocab, write_bin
 from gptlab.tokenizers import load_tokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
@@ -35,6 +37,39 @@ def test_uint32_when_vocab_exceeds_uint16(tmp_path):
     assert np.memmap(tmp_path / "x.bin", dtype=np.uint32, mode="r").tolist() == ids
     with pytest.raises(ValueError, match="does not fit"):
         write_bin(tmp_path / "y.bin", ids, np.dtype(np.uint16))
+
+
+def _write_bin_after(barrier, path: str, ids: np.ndarray) -> None:
+    barrier.wait()
+    write_bin(Path(path), ids, np.dtype(np.uint16))
+
+
+def test_two_runs_writing_the_same_bin_at_once_both_succeed(tmp_path):
+    """Two runs preparing one folder together (a parallel sweep's first jobs) shared one temporary
+    name: the slower one's rename found its file already moved and crashed."""
+    ctx = multiprocessing.get_context("fork")  # no re-import of torch and Lightning per writer
+    ids, barrier = np.arange(4_000_000) % 60_000, ctx.Barrier(2)
+    writers = [ctx.Process(target=_write_bin_after, args=(barrier, str(tmp_path / "train.bin"), ids)) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert np.array_equal(np.fromfile(tmp_path / "train.bin", dtype=np.uint16), ids)
+    assert [p.name for p in tmp_path.iterdir()] == ["train.bin"]  # no temporary file left
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    with pytest.raises(ValueError, match="does not fit"):
+        write_bin(tmp_path / "x.bin", [70_000], np.dtype(np.uint16))
+
+    def interrupted(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _write_atomic(tmp_path / "x.bin", interrupted)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ensure_prepared_reruns_only_when_source_or_tokenizer_change(tmp_path):

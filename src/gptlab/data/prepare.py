@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,9 +84,16 @@ def build_tokenizer(cfg: dict[str, Any], train_text: str, full_text: str) -> Tok
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """write(tmp), then rename tmp onto path. The temporary name is unique, so two runs preparing
+    the same folder at once each rename a whole file of their own instead of sharing (and
+    truncating) one temporary file, and a failed write leaves no temporary file behind."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bin(path: Path, ids: list[int] | np.ndarray, dtype: np.dtype) -> int:
@@ -250,18 +258,20 @@ def _encode_documents(batch: dict[str, list], spec: str, text_column: str) -> di
 def _write_split(path: Path, tokenized, dtype: np.dtype) -> int:
     """Concatenate a tokenized split into one memmap, batch by batch (never the whole split in RAM)."""
     total = int(np.sum(tokenized["len"], dtype=np.int64))
-    tmp = path.with_name(path.name + ".tmp")
-    arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(max(total, 1),))
-    pos = 0
-    for batch in tokenized.with_format("numpy", columns=["ids"]).iter(batch_size=1024):
-        chunk = np.concatenate(list(batch["ids"])) if len(batch["ids"]) else np.empty(0, dtype)
-        arr[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-    arr.flush()
-    del arr
-    if total == 0:
-        tmp.write_bytes(b"")
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(max(total, 1),))
+        pos = 0
+        for batch in tokenized.with_format("numpy", columns=["ids"]).iter(batch_size=1024):
+            chunk = np.concatenate(list(batch["ids"])) if len(batch["ids"]) else np.empty(0, dtype)
+            arr[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        arr.flush()
+        del arr
+        if total == 0:
+            tmp.write_bytes(b"")
+
+    _write_atomic(path, write)
     return total
 
 
