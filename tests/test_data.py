@@ -1,5 +1,8 @@
 import json
 import multiprocessing
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,25 @@ def test_prepare_round_trip(tmp_path, tokenizer):
     assert meta["dtype"] == "uint16" and meta["vocab_size"] == tok.vocab_size
     on_disk = json.loads((tmp_path / "out" / "meta.json").read_text())
     assert on_disk["source_sha256"] and on_disk["tokenizer"] == tok.to_spec()
+
+
+def test_non_ascii_vocabularies_save_and_load_under_a_non_utf8_locale(tmp_path):
+    """tokenizer.json and meta.json are UTF-8 whatever the locale (Windows' cp1252, LC_ALL=C without
+    UTF-8 mode): the locale's encoding could not write "🤗", nor read back BPE's UTF-8 file."""
+    (tmp_path / "in.txt").write_text("héllo wörld 🤗 " * 40, encoding="utf-8")
+    script = (
+        "import sys; from gptlab.data import ensure_prepared; from gptlab.tokenizers import load_tokenizer\n"
+        "for kind in ({'kind': 'char'}, {'kind': 'bpe', 'vocab_size': 300, 'progress': False}):\n"
+        "    out = sys.argv[1] + '/' + kind['kind']\n"
+        "    ensure_prepared(sys.argv[1] + '/in.txt', out, kind)\n"
+        "    tok, text = load_tokenizer(out + '/tokenizer.json'), 'w\\u00f6rld \\U0001f917'\n"  # an ASCII command line
+        "    assert tok.decode(tok.encode(text)) == text\n"
+        "    assert ensure_prepared(sys.argv[1] + '/in.txt', out, kind)['vocab_size'] > 0\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                          encoding="utf-8")
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_uint32_when_vocab_exceeds_uint16(tmp_path):

@@ -106,13 +106,13 @@ def write_bin(path: Path, ids: list[int] | np.ndarray, dtype: np.dtype) -> int:
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     meta = {"format_version": FORMAT_VERSION, **meta}
-    _write_atomic(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False)))
+    _write_atomic(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8"))
 
 
 def read_meta(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / "meta.json"
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: the data folder was never prepared (or not completely)") from None
     except json.JSONDecodeError as e:
