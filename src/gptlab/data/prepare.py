@@ -218,6 +218,7 @@ def ensure_prepared(
 # write and a meta.json that notices a changed dataset or tokenizer.
 
 _WORKER_TOKENIZERS: dict[str, Any] = {}
+HF_FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
 def load_hf_dataset(name: str, config: str | None = None, split: str = "train"):
@@ -233,8 +234,14 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train"):
                 raise ValueError(f"data.split={split!r} is not in {path}; splits: {sorted(ds)}")
             ds = ds[split]
         return ds
+    source, files = name, {}
+    if path.is_file():  # load_dataset reads a folder of data files or a Hub name; one file needs its format named
+        source = HF_FILE_FORMATS.get(path.suffix.lower())
+        if source is None:
+            raise ValueError(f"data.name={name!r} is a file, but not one of {sorted(HF_FILE_FORMATS)}")
+        files = {"data_files": str(path)}
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(source, config, split=split, **files)
     except (FileNotFoundError, ConnectionError, ValueError) as e:
         raise ValueError(
             f"data.name={name!r} (config {config!r}, split {split!r}) could not be loaded: not a local dataset "
@@ -289,6 +296,11 @@ def prepare_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, con
     ds = load_hf_dataset(name, config, split)
     if text_column not in ds.column_names:
         raise ValueError(f"data.text_column={text_column!r} is not a column of {name!r}; columns: {ds.column_names}")
+    if getattr(ds.features[text_column], "dtype", None) not in ("string", "large_string"):
+        raise ValueError(f"data.text_column={text_column!r} of {name!r} holds {ds.features[text_column]}, not text; "
+                         f"columns: {ds.features}")
+    if nulls := ds.data.column(text_column).null_count:  # Arrow counts them without reading the text
+        raise ValueError(f"data.text_column={text_column!r} of {name!r} has {nulls} null documents; drop or fill them")
     if len(ds) < 2:
         raise ValueError(f"{name!r} split {split!r} has {len(ds)} documents: need ≥ 2 (one for validation)")
     parts = ds.train_test_split(test_size=val_fraction, seed=split_seed, shuffle=True)
