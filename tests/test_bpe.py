@@ -1,5 +1,7 @@
 """Our byte-level BPE: the textbook example, exact round trips, saving, and equality with tiktoken."""
 
+import random
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -224,6 +226,17 @@ def test_to_tiktoken_gives_identical_ids(trained):
     for text in [*VARIED, SHAKESPEARE[-20_000:]]:
         assert enc.encode(text, disallowed_special=()) == trained.encode(text, disallowed_special=())
     assert enc.encode("a<PAD>", allowed_special="all") == trained.encode("a<PAD>", allowed_special="all")
+
+
+def test_a_very_long_chunk_encodes_fast_and_like_tiktoken(gpt2, tiktoken_gpt2):
+    """One pre-split chunk of 20,000 letters (a DNA string, a base64 blob): the rescan per merge
+    took ~20 s for it (and ~9 minutes at 100,000); the heap takes milliseconds."""
+    rng = random.Random(0)
+    for text in ["x" * 20_000, "".join(rng.choice("ACGT") for _ in range(20_000))]:
+        start = time.perf_counter()
+        ids = gpt2.encode(text)
+        assert time.perf_counter() - start < 5
+        assert ids == tiktoken_gpt2.encode(text)
 
 
 def test_lone_surrogates_are_replaced_like_tiktoken(gpt2, tiktoken_gpt2):

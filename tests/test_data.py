@@ -1,4 +1,9 @@
 import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -6,7 +11,7 @@ import torch
 
 from gptlab.data import GPTDataModule, ensure_prepared, prepare_text, read_meta
 from gptlab.data.datamodule import FixedWindows, RandomWindows
-from gptlab.data.prepare import SHIPPED_SHAKESPEARE, dtype_for_vocab, write_bin
+from gptlab.data.prepare import SHIPPED_SHAKESPEARE, _write_atomic, dtype_for_vocab, write_bin
 from gptlab.tokenizers import load_tokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
@@ -28,6 +33,25 @@ def test_prepare_round_trip(tmp_path, tokenizer):
     assert on_disk["source_sha256"] and on_disk["tokenizer"] == tok.to_spec()
 
 
+def test_non_ascii_vocabularies_save_and_load_under_a_non_utf8_locale(tmp_path):
+    """tokenizer.json and meta.json are UTF-8 whatever the locale (Windows' cp1252, LC_ALL=C without
+    UTF-8 mode): the locale's encoding could not write "🤗", nor read back BPE's UTF-8 file."""
+    (tmp_path / "in.txt").write_text("héllo wörld 🤗 " * 40, encoding="utf-8")
+    script = (
+        "import sys; from gptlab.data import ensure_prepared; from gptlab.tokenizers import load_tokenizer\n"
+        "for kind in ({'kind': 'char'}, {'kind': 'bpe', 'vocab_size': 300, 'progress': False}):\n"
+        "    out = sys.argv[1] + '/' + kind['kind']\n"
+        "    ensure_prepared(sys.argv[1] + '/in.txt', out, kind)\n"
+        "    tok, text = load_tokenizer(out + '/tokenizer.json'), 'w\\u00f6rld \\U0001f917'\n"  # an ASCII command line
+        "    assert tok.decode(tok.encode(text)) == text\n"
+        "    assert ensure_prepared(sys.argv[1] + '/in.txt', out, kind)['vocab_size'] > 0\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True,
+                          encoding="utf-8")
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_uint32_when_vocab_exceeds_uint16(tmp_path):
     assert dtype_for_vocab(65535) == np.uint16 and dtype_for_vocab(65536) == np.uint32
     ids = [0, 65535, 65536, 100_000]
@@ -35,6 +59,39 @@ def test_uint32_when_vocab_exceeds_uint16(tmp_path):
     assert np.memmap(tmp_path / "x.bin", dtype=np.uint32, mode="r").tolist() == ids
     with pytest.raises(ValueError, match="does not fit"):
         write_bin(tmp_path / "y.bin", ids, np.dtype(np.uint16))
+
+
+def _write_bin_after(barrier, path: str, ids: np.ndarray) -> None:
+    barrier.wait()
+    write_bin(Path(path), ids, np.dtype(np.uint16))
+
+
+def test_two_runs_writing_the_same_bin_at_once_both_succeed(tmp_path):
+    """Two runs preparing one folder together (a parallel sweep's first jobs) shared one temporary
+    name: the slower one's rename found its file already moved and crashed."""
+    ctx = multiprocessing.get_context("fork")  # no re-import of torch and Lightning per writer
+    ids, barrier = np.arange(4_000_000) % 60_000, ctx.Barrier(2)
+    writers = [ctx.Process(target=_write_bin_after, args=(barrier, str(tmp_path / "train.bin"), ids)) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert np.array_equal(np.fromfile(tmp_path / "train.bin", dtype=np.uint16), ids)
+    assert [p.name for p in tmp_path.iterdir()] == ["train.bin"]  # no temporary file left
+
+
+def test_a_failed_write_leaves_no_temporary_file(tmp_path):
+    with pytest.raises(ValueError, match="does not fit"):
+        write_bin(tmp_path / "x.bin", [70_000], np.dtype(np.uint16))
+
+    def interrupted(tmp):
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _write_atomic(tmp_path / "x.bin", interrupted)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ensure_prepared_reruns_only_when_source_or_tokenizer_change(tmp_path):
@@ -68,6 +125,20 @@ def test_folder_of_text_files(tmp_path):
     (tmp_path / "corpus" / "sub" / "b.txt").write_text("world " * 50)
     meta = prepare_text(tmp_path / "corpus", tmp_path / "out", {"kind": "char"})
     assert meta["train_tokens"] + meta["val_tokens"] == len("hello " * 50) + 1 + len("world " * 50)
+
+
+def test_text_moved_between_files_of_a_folder_is_prepared_again(tmp_path):
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    corpus.mkdir()
+    (corpus / "a.txt").write_text("to be or not to be, " * 20 + "that is")
+    (corpus / "b.txt").write_text(" the question. " * 20)
+    ensure_prepared(corpus, out, {"kind": "char"})
+    (corpus / "a.txt").write_text("to be or not to be, " * 20)  # the same bytes, split at another place
+    (corpus / "b.txt").write_text("that is" + " the question. " * 20)
+    meta = ensure_prepared(corpus, out, {"kind": "char"})
+    tok = load_tokenizer(out / "tokenizer.json")
+    ids = [np.fromfile(out / f"{split}.bin", dtype=meta["dtype"]).tolist() for split in ("train", "val")]
+    assert tok.decode(ids[0] + ids[1]) == "\n".join(p.read_text() for p in sorted(corpus.glob("*.txt")))
 
 
 def test_random_windows_shift_by_one_in_range_and_reproducible():
@@ -115,6 +186,39 @@ def test_split_shorter_than_a_window_is_a_clear_error(tmp_path):
     dm.prepare_data()
     with pytest.raises(ValueError, match=r"val.bin holds 5 tokens.*block_size"):
         dm.setup("fit")
+
+
+def test_a_bin_that_disagrees_with_meta_is_reprepared_or_named(tmp_path):
+    """A cut-short or foreign bin, a bad dtype or a meta.json that is no object: ensure_prepared
+    prepares again, and setup names the file instead of training on it or failing inside numpy."""
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text(TEXT)
+    meta = ensure_prepared(src, out, {"kind": "char"})
+    dm = GPTDataModule(out, block_size=8, batch_size=2)
+    with open(out / "train.bin", "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(ValueError, match=r"train\.bin holds 100 bytes but .*meta\.json counts train_tokens="):
+        dm.setup("fit")
+    assert ensure_prepared(src, out, {"kind": "char"}) == meta
+    assert (out / "train.bin").stat().st_size == 2 * meta["train_tokens"]
+    (out / "val.bin").write_bytes(b"\x01")  # not even a whole uint16
+    with pytest.raises(ValueError, match=r"val\.bin holds 1 bytes"):
+        dm.setup("fit")
+    (out / "meta.json").write_text(json.dumps({**meta, "dtype": "float99"}))
+    with pytest.raises(ValueError, match=r"meta\.json: dtype='float99' is not an unsigned integer dtype"):
+        dm.setup("fit")
+    (out / "meta.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"meta\.json holds a JSON list"):
+        dm.setup("fit")
+    assert ensure_prepared(src, out, {"kind": "char"}) == meta
+
+
+def test_an_empty_train_split_is_the_block_size_error(tmp_path):
+    src, out = tmp_path / "one.txt", tmp_path / "out"
+    src.write_text("x")  # 90% of one character: train.bin is an empty file, which numpy cannot map
+    ensure_prepared(src, out, {"kind": "char"})
+    with pytest.raises(ValueError, match=r"train\.bin holds 0 tokens, fewer than one window"):
+        GPTDataModule(out, block_size=4, batch_size=2).setup("fit")
 
 
 def test_prepare_with_own_bpe_matches_its_encoder(tmp_path):

@@ -75,6 +75,24 @@ def test_clear_errors(local_dataset, tmp_path):
         load_hf_dataset("no/such-dataset")
 
 
+def test_one_data_file_and_columns_that_are_not_text(tmp_path):
+    """data.name may be one .jsonl/.csv/.parquet/.txt file (load_dataset alone cannot read one); a
+    null or non-text column is named, not an AttributeError inside a tokenizer worker."""
+    one = tmp_path / "docs.jsonl"
+    one.write_text("".join(json.dumps({"text": f"doc {i} é", "n": i}) + "\n" for i in range(30)))
+    meta = prepare_hf(str(one), tmp_path / "out", {"kind": "char"}, val_fraction=0.1, num_proc=1)
+    assert meta["documents"] == {"train": 27, "val": 3}
+    with pytest.raises(ValueError, match=r"text_column='n' of .*docs\.jsonl' holds Value\('int64'\), not text"):
+        prepare_hf(str(one), tmp_path / "out", {"kind": "char"}, text_column="n", num_proc=1)
+    with_null = tmp_path / "null.jsonl"
+    with_null.write_text(one.read_text() + json.dumps({"text": None, "n": 30}) + "\n")
+    with pytest.raises(ValueError, match=r"text_column='text' of .*null\.jsonl' has 1 null documents"):
+        prepare_hf(str(with_null), tmp_path / "out", {"kind": "char"}, num_proc=1)
+    (tmp_path / "docs.xml").write_text("<doc/>")
+    with pytest.raises(ValueError, match=r"docs\.xml' is a file, but not one of \['\.csv', '\.json'"):
+        load_hf_dataset(str(tmp_path / "docs.xml"))
+
+
 def test_train_with_data_hf(local_dataset, tmp_path):
     path, _ = local_dataset
     cfg = compose_train_cfg(tmp_path / "run", tmp_path / "data", [

@@ -20,13 +20,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from gptlab.data.prepare import read_meta
+from gptlab.data.prepare import check_bin, read_meta
 
 
-def open_memmap(path: Path, dtype: str) -> np.memmap:
-    if not path.exists():
-        raise FileNotFoundError(f"token file not found: {path}")
-    return np.memmap(path, dtype=np.dtype(dtype), mode="r")
+def open_memmap(path: Path, dtype: np.dtype) -> np.ndarray:
+    if path.stat().st_size == 0:  # np.memmap cannot map an empty file; setup's length check says what is wrong
+        return np.empty(0, dtype)
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def windows_at(ids: np.ndarray, offsets: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,8 +116,8 @@ class GPTDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         meta = self.meta
-        self.train_ids = open_memmap(self.data_dir / "train.bin", meta["dtype"])
-        self.val_ids = open_memmap(self.data_dir / "val.bin", meta["dtype"])
+        self.train_ids = open_memmap(self.data_dir / "train.bin", check_bin(self.data_dir, meta, "train"))
+        self.val_ids = open_memmap(self.data_dir / "val.bin", check_bin(self.data_dir, meta, "val"))
         for split, ids in (("train", self.train_ids), ("val", self.val_ids)):
             if len(ids) < self.block_size + 1:
                 raise ValueError(

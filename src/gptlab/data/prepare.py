@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,15 @@ def text_files(path: str | Path) -> list[Path]:
 
 
 def read_text(path: str | Path) -> tuple[str, str]:
-    """The concatenated text of `path` and its sha256; clear errors for non-UTF-8 or empty input."""
+    """The concatenated text of `path` and its sha256; clear errors for non-UTF-8 or empty input.
+
+    The hash is of the joined text itself (separators included), so moving text from one file of a
+    folder into the next, or adding an empty file, changes it as it changes the tokens."""
     digest = hashlib.sha256()
     parts = []
-    for f in text_files(path):
+    for i, f in enumerate(text_files(path)):
         raw = f.read_bytes()
+        digest.update(b"\n" if i else b"")
         digest.update(raw)
         try:
             parts.append(raw.decode("utf-8"))
@@ -79,9 +84,16 @@ def build_tokenizer(cfg: dict[str, Any], train_text: str, full_text: str) -> Tok
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """write(tmp), then rename tmp onto path. The temporary name is unique, so two runs preparing
+    the same folder at once each rename a whole file of their own instead of sharing (and
+    truncating) one temporary file, and a failed write leaves no temporary file behind."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_bin(path: Path, ids: list[int] | np.ndarray, dtype: np.dtype) -> int:
@@ -94,17 +106,43 @@ def write_bin(path: Path, ids: list[int] | np.ndarray, dtype: np.dtype) -> int:
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     meta = {"format_version": FORMAT_VERSION, **meta}
-    _write_atomic(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False)))
+    _write_atomic(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8"))
 
 
 def read_meta(out_dir: str | Path) -> dict[str, Any]:
     path = Path(out_dir) / "meta.json"
     try:
-        return json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} not found: the data folder was never prepared (or not completely)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is corrupt ({e}); delete the folder to prepare it again") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not gptlab's meta object; delete the folder "
+                         f"to prepare it again")
+    return meta
+
+
+def check_bin(out_dir: str | Path, meta: dict[str, Any], split: str) -> np.dtype:
+    """The dtype of `<split>.bin`, once the file is shown to hold exactly the `<split>_tokens` ids
+    meta.json counted: a missing, cut-short or foreign bin is an error naming it, never read as data."""
+    out_dir = Path(out_dir)
+    path, meta_path = out_dir / f"{split}.bin", out_dir / "meta.json"
+    try:
+        dtype = np.dtype(meta["dtype"])
+    except (KeyError, TypeError):
+        dtype = None
+    if dtype is None or dtype.kind != "u":
+        raise ValueError(f"{meta_path}: dtype={meta.get('dtype')!r} is not an unsigned integer dtype such as "
+                         f"'uint16' or 'uint32'; delete the folder to prepare it again")
+    if not path.exists():
+        raise FileNotFoundError(f"token file not found: {path}")
+    tokens, size = meta.get(f"{split}_tokens"), path.stat().st_size
+    if not isinstance(tokens, int) or size != tokens * dtype.itemsize:
+        raise ValueError(f"{path} holds {size} bytes but {meta_path} counts {split}_tokens={tokens!r} of {dtype} "
+                         f"({dtype.itemsize} bytes each): the folder is incomplete or mixes two prepares; delete it "
+                         f"to prepare it again")
+    return dtype
 
 
 def prepare_text(
@@ -149,11 +187,19 @@ def is_up_to_date(out_dir: str | Path, source: str | Path, tokenizer: dict[str, 
         return False
     if meta.get("format_version") != FORMAT_VERSION or meta.get("tokenizer_config") != dict(tokenizer):
         return False
-    if meta.get("val_fraction") != val_fraction:
-        return False
-    if not all((out_dir / f).exists() for f in ("train.bin", "val.bin")):
+    if meta.get("val_fraction") != val_fraction or not bins_match(out_dir, meta):
         return False
     return meta.get("source_sha256") == read_text(source)[1]
+
+
+def bins_match(out_dir: Path, meta: dict[str, Any], splits: tuple[str, ...] = ("train", "val")) -> bool:
+    """True when every split's bin holds what meta.json counts (see check_bin)."""
+    try:
+        for split in splits:
+            check_bin(out_dir, meta, split)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
 
 
 def ensure_prepared(
@@ -172,6 +218,7 @@ def ensure_prepared(
 # write and a meta.json that notices a changed dataset or tokenizer.
 
 _WORKER_TOKENIZERS: dict[str, Any] = {}
+HF_FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
 
 
 def load_hf_dataset(name: str, config: str | None = None, split: str = "train"):
@@ -187,8 +234,14 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train"):
                 raise ValueError(f"data.split={split!r} is not in {path}; splits: {sorted(ds)}")
             ds = ds[split]
         return ds
+    source, files = name, {}
+    if path.is_file():  # load_dataset reads a folder of data files or a Hub name; one file needs its format named
+        source = HF_FILE_FORMATS.get(path.suffix.lower())
+        if source is None:
+            raise ValueError(f"data.name={name!r} is a file, but not one of {sorted(HF_FILE_FORMATS)}")
+        files = {"data_files": str(path)}
     try:
-        return datasets.load_dataset(name, config, split=split)
+        return datasets.load_dataset(source, config, split=split, **files)
     except (FileNotFoundError, ConnectionError, ValueError) as e:
         raise ValueError(
             f"data.name={name!r} (config {config!r}, split {split!r}) could not be loaded: not a local dataset "
@@ -212,18 +265,20 @@ def _encode_documents(batch: dict[str, list], spec: str, text_column: str) -> di
 def _write_split(path: Path, tokenized, dtype: np.dtype) -> int:
     """Concatenate a tokenized split into one memmap, batch by batch (never the whole split in RAM)."""
     total = int(np.sum(tokenized["len"], dtype=np.int64))
-    tmp = path.with_name(path.name + ".tmp")
-    arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(max(total, 1),))
-    pos = 0
-    for batch in tokenized.with_format("numpy", columns=["ids"]).iter(batch_size=1024):
-        chunk = np.concatenate(list(batch["ids"])) if len(batch["ids"]) else np.empty(0, dtype)
-        arr[pos : pos + len(chunk)] = chunk
-        pos += len(chunk)
-    arr.flush()
-    del arr
-    if total == 0:
-        tmp.write_bytes(b"")
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        arr = np.memmap(tmp, dtype=dtype, mode="w+", shape=(max(total, 1),))
+        pos = 0
+        for batch in tokenized.with_format("numpy", columns=["ids"]).iter(batch_size=1024):
+            chunk = np.concatenate(list(batch["ids"])) if len(batch["ids"]) else np.empty(0, dtype)
+            arr[pos : pos + len(chunk)] = chunk
+            pos += len(chunk)
+        arr.flush()
+        del arr
+        if total == 0:
+            tmp.write_bytes(b"")
+
+    _write_atomic(path, write)
     return total
 
 
@@ -241,6 +296,11 @@ def prepare_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, con
     ds = load_hf_dataset(name, config, split)
     if text_column not in ds.column_names:
         raise ValueError(f"data.text_column={text_column!r} is not a column of {name!r}; columns: {ds.column_names}")
+    if getattr(ds.features[text_column], "dtype", None) not in ("string", "large_string"):
+        raise ValueError(f"data.text_column={text_column!r} of {name!r} holds {ds.features[text_column]}, not text; "
+                         f"columns: {ds.features}")
+    if nulls := ds.data.column(text_column).null_count:  # Arrow counts them without reading the text
+        raise ValueError(f"data.text_column={text_column!r} of {name!r} has {nulls} null documents; drop or fill them")
     if len(ds) < 2:
         raise ValueError(f"{name!r} split {split!r} has {len(ds)} documents: need ≥ 2 (one for validation)")
     parts = ds.train_test_split(test_size=val_fraction, seed=split_seed, shuffle=True)
@@ -283,7 +343,7 @@ def ensure_prepared_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any]
         meta = read_meta(out_dir)
     except (FileNotFoundError, ValueError):
         meta = None
-    if meta is not None and all((out_dir / f).exists() for f in ("train.bin", "val.bin")):
+    if meta is not None and bins_match(out_dir, meta):
         wanted = {"format_version": FORMAT_VERSION, "tokenizer_config": dict(tokenizer), "text_column": text_column,
                   "val_fraction": val_fraction, "split_seed": split_seed,
                   "source_fingerprint": load_hf_dataset(name, config, split)._fingerprint}

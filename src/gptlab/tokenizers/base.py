@@ -52,7 +52,7 @@ class Tokenizer(ABC):
         return None
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_spec(), ensure_ascii=False, indent=1))
+        Path(path).write_text(json.dumps(self.to_spec(), ensure_ascii=False, indent=1), encoding="utf-8")
 
 
 _REGISTRY: dict[str, type[Tokenizer]] = {}
@@ -81,7 +81,7 @@ def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     path = Path(path)
     try:
-        spec = json.loads(path.read_text())
+        spec = json.loads(path.read_text(encoding="utf-8"))  # as saved, whatever the locale's encoding
     except FileNotFoundError:
         raise FileNotFoundError(f"tokenizer file not found: {path}") from None
     except json.JSONDecodeError as e:
