@@ -237,6 +237,8 @@ def test_compile_starts_on_cpu(tmp_path):
 def test_debug_configs_start(tmp_path, debug):
     result = quick_train(tmp_path, f"debug={debug}", "trainer.max_steps=4", "eval_interval=2")
     assert result["steps"] == (1 if debug == "fast_dev_run" else 4)
+    if debug == "fast_dev_run":  # no checkpoint: resume=auto must never take up a wiring check
+        assert result["last_ckpt"] is None and not list((tmp_path / "run").rglob("*.ckpt"))
 
 
 # ---- sweeps ---------------------------------------------------------------------------------------
