@@ -233,6 +233,12 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         FileNotFoundError,
         r"no-such-model",
     ),
+    (
+        "hf_vocab_smaller_than_the_data",
+        lambda c: c.train(f"init_from={hf_folder(c.tmp)}", data_dir=c.data_dir),
+        ValueError,
+        r"has vocab_size 65 but init_from=.*hf has 50 token embeddings: train it on data tokenized as it was",
+    ),
     # --- generation ---
     (
         "prompt_outside_char_vocab",

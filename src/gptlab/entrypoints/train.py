@@ -173,6 +173,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = GPTLitModule(model=model_cfg, optim=to_plain(cfg.optim), init_from=cfg.init_from,
                           tokenizer=meta["tokenizer"], objective=cfg.get("objective", "clm"),
                           mask_prob=cfg.get("mask_prob", 0.15))
+    if meta["vocab_size"] > module.model.config.vocab_size:  # init_from: the vocabulary is the checkpoint's
+        raise ValueError(
+            f"data {datamodule.data_dir} has vocab_size {meta['vocab_size']} but init_from={cfg.init_from} has "
+            f"{module.model.config.vocab_size} token embeddings: train it on data tokenized as it was (GPT-2: "
+            f"data.tokenizer=tiktoken), or from scratch (init_from=scratch)"
+        )
 
     if "wandb" in (cfg.get("logger") or {}):
         configure_wandb_offline()
