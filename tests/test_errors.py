@@ -165,6 +165,21 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         Exception,
         r"NonFiniteGuard mode='ignore'; choose one of \['stop', 'skip'\].*full_key: callbacks\.nonfinite_guard",
     ),
+    ("eval_interval_zero", lambda c: c.train("eval_interval=0"), ValueError,
+     r"eval_interval=0: give an integer ≥ 1 \(optimizer steps between validations"),
+    ("accumulate_grad_batches_zero", lambda c: c.train("trainer.accumulate_grad_batches=0"), ValueError,
+     r"trainer\.accumulate_grad_batches=0: give an integer ≥ 1 \(micro-batches per optimizer step\)"),
+    ("lr_zero", lambda c: c.train("optim.lr=0", "optim.min_lr=0"), ValueError,
+     r"optim\.lr=0(\.0)?: the peak learning rate must be > 0"),
+    ("min_lr_above_lr", lambda c: c.train("optim.min_lr=0.01"), ValueError,
+     r"optim\.min_lr=0\.01: give a value in \[0, optim\.lr=0\.001\]"),
+    (
+        "max_epochs_of_an_endless_stream",
+        lambda c: c.train("trainer.max_steps=-1", "trainer.max_epochs=1"),
+        ValueError,
+        r"trainer\.max_steps=-1 with trainer\.max_epochs=1 would train forever: .* no epoch ever ends\. Set "
+        r"trainer\.max_steps",
+    ),
     # --- checkpoints ---
     (
         "resume_checkpoint_missing",
@@ -217,6 +232,12 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         lambda c: GPT.from_pretrained(c.tmp / "no-such-model"),
         FileNotFoundError,
         r"no-such-model",
+    ),
+    (
+        "hf_vocab_smaller_than_the_data",
+        lambda c: c.train(f"init_from={hf_folder(c.tmp)}", data_dir=c.data_dir),
+        ValueError,
+        r"has vocab_size 65 but init_from=.*hf has 50 token embeddings: train it on data tokenized as it was",
     ),
     # --- generation ---
     (

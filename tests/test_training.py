@@ -108,6 +108,29 @@ def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_pa
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 8
 
 
+def test_a_resume_takes_this_runs_lr_and_accumulation(tmp_path):
+    """Resuming with another optim.lr or accumulate_grad_batches (devices sets it in gpt2_124m) continues
+    with the new values from the next step: the LR of the config's schedule, whole accumulation windows,
+    validations at multiples of eval_interval and log rows labelled with their step."""
+    from gptlab.checkpoint import load_checkpoint
+    from gptlab.lit_module import get_lr
+
+    data = tmp_path / "data"
+    half = train(compose_train_cfg(tmp_path / "half", data, [*RESUME_RUN, "trainer.max_steps=5"]))
+    new_lr = train(compose_train_cfg(tmp_path / "lr", data, [*RESUME_RUN, "trainer.max_steps=7", "optim.lr=1e-3",
+                                                             "optim.min_lr=1e-4", f"ckpt_path={half['last_ckpt']}"]))
+    assert new_lr["steps"] == 7
+    schedule = dict(lr=1e-3, min_lr=1e-4, warmup_steps=2, lr_decay_steps=8)
+    assert metrics(tmp_path / "lr", "lr/decay") == [(s, pytest.approx(get_lr(s, **schedule))) for s in (5, 6)]
+
+    acc = train(compose_train_cfg(tmp_path / "acc", data, [*RESUME_RUN, "trainer.max_steps=9",
+                                                           "trainer.accumulate_grad_batches=2",
+                                                           f"ckpt_path={half['last_ckpt']}"]))
+    assert load_checkpoint(acc["last_ckpt"])["GPTDataModule"]["train_batches_consumed"] == 5 + 4 * 2
+    assert [s for s, _ in metrics(tmp_path / "acc", "train/loss")] == [5, 6, 7, 8]
+    assert "step8" in Path(acc["best_ckpt"]).name  # the validation at step 8 = 2 × eval_interval
+
+
 # ---- DDP ----------------------------------------------------------------------------------------
 
 def run_train_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -237,6 +260,8 @@ def test_compile_starts_on_cpu(tmp_path):
 def test_debug_configs_start(tmp_path, debug):
     result = quick_train(tmp_path, f"debug={debug}", "trainer.max_steps=4", "eval_interval=2")
     assert result["steps"] == (1 if debug == "fast_dev_run" else 4)
+    if debug == "fast_dev_run":  # no checkpoint: resume=auto must never take up a wiring check
+        assert result["last_ckpt"] is None and not list((tmp_path / "run").rglob("*.ckpt"))
 
 
 # ---- sweeps ---------------------------------------------------------------------------------------

@@ -179,10 +179,13 @@ class GPTLitModule(L.LightningModule):
         fused = self.device.type in ("cuda", "cpu") and not mixed
         optimizer = torch.optim.AdamW(param_groups(self.model, o.get("weight_decay", 0.1)), lr=o["lr"],
                                       betas=betas, fused=fused or None)
-        schedule = {k: o[k] for k in ("lr", "min_lr", "warmup_steps", "lr_decay_steps")}
+        schedule = self._schedule()
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: get_lr(step, **schedule) / o["lr"])
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1, "name": "lr"}}
+
+    def _schedule(self) -> dict[str, Any]:
+        return {k: self.hparams.optim[k] for k in ("lr", "min_lr", "warmup_steps", "lr_decay_steps")}
 
     # The tokenizer travels inside every checkpoint, and with it the torch RNG state so that a
     # resumed run draws the same dropout masks as an uninterrupted one.
@@ -197,6 +200,32 @@ class GPTLitModule(L.LightningModule):
         checkpoint["state_dict"] = strip_wrapper_prefixes(checkpoint["state_dict"])
         self.tokenizer_spec = checkpoint.get("tokenizer", self.tokenizer_spec)
         self._rng_to_restore = checkpoint.get("rng")
+        if self._trainer is not None and "loops" in checkpoint:  # trainer.fit resuming, not weights alone
+            self._continue_with_this_config(checkpoint)
+
+    def _continue_with_this_config(self, checkpoint: dict[str, Any]) -> None:
+        """Resume with this run's optim.lr and accumulate_grad_batches where they differ from the
+        checkpoint's (a no-op where they do not).
+
+        LambdaLR multiplies the config's get_lr / optim.lr by the base LRs it saved, so a new optim.lr
+        kept the old peak. Lightning counts accumulation windows and validations in micro-batches since
+        the start, so a new accumulate_grad_batches (devices sets it in gpt2_124m) cut the first window
+        short, moved validations off multiples of eval_interval and logged each row one step early:
+        the micro-batches done are counted as global_step × accumulate_grad_batches instead.
+        """
+        o, step = self.hparams.optim, checkpoint["global_step"]
+        lr = o["lr"] * (get_lr(step, **self._schedule()) / o["lr"])  # LambdaLR's arithmetic: bitwise if unchanged
+        for scheduler in checkpoint.get("lr_schedulers", []):
+            scheduler["base_lrs"] = [o["lr"]] * len(scheduler["base_lrs"])
+        for optimizer in checkpoint.get("optimizer_states", []):
+            for group in optimizer["param_groups"]:
+                group["initial_lr"], group["lr"] = o["lr"], lr
+        progress = checkpoint["loops"].get("fit_loop", {}).get("epoch_loop.batch_progress")
+        if progress and progress["current"] == progress["total"]:  # the one endless epoch
+            shift = step * self.trainer.accumulate_grad_batches - progress["total"]["ready"]
+            for counts in (progress["total"], progress["current"]):
+                for key in counts:
+                    counts[key] += shift
 
     def on_train_start(self) -> None:
         rng = getattr(self, "_rng_to_restore", None)

@@ -34,7 +34,11 @@ class ResumableModelCheckpoint(ModelCheckpoint):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Lightning writes last.ckpt only with a validation, so when max_steps is not a multiple of
         eval_interval it would hold an earlier step: write the final state, so that a finished run
-        continues (a larger max_steps) or samples from where it really stopped."""
+        continues (a larger max_steps) or samples from where it really stopped. Nothing under
+        fast_dev_run, which promises no checkpoints (Lightning 2.6's own on_train_end writes one, which
+        resume=auto would then take up)."""
+        if trainer.fast_dev_run:
+            return
         if self.save_last and not trainer.interrupted and self._last_global_step_saved != trainer.global_step:
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
         else:

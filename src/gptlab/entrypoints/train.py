@@ -123,12 +123,38 @@ def quiet_lightning_notices() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
+def check_schedule(cfg: DictConfig) -> None:
+    """Fail at the start, naming the key, on schedule values that would otherwise stop the run with a
+    bare ZeroDivisionError at its first step or validation, or never end it."""
+    acc, o, t = cfg.trainer.accumulate_grad_batches, cfg.optim, cfg.trainer
+    if not (isinstance(cfg.eval_interval, int) and cfg.eval_interval >= 1):
+        raise ValueError(f"eval_interval={cfg.eval_interval!r}: give an integer ≥ 1 (optimizer steps between "
+                         f"validations and checkpoints)")
+    if not (isinstance(acc, int) and acc >= 1):
+        raise ValueError(f"trainer.accumulate_grad_batches={acc!r}: give an integer ≥ 1 (micro-batches per "
+                         f"optimizer step)")
+    if not o.lr > 0:
+        raise ValueError(f"optim.lr={o.lr}: the peak learning rate must be > 0")
+    if not 0 <= o.min_lr <= o.lr:
+        raise ValueError(f"optim.min_lr={o.min_lr}: give a value in [0, optim.lr={o.lr}] (the cosine decays "
+                         f"from lr to min_lr)")
+    # the training stream is endless, so an epoch never ends unless limit_train_batches sizes it
+    sized = isinstance(t.get("limit_train_batches"), int) or t.get("overfit_batches") or t.get("fast_dev_run")
+    if t.max_steps < 0 and t.get("max_epochs") != -1 and not t.get("max_time") and not sized:
+        raise ValueError(
+            f"trainer.max_steps={t.max_steps} with trainer.max_epochs={t.get('max_epochs')} would train forever: "
+            f"the training batches are an endless stream of random windows, so no epoch ever ends. Set "
+            f"trainer.max_steps (optimizer steps), or trainer.limit_train_batches=<batches per epoch>"
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; returns the run's figures (best val loss, paths, timings)."""
     quiet_lightning_notices()
     if cfg.resume not in (None, "auto"):
         raise ValueError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
                          f"ckpt_path=<a .ckpt>; null starts fresh")
+    check_schedule(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
 
@@ -147,6 +173,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = GPTLitModule(model=model_cfg, optim=to_plain(cfg.optim), init_from=cfg.init_from,
                           tokenizer=meta["tokenizer"], objective=cfg.get("objective", "clm"),
                           mask_prob=cfg.get("mask_prob", 0.15))
+    if meta["vocab_size"] > module.model.config.vocab_size:  # init_from: the vocabulary is the checkpoint's
+        raise ValueError(
+            f"data {datamodule.data_dir} has vocab_size {meta['vocab_size']} but init_from={cfg.init_from} has "
+            f"{module.model.config.vocab_size} token embeddings: train it on data tokenized as it was (GPT-2: "
+            f"data.tokenizer=tiktoken), or from scratch (init_from=scratch)"
+        )
 
     if "wandb" in (cfg.get("logger") or {}):
         configure_wandb_offline()
