@@ -296,6 +296,11 @@ def test_real_gpt_one_step_matches_the_uncached_forward(tok):
     with pytest.raises(ValueError, match="exceeds block_size"):
         sample_trajectories(model, prompt, n=2, outcome_ids=[death], stop_ids=[], token_minutes=tok.token_minutes,
                             horizon_minutes=1, max_new_tokens=48)
+    bidirectional = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16,
+                                  causal=False)).eval()
+    with pytest.raises(ValueError, match="causal model"):  # its cached keys would go stale
+        sample_trajectories(bidirectional, prompt, n=2, outcome_ids=[death], stop_ids=[],
+                            token_minutes=tok.token_minutes, horizon_minutes=1, max_new_tokens=8)
 
 
 # ---- metrics -------------------------------------------------------------------------------------
@@ -380,6 +385,11 @@ def test_prepare_writes_bins_and_a_patient_index(cohort, tmp_path):
     assert all(tok.decode([ids[p - 1]]).startswith("AGE//") and not tok.decode([ids[p]]).startswith(("AGE//", "GENDER//"))
                for _, _, _, p in index)
     assert ensure_prepared_meds(cfg, tmp_path)["source_sha256"] == meta["source_sha256"]  # up to date: reused
+    # a bin cut short (an interrupted copy, a full disk) is prepared again, never trained on
+    full = (tmp_path / "val.bin").read_bytes()
+    (tmp_path / "val.bin").write_bytes(full[: len(full) // 2])
+    ensure_prepared_meds(cfg, tmp_path)
+    assert (tmp_path / "val.bin").read_bytes() == full
     # the tokenizer is fitted on train only: rewriting every held-out value changes nothing in it
     import shutil
 

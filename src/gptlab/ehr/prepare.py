@@ -22,6 +22,7 @@ import numpy as np
 from gptlab.data.prepare import (
     FORMAT_VERSION,
     _write_atomic,
+    bins_match,
     dtype_for_vocab,
     read_meta,
     write_bin,
@@ -111,7 +112,7 @@ def ensure_prepared_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[
         meta = read_meta(out_dir)
         fresh = (meta.get("format_version") == FORMAT_VERSION and meta.get("tokenizer_config") == data_cfg["tokenizer"]
                  and meta.get("index_columns") == INDEX_COLUMNS
-                 and all((out_dir / f"{n}.bin").exists() for n in BIN_OF_SPLIT.values())
+                 and bins_match(out_dir, meta, tuple(BIN_OF_SPLIT.values()))
                  and meta.get("source_sha256") == dataset_sha256(source))
     except (FileNotFoundError, ValueError):
         fresh = False

@@ -45,6 +45,9 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
                         token_minutes: np.ndarray, horizon_minutes: float, max_new_tokens: int,
                         temperature: float = 1.0, generator: torch.Generator | None = None) -> TrajectoryResult:
     """Sample n continuations of `prompt` with the KV cache until outcome / stop / horizon."""
+    if not model.config.causal:
+        raise ValueError("sample_trajectories needs a causal model (model.causal=true): a bidirectional model's "
+                         "cached keys go stale as the trajectory grows")
     block = model.config.block_size
     if len(prompt) + max_new_tokens > block:
         raise ValueError(f"prompt {len(prompt)} + max_new_tokens {max_new_tokens} exceeds block_size {block}; "
