@@ -233,3 +233,21 @@ def test_prepare_with_own_bpe_matches_its_encoder(tmp_path):
     val = np.memmap(tmp_path / "out" / "val.bin", dtype=meta["dtype"], mode="r").tolist()
     assert val == tok.encode_ordinary(src.read_text()[n:])  # the fast (tiktoken) path gives our ids
     assert tok.decode(val) == src.read_text()[n:]
+
+
+def test_each_text_corpus_prepares_into_its_own_folder(tmp_path):
+    """data=text names its folder by the corpus path: two corpora never share (or race for) one
+    folder, and switching back to a corpus finds its bins still there."""
+    from gptlab.entrypoints.train import data_folder
+    from tests.conftest import compose_train_cfg
+
+    def folder(path):
+        return data_folder(compose_train_cfg(tmp_path / "run", tmp_path / "data",
+                                             ["data=text", f"data.path={path}", "data/tokenizer=char"]))
+
+    a, b = folder(tmp_path / "a" / "corpus.txt"), folder(tmp_path / "b" / "corpus.txt")
+    assert a != b and a.parent.parent == b.parent.parent == tmp_path / "data"
+    assert a.parent.name.startswith("text-corpus.txt-") and a.name == "char"
+    assert folder(tmp_path / "a" / "." / "corpus.txt") == a  # the same file, spelled differently
+    shakespeare = data_folder(compose_train_cfg(tmp_path / "run", tmp_path / "data", ["data=shakespeare_char"]))
+    assert shakespeare == tmp_path / "data" / "shakespeare" / "char"  # named datasets keep their folder

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -50,10 +51,16 @@ def tokenizer_config(cfg: DictConfig) -> dict[str, Any]:
 
 def data_folder(cfg: DictConfig) -> Path:
     """One prepared folder per dataset name × tokenizer config, so switching tokenizers never
-    overwrites (or silently reuses) another tokenizer's bins."""
+    overwrites (or silently reuses) another tokenizer's bins. `data=text` names the corpus by its
+    path too, so two corpora never prepare into (and race for) one folder, and switching between
+    them does not prepare each again."""
     tok = tokenizer_config(cfg)
     tag = "-".join(str(v) for k, v in sorted(tok.items()) if k != "kind" and not isinstance(v, (list, dict)))
     name = str(cfg.data.name)
+    if name == "text" and cfg.data.get("path"):
+        path = Path(str(cfg.data.path)).expanduser().resolve()
+        digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+        name = "text-" + re.sub(r"[^\w.-]+", "_", path.name) + "-" + digest
     if cfg.data.get("kind") == "hf":  # a Hub name or a local path: one safe folder per dataset, config, split
         name = "hf-" + re.sub(r"[^\w.-]+", "_", "-".join(str(p) for p in (name, cfg.data.config, cfg.data.split) if p))
     return Path(cfg.paths.data_dir) / name / (tok["kind"] + (f"-{tag}" if tag else ""))
