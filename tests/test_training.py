@@ -212,6 +212,31 @@ def test_default_callbacks_log_throughput_lr_and_samples(tmp_path):
     assert samples.count("=== step") == 2 and "=== step 5\nROMEO:" in samples and "=== step 10\n" in samples
 
 
+@pytest.mark.parametrize("strategy, rank, decodes, writes", [
+    ("ddp", 0, True, True), ("ddp", 1, False, False),  # replicated weights: rank 0 alone
+    ("fsdp", 0, True, True), ("fsdp", 1, True, False),  # sharded: every forward is collective
+])
+def test_sampler_decodes_on_every_rank_only_where_the_weights_are_sharded(tmp_path, monkeypatch, strategy, rank,
+                                                                          decodes, writes):
+    """Under FSDP rank 0 alone would wait forever for the other ranks' shards. A stand-in trainer:
+    FSDP needs GPUs, which the test machines lack."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+
+    import gptlab.generation
+    from gptlab.callbacks.monitoring import TextSampler
+
+    calls = []
+    monkeypatch.setattr(gptlab.generation, "generate_text", lambda *a, **k: calls.append(a) or "To be")
+    trainer = SimpleNamespace(is_global_zero=rank == 0, log_dir=str(tmp_path), default_root_dir=str(tmp_path),
+                              loggers=[], strategy={"ddp": DDPStrategy, "fsdp": FSDPStrategy}[strategy]())
+    module = SimpleNamespace(model=object(), tokenizer_spec={"kind": "char", "chars": "Tbeo "})
+    text = TextSampler(prompt="T").sample(trainer, module, step=5)
+    assert (len(calls), text) == ((1, "To be") if decodes else (0, None))
+    assert (tmp_path / "samples.txt").exists() == writes
+
+
 def test_progress_bar_updates_every_n_batches_and_at_the_end(tmp_path, monkeypatch):
     from lightning.pytorch.callbacks import RichProgressBar
 

@@ -10,9 +10,12 @@ import lightning as L
 import lightning.pytorch.callbacks
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
 from gptlab.flops import device_peak_flops, estimate_mfu
+
+# strategies whose forward gathers weight shards from every rank
+SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
 
 
 def _optimizer_stepped(trainer: L.Trainer, batch_idx: int) -> bool:
@@ -95,17 +98,22 @@ class TextSampler(L.Callback):
         if _optimizer_stepped(trainer, batch_idx) and step % self.every_n_steps == 0:
             self.sample(trainer, pl_module, step)
 
-    @rank_zero_only
-    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> str:
+    def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> str | None:
+        """Rank 0 samples and writes. Where the strategy shards the weights (FSDP, DeepSpeed, model
+        parallel) every forward is collective, so every rank decodes the same seeded sample in step
+        (rank 0 alone would wait forever for the others' shards) and rank 0 writes it."""
         from gptlab.generation import generate_text
         from gptlab.tokenizers import tokenizer_from_spec
 
+        if not (trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)):
+            return None
         if pl_module.tokenizer_spec is None:
             raise ValueError("TextSampler needs the data's tokenizer: GPTLitModule(tokenizer=...) was None")
         tok = tokenizer_from_spec(pl_module.tokenizer_spec)
         text = generate_text(pl_module.model, tok, self.prompt, self.max_new_tokens, seed=self.seed,
                              temperature=self.temperature, top_k=self.top_k)
-        self._write(trainer, step, text)
+        if trainer.is_global_zero:
+            self._write(trainer, step, text)
         return text
 
     def _write(self, trainer: L.Trainer, step: int, text: str) -> None:
