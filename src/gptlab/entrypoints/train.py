@@ -22,6 +22,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from gptlab.callbacks.monitoring import SHARDED_STRATEGIES
 from gptlab.checkpoint import check_resumable, check_writable
 from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
 from gptlab.entrypoints.config import to_plain
@@ -241,12 +242,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         f"[gptlab] checkpoints: {result['last_ckpt']} (last), {result['best_ckpt']} (best)\n"
         f"[gptlab] logs: {trainer.log_dir}"
     )
-    if trainer.is_global_zero and cfg.sample_after_training > 0 and not trainer.interrupted:
+    # sharded weights (FSDP, DeepSpeed): every rank decodes in step, since each forward is collective
+    decodes = trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)
+    if decodes and cfg.sample_after_training > 0 and not trainer.interrupted:
         from gptlab.generation import generate_text
         from gptlab.tokenizers import tokenizer_from_spec
 
         prompt = "\n" if meta["tokenizer"]["kind"] == "char" else ""  # "": start at <|endoftext|>
         text = generate_text(module.model, tokenizer_from_spec(meta["tokenizer"]), prompt, cfg.sample_after_training,
                              seed=cfg.seed, temperature=0.8, top_k=200)
-        print("[gptlab] sample (temperature 0.8, top-k 200):\n" + text)
+        if trainer.is_global_zero:
+            print("[gptlab] sample (temperature 0.8, top-k 200):\n" + text)
     return result
