@@ -153,6 +153,15 @@ def small_gpt(block_size=16, vocab_size=37, seed=0) -> GPT:
     return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
 
 
+@torch.no_grad()
+def nanogpt_greedy(model: GPT, idx: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """nanoGPT's generate loop, the reference: forward the last block_size tokens, take the argmax."""
+    for _ in range(max_new_tokens):
+        nxt = model(idx[:, -model.config.block_size :])[0][:, -1].argmax(-1, keepdim=True)
+        idx = torch.cat([idx, nxt], dim=1)
+    return idx
+
+
 def test_cached_and_uncached_logits_match_every_step_past_block_size():
     """The references and the uncached logits come first: any forward while the cache is set up
     writes into it, which would refresh every cached key before each step. Randomised weights, so
@@ -210,26 +219,17 @@ def test_bidirectional_model_rereads_the_window_whatever_use_cache_says():
     torch.manual_seed(0)
     model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=False)), 0)
     idx = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(1))
-    expected = idx
-    with torch.no_grad():
-        for _ in range(8):
-            nxt = model(expected[:, -16:])[0][:, -1].argmax(-1, keepdim=True)
-            expected = torch.cat([expected, nxt], dim=1)
+    expected = nanogpt_greedy(model, idx, 8)
     for kw in (dict(strategy="greedy"), dict(strategy="beam", num_beams=1)):
         assert torch.equal(generate(model, idx, 8, **kw), expected)
     assert all(b.attn.kv_cache is None for b in model.transformer.h)  # no cache set up, none left behind
 
 
 def test_prompt_longer_than_block_size_is_cropped_from_the_left():
-    """nanoGPT's loop (forward the last block_size tokens, take the argmax) is the reference."""
+    """nanoGPT's loop is the reference."""
     model = small_gpt()
     idx = torch.randint(0, 37, (1, 25), generator=torch.Generator().manual_seed(3))
-    expected = idx
-    with torch.no_grad():
-        for _ in range(10):
-            nxt = model(expected[:, -16:])[0][:, -1].argmax(-1, keepdim=True)
-            expected = torch.cat([expected, nxt], dim=1)
-    assert torch.equal(generate(model, idx, 10, strategy="greedy"), expected)
+    assert torch.equal(generate(model, idx, 10, strategy="greedy"), nanogpt_greedy(model, idx, 10))
 
 
 def test_equal_length_prompts_batch_without_padding():
