@@ -106,7 +106,8 @@ def write_bin(path: Path, ids: list[int] | np.ndarray, dtype: np.dtype) -> int:
 
 def write_meta(out_dir: Path, meta: dict[str, Any]) -> None:
     meta = {"format_version": FORMAT_VERSION, **meta}
-    _write_atomic(out_dir / "meta.json", lambda p: p.write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8"))
+    text = json.dumps(meta, indent=1, ensure_ascii=False)
+    _write_atomic(out_dir / "meta.json", lambda p: p.write_text(text, encoding="utf-8"))
 
 
 def read_meta(out_dir: str | Path) -> dict[str, Any]:
