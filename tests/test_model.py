@@ -18,12 +18,13 @@ def tiny(**kw) -> GPT:
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_gpt2_preset_parameter_counts(name):
+def test_gpt2_preset_parameter_counts(name, tmp_path):
     from omegaconf import OmegaConf
 
-    from tests.conftest import ROOT
+    from tests.conftest import compose_train_cfg
 
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
+    # composed as train.py does: each preset states only what differs from conf/model/gpt2_base.yaml
+    cfg = OmegaConf.to_container(compose_train_cfg(tmp_path, tmp_path, [f"model={name}"]).model)
     (n_layer, n_head, n_embd), expected = PRESETS[name]
     assert (cfg["n_layer"], cfg["n_head"], cfg["n_embd"]) == (n_layer, n_head, n_embd)
     with torch.device("meta"):
