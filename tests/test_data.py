@@ -238,7 +238,7 @@ def test_prepare_with_own_bpe_matches_its_encoder(tmp_path):
 def test_each_text_corpus_prepares_into_its_own_folder(tmp_path):
     """data=text names its folder by the corpus path: two corpora never share (or race for) one
     folder, and switching back to a corpus finds its bins still there."""
-    from gptlab.entrypoints.train import data_folder
+    from gptlab.data.build import data_folder
     from tests.conftest import compose_train_cfg
 
     def folder(path):

@@ -16,9 +16,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from gptlab.data import read_meta
+from gptlab.data.build import build_datamodule
 from gptlab.data.datamodule import RandomWindows
 from gptlab.entrypoints.config import to_plain
-from gptlab.entrypoints.train import build_datamodule, train
+from gptlab.entrypoints.train import train
 from gptlab.lit_module import GPTLitModule
 from tests.conftest import ROOT, compose_train_cfg
 

@@ -1,4 +1,4 @@
-"""`python analyze.py run_dir=...`: find the run's data and checkpoint, write its report."""
+"""`gptlab-analyze` / `python analyze.py run_dir=...`: find the run's data and checkpoint, write its report."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.analysis.curves import find_runs
 from gptlab.analysis.report import write_report
 from gptlab.data import GPTDataModule
-from gptlab.entrypoints.config import to_plain
-from gptlab.entrypoints.train import build_datamodule
+from gptlab.data.build import build_datamodule
+from gptlab.entrypoints.config import hydra_entry, to_plain
 
 
 def run_datamodule(run_dir: Path, data_dir: str | None) -> GPTDataModule:
@@ -74,3 +74,8 @@ def run_analyze(cfg: DictConfig) -> Path:
     )
     print(f"[gptlab] report written to {out / 'report.md'}")
     return out
+
+
+@hydra_entry("analyze")
+def main(cfg: DictConfig) -> None:
+    run_analyze(cfg)

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.entrypoints.config import hydra_entry
 from gptlab.generation import beam_search, stream, token_logprobs, validate
 from gptlab.model import GPT
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
@@ -258,3 +259,8 @@ def run_compare(cfg: DictConfig, model: GPT, tok: Tokenizer, device: torch.devic
     for r in rows:
         print(f"\n========== {r['decoding']} (loglik/token {r['loglik_per_token']:.3f})\n{r['text']}")
     return rows
+
+
+@hydra_entry("generate")
+def main(cfg: DictConfig) -> None:
+    run_generate(cfg)
