@@ -245,12 +245,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     # sharded weights (FSDP, DeepSpeed): every rank decodes in step, since each forward is collective
     decodes = trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)
     if decodes and cfg.sample_after_training > 0 and not trainer.interrupted:
-        from gptlab.generation import generate_text
+        from gptlab.generation import Decoding, generate_text
         from gptlab.tokenizers import tokenizer_from_spec
 
         prompt = "\n" if meta["tokenizer"]["kind"] == "char" else ""  # "": start at <|endoftext|>
-        text = generate_text(module.model, tokenizer_from_spec(meta["tokenizer"]), prompt, cfg.sample_after_training,
-                             seed=cfg.seed, temperature=0.8, top_k=200)
+        decoding = Decoding(max_new_tokens=cfg.sample_after_training, temperature=0.8, top_k=200, seed=cfg.seed)
+        text = generate_text(module.model, tokenizer_from_spec(meta["tokenizer"]), prompt, decoding)
         if trainer.is_global_zero:
             print("[gptlab] sample (temperature 0.8, top-k 200):\n" + text)
     return result
