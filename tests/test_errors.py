@@ -65,9 +65,7 @@ def case(tmp_path, trained) -> Case:
 
 def hf_folder(tmp: Path, n_positions: int = 32) -> Path:
     folder = tmp / "hf"
-    save_pretrained(GPT(GPTConfig(block_size=n_positions, vocab_size=50, n_layer=1, n_head=2, n_embd=16)), 
-        folder
-    )
+    save_pretrained(GPT(GPTConfig(block_size=n_positions, vocab_size=50, n_layer=1, n_head=2, n_embd=16)), folder)
     return folder
 
 

@@ -10,19 +10,8 @@ import torch
 import transformers
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from gptlab.generation import (
-    Decoder,
-    Decoding,
-    TextStream,
-    apply_top_k,
-    apply_top_p,
-    beam_search,
-    choose,
-    generate,
-    process_logits,
-    stream,
-    token_logprobs,
-)
+from gptlab.decoding import Decoding, apply_top_k, apply_top_p, choose, process_logits
+from gptlab.generation import Decoder, TextStream, beam_search, generate, stream, token_logprobs
 from gptlab.hf import from_pretrained
 from gptlab.model import GPT, GPTConfig
 from gptlab.tokenizers import CharTokenizer

@@ -22,8 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gptlab.hf import gpt_config_from_hf
-from gptlab.hf import from_pretrained, save_pretrained
+from gptlab.hf import from_pretrained, gpt_config_from_hf, save_pretrained
 from gptlab.model import GPT
 
 

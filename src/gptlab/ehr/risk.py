@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gptlab.decoding import Decoding, next_token
 from gptlab.ehr.meds import Timeline
 from gptlab.ehr.tokenizer import EHRTokenizer
-from gptlab.generation import Decoder, Decoding, next_token
+from gptlab.generation import Decoder
 
 
 @dataclass
