@@ -447,3 +447,26 @@ def test_cli_stop_given_as_one_string_is_one_stop_string(override, expected):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         assert stop_strings(compose("generate", overrides=[override])) == expected
+
+
+def test_decoding_from_a_mapping_names_unknown_keys_and_wrong_types():
+    """conf/decoding entries become a Decoding; a key that is not a field (e.g. the old short `k`) and
+    a value of the wrong type are refused with the field's name, before any model runs."""
+    assert Decoding.from_dict({"strategy": "sample", "top_k": 5, "stop": "END"}) == Decoding(top_k=5, stop=("END",))
+    with pytest.raises(ValueError, match=r"decoding: unknown keys \['k'\]; allowed: \['strategy', 'max_new_tokens'"):
+        Decoding.from_dict({"strategy": "sample", "k": 5})
+    for field, value in (("temperature", "hot"), ("top_p", "0.9"), ("seed", 1.5), ("eos_token_id", -1),
+                         ("length_penalty", True)):
+        with pytest.raises(ValueError, match=f"^{field} must be"):
+            Decoding(**{field: value})
+
+
+def test_two_interleaved_decodes_on_one_model_equal_each_alone():
+    """Each decode owns its KV cache: two streams advanced in turn on one model (what a server that
+    answers two requests at once does) give what each gives alone."""
+    model = small_gpt()
+    a, b = torch.randint(0, 37, (2, 1, 5), generator=torch.Generator().manual_seed(6))
+    d = Decoding("greedy", 10)
+    together = list(zip(stream(model, a, d), stream(model, b[:, :3], d)))
+    assert torch.equal(torch.stack([x for x, _ in together], 1), generate(model, a, d)[:, 5:])
+    assert torch.equal(torch.stack([y for _, y in together], 1), generate(model, b[:, :3], d)[:, 3:])

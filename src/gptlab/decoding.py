@@ -22,6 +22,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Decoding:
     """Everything that decides how a continuation is decoded: the one description that `generate`,
@@ -50,7 +54,8 @@ class Decoding:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", tuple(s for s in ([self.stop] if isinstance(self.stop, str) else self.stop)))
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop or ()
+        object.__setattr__(self, "stop", tuple(stop))
         for error in (*self._sampling_errors(), *self._beam_errors()):
             raise ValueError(error)
 
@@ -59,11 +64,11 @@ class Decoding:
             yield f"strategy must be one of {STRATEGIES}, got {self.strategy!r}"
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
             yield f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}"
-        if not self.temperature >= 0:  # also rejects NaN
+        if not _is_number(self.temperature) or not self.temperature >= 0:  # also rejects NaN
             yield f"temperature must be >= 0 (0 means greedy), got {self.temperature}"
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             yield f"top_k must be an integer >= 1 (or None to disable), got {self.top_k!r}"
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+        if self.top_p is not None and (not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0):
             yield f"top_p must be in (0, 1] (or None to disable), got {self.top_p}"
         if self.eos_token_id is not None and (not _is_int(self.eos_token_id) or self.eos_token_id < 0):
             yield f"eos_token_id must be a token id >= 0 (or None), got {self.eos_token_id!r}"
@@ -81,7 +86,7 @@ class Decoding:
                    f"top_p={self.top_p}")
         if self.early_stopping not in EARLY_STOPPING or not isinstance(self.early_stopping, (bool, str)):
             yield f"early_stopping must be one of {EARLY_STOPPING}, got {self.early_stopping!r}"
-        if not isinstance(self.length_penalty, (int, float)) or isinstance(self.length_penalty, bool):
+        if not _is_number(self.length_penalty):
             yield f"length_penalty must be a number, got {self.length_penalty!r}"
 
     @classmethod
