@@ -75,6 +75,8 @@ def main() -> None:
     rounds = []
     for _ in range(args.rounds):
         rounds.append({"this": run_worker(HERE, args), "other": run_worker(args.other.resolve(), args)})
+        print("round", len(rounds), {side: {case: round(r["seconds"], 3) for case, r in out.items()}
+                                     for side, out in rounds[-1].items()}, file=sys.stderr, flush=True)
     result = {"shape": args.shape, "new_tokens": args.new_tokens, "beam_tokens": args.beam_tokens,
               "rounds": args.rounds, "this": str(HERE), "other": str(args.other.resolve())}
     for case in ("greedy", "beam4"):
