@@ -18,7 +18,7 @@ from gptlab.ehr.prepare import read_index
 from gptlab.ehr.risk import prompt_ids, sample_trajectories
 from gptlab.ehr.synthetic import generate_cohort
 from gptlab.ehr.tokenizer import ETHOS_TIME_EDGES, EHRTokenizer, code_parts, gap_tokens, time_bin_names
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT, GPTConfig, KVCache
 from gptlab.tokenizers import load_tokenizer, tokenizer_from_spec
 
 LEVELS = (1, 3, 4, 5, 7)
@@ -241,17 +241,11 @@ class FixedNext(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.logits = probs.log()
 
-    def forward(self, idx, pos=0):
-        return self.logits.expand(idx.size(0), idx.size(1), -1), None
+    def forward_last(self, idx, pos=0, cache=None):
+        return self.logits.expand(idx.size(0), -1)
 
-    def setup_kv_cache(self, batch_size, max_len=None):
-        pass
-
-    def reorder_kv_cache(self, index, length):
-        pass
-
-    def clear_kv_cache(self):
-        pass
+    def new_kv_cache(self, batch_size, max_len=None):
+        return KVCache([])  # no layers: nothing to cache
 
 
 def test_trajectories_stop_at_outcome_stop_and_horizon(tok):

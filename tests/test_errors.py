@@ -1,6 +1,6 @@
 """Bad input → a clear error naming the file, key or value and what is allowed, through the entry
 points a user calls: train() (what `python train.py` runs), run_generate() (`python generate.py`),
-Hydra's compose and GPT.from_pretrained. experiments/reliability/README.md lists every case."""
+Hydra's compose and gptlab.hf.from_pretrained. experiments/reliability/README.md lists every case."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 
 from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
+from gptlab.hf import from_pretrained, save_pretrained
 from gptlab.model import GPT, GPTConfig
 from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg
 
@@ -64,9 +65,7 @@ def case(tmp_path, trained) -> Case:
 
 def hf_folder(tmp: Path, n_positions: int = 32) -> Path:
     folder = tmp / "hf"
-    GPT(GPTConfig(block_size=n_positions, vocab_size=50, n_layer=1, n_head=2, n_embd=16)).save_pretrained(
-        folder
-    )
+    save_pretrained(GPT(GPTConfig(block_size=n_positions, vocab_size=50, n_layer=1, n_head=2, n_embd=16)), folder)
     return folder
 
 
@@ -223,13 +222,13 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
     # --- Hugging Face weights ---
     (
         "hf_block_size_beyond_position_table",
-        lambda c: GPT.from_pretrained(hf_folder(c.tmp), block_size=64),
+        lambda c: from_pretrained(hf_folder(c.tmp), block_size=64),
         ValueError,
         r"block_size=64 is larger than the checkpoint's position table \(n_positions=32 in .*config\.json\); use at most 32",
     ),
     (
         "hf_folder_missing",
-        lambda c: GPT.from_pretrained(c.tmp / "no-such-model"),
+        lambda c: from_pretrained(c.tmp / "no-such-model"),
         FileNotFoundError,
         r"no-such-model",
     ),

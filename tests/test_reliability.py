@@ -22,6 +22,7 @@ from gptlab.callbacks.safety import AtomicCheckpointIO, NonFiniteLossError
 from gptlab.checkpoint import load_checkpoint, load_gpt_from_lightning_ckpt, safe_torch_load, save_atomic
 from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
+from gptlab.hf import from_pretrained, save_pretrained
 from gptlab.lit_module import GPTLitModule
 from gptlab.model import GPT, GPTConfig
 from tests.conftest import ROOT, TINY_RUN, compose_generate_cfg, compose_train_cfg
@@ -376,7 +377,7 @@ def booby_trapped(path: Path, marker: Path, real_ckpt: str) -> Path:
 
 
 def hf_folder_with(weights: Path, folder: Path) -> Path:
-    GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8)).save_pretrained(folder)
+    save_pretrained(GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8)), folder)
     (folder / "model.safetensors").unlink()
     shutil.copy(weights, folder / "pytorch_model.bin")
     return folder
@@ -391,7 +392,7 @@ LOADERS = {
         compose_train_cfg(tmp / "run", data_dir, [*RUN, f"ckpt_path={path}"])
     ),
     "Lightning CheckpointIO": lambda path, tmp, data_dir: AtomicCheckpointIO().load_checkpoint(path),
-    "GPT.from_pretrained": lambda path, tmp, data_dir: GPT.from_pretrained(hf_folder_with(path, tmp / "hf")),
+    "hf.from_pretrained": lambda path, tmp, data_dir: from_pretrained(hf_folder_with(path, tmp / "hf")),
 }
 
 

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.entrypoints.train import train
+from gptlab.generation import Decoding, generate
 from tests.conftest import ROOT
 
 
@@ -39,7 +40,7 @@ def test_tiny_run_learns_checkpoints_and_generates(tiny_cfg, tmp_path):
     from gptlab.tokenizers import tokenizer_from_spec
 
     tok = tokenizer_from_spec(ckpt["tokenizer"])
-    out = model.generate(torch.tensor([tok.encode("ROMEO:")]), 20, temperature=0.8, top_k=10)
+    out = generate(model, torch.tensor([tok.encode("ROMEO:")]), Decoding(max_new_tokens=20, temperature=0.8, top_k=10))
     assert out.shape == (1, 26) and tok.decode(out[0].tolist()).startswith("ROMEO:")
 
 

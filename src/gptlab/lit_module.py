@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from gptlab.callbacks.safety import NonFiniteGuard
 from gptlab.checkpoint import strip_wrapper_prefixes
+from gptlab.hf import from_pretrained
 from gptlab.model import GPT, GPTConfig
 
 
@@ -88,7 +89,7 @@ class GPTLitModule(L.LightningModule):
             self.model = GPT(GPTConfig.from_dict(model))
         else:
             overrides = {k: model[k] for k in ("dropout", "block_size", "vocab_multiple") if model.get(k) is not None}
-            self.model = GPT.from_pretrained(init_from, **overrides)
+            self.model = from_pretrained(init_from, **overrides)
             model = {**model, **self.model.config.to_dict()}
         self.tokenizer_spec = tokenizer
         # hparams hold the model's real config, so a checkpoint alone rebuilds the GPT

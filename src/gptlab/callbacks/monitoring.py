@@ -85,12 +85,16 @@ class TextSampler(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 500, max_new_tokens: int = 200, prompt: str = "\n",
-                 temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337):
+                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None, seed: int = 1337):
         if every_n_steps < 1 or max_new_tokens < 1:
             raise ValueError(f"TextSampler: every_n_steps and max_new_tokens must be ≥ 1, "
                              f"got {every_n_steps}, {max_new_tokens}")
         self.every_n_steps, self.max_new_tokens, self.prompt = every_n_steps, max_new_tokens, prompt
-        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        from gptlab.generation import Decoding
+
+        # built here, so a bad value fails when the callback is made, not at the first sample
+        self.decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 seed=seed)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -110,8 +114,7 @@ class TextSampler(L.Callback):
         if pl_module.tokenizer_spec is None:
             raise ValueError("TextSampler needs the data's tokenizer: GPTLitModule(tokenizer=...) was None")
         tok = tokenizer_from_spec(pl_module.tokenizer_spec)
-        text = generate_text(pl_module.model, tok, self.prompt, self.max_new_tokens, seed=self.seed,
-                             temperature=self.temperature, top_k=self.top_k)
+        text = generate_text(pl_module.model, tok, self.prompt, self.decoding)
         if trainer.is_global_zero:
             self._write(trainer, step, text)
         return text

@@ -219,12 +219,12 @@ def sample_after_training(cfg: DictConfig, trainer: L.Trainer, module: GPTLitMod
     decodes = trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)
     if not decodes or cfg.sample_after_training <= 0 or trainer.interrupted:
         return
-    from gptlab.generation import generate_text
+    from gptlab.generation import Decoding, generate_text
     from gptlab.tokenizers import tokenizer_from_spec
 
     prompt = "\n" if meta["tokenizer"]["kind"] == "char" else ""  # "": start at <|endoftext|>
-    text = generate_text(module.model, tokenizer_from_spec(meta["tokenizer"]), prompt, cfg.sample_after_training,
-                         seed=cfg.seed, temperature=0.8, top_k=200)
+    decoding = Decoding(max_new_tokens=cfg.sample_after_training, temperature=0.8, top_k=200, seed=cfg.seed)
+    text = generate_text(module.model, tokenizer_from_spec(meta["tokenizer"]), prompt, decoding)
     if trainer.is_global_zero:
         print("[gptlab] sample (temperature 0.8, top-k 200):\n" + text)
 
