@@ -16,7 +16,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from gptlab.callbacks.accumulation import optimizer_stepped
 from gptlab.callbacks.safety import NonFiniteGuard
 from gptlab.checkpoint import strip_wrapper_prefixes
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT, IGNORE_INDEX, GPTConfig
 
 
 def get_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, lr_decay_steps: int) -> float:
@@ -49,7 +49,7 @@ def mask_tokens(x: torch.Tensor, mask_prob: float, mask_token_id: int, vocab_siz
 
     Each position is chosen with probability mask_prob; a chosen token becomes [MASK] 80% of the
     time, a random token 10%, and stays itself 10% (so the model cannot trust unmasked inputs
-    blindly). Targets hold the original token at chosen positions and -1 (ignored) elsewhere.
+    blindly). Targets hold the original token at chosen positions and IGNORE_INDEX elsewhere.
     """
     u = torch.rand(x.shape, generator=generator, device=x.device)
     chosen = u < mask_prob
@@ -57,7 +57,7 @@ def mask_tokens(x: torch.Tensor, mask_prob: float, mask_token_id: int, vocab_siz
     random_ids = torch.randint(0, vocab_size, x.shape, generator=generator, device=x.device)
     inputs = torch.where(chosen & (r < 0.8), torch.full_like(x, mask_token_id), x)
     inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs)
-    return inputs, torch.where(chosen, x, torch.full_like(x, -1))
+    return inputs, torch.where(chosen, x, torch.full_like(x, IGNORE_INDEX))
 
 
 class GPTLitModule(L.LightningModule):
@@ -168,7 +168,7 @@ class GPTLitModule(L.LightningModule):
         logits, loss = self.model(x, y)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.objective == "mlm":
-            scored = y != -1
+            scored = y != IGNORE_INDEX
             acc = (logits.argmax(-1)[scored] == y[scored]).float().mean()
             self.log("val/masked_acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss

@@ -16,6 +16,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+# A target equal to this id is left out of the loss (padding, unscored positions); every module that
+# builds targets imports it from here.
+IGNORE_INDEX = -1
+
 
 @dataclass
 class GPTConfig:
@@ -230,7 +234,7 @@ class GPT(nn.Module):
         """Logits (B, T, vocab_size) for every position; loss when targets are given.
 
         `pos` is the absolute position of idx[:, 0]; it is non-zero only while decoding with a
-        KV cache (see `setup_kv_cache`). Targets equal to -1 are ignored in the loss.
+        KV cache (see `setup_kv_cache`). Targets equal to IGNORE_INDEX (-1) are ignored in the loss.
         """
         x = self._embed(idx, pos)
         for block in self.transformer.h:
@@ -238,7 +242,7 @@ class GPT(nn.Module):
         logits = self._head(x)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def _embed(self, idx: torch.Tensor, pos: int) -> torch.Tensor:

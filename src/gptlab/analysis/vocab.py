@@ -20,9 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import regex  # noqa: E402
 
 from gptlab.analysis import save_figure
+from gptlab.paths import SHIPPED_SHAKESPEARE  # noqa: E402, F401 (vocab_report.py names it here)
 from gptlab.tokenizers.bpe import BPETokenizer  # noqa: E402
-
-SHIPPED_SHAKESPEARE = Path(__file__).resolve().parent.parent / "assets" / "data" / "tinyshakespeare.txt"
 
 
 def _show(s: str) -> str:

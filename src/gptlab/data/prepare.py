@@ -20,8 +20,6 @@ import numpy as np
 from gptlab.tokenizers import CharTokenizer, TiktokenTokenizer, Tokenizer
 
 FORMAT_VERSION = 1
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED_SHAKESPEARE = ASSETS / "data" / "tinyshakespeare.txt"
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:

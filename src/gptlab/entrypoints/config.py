@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from gptlab.paths import asset
 
 
 def _asset(relative: str) -> str:
-    return str(ASSETS / relative)
+    return str(asset(relative))
 
 
 def _eval(expr: str) -> Any:

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
+from gptlab.paths import asset
 from gptlab.tokenizers.base import Tokenizer, register
 
-SHIPPED_CACHE = Path(__file__).resolve().parent.parent / "assets" / "tiktoken"
+SHIPPED_CACHE = asset("tiktoken")
 
 
 def use_shipped_tiktoken_cache() -> None:
