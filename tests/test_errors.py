@@ -126,7 +126,7 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         "unknown_tokenizer_kind",
         lambda c: c.train_text("abc" * 100, "data.tokenizer.kind=wordpiece"),
         ValueError,
-        r"data\.tokenizer\.kind='wordpiece' is not one of: char, tiktoken, bpe",
+        r"data\.tokenizer\.kind='wordpiece' is not one of: bpe, char, tiktoken",
     ),
     (
         "unknown_tokenizer_shorthand",

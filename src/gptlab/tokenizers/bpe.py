@@ -23,7 +23,7 @@ import heapq
 import json
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -251,6 +251,12 @@ class BPETokenizer(Tokenizer):
         first_special = 256 + len(merges)
         specials = {name: first_special + i for i, name in enumerate(special_tokens)}
         return cls(merges, specials, pattern)
+
+    @classmethod
+    def from_data(cls, cfg: dict[str, Any], train_text: str | Iterable[str], full_text: Callable[[], str]) -> BPETokenizer:
+        """data.tokenizer=bpe: vocab_size, and any other `train` option (pattern, special_tokens, ...)."""
+        options = {k: v for k, v in cfg.items() if k not in ("kind", "vocab_size")}
+        return cls.train(train_text, int(cfg["vocab_size"]), **options)
 
     @classmethod
     def from_tiktoken(cls, name: str = "gpt2") -> BPETokenizer:
