@@ -10,7 +10,7 @@ from torch.nn import functional as F
 
 from gptlab.analysis import curves
 from gptlab.analysis.attention import attention_weights, sharpest_head
-from gptlab.analysis.report import write_report
+from gptlab.analysis.report import ReportOptions, write_report
 from gptlab.lit_module import GPTLitModule, mask_tokens
 from gptlab.model import GPT, GPTConfig
 from tests.conftest import ROOT
@@ -167,6 +167,6 @@ def test_report_end_to_end_on_tiny_runs(tmp_path):
         raise RuntimeError("data went missing")
 
     with pytest.raises(RuntimeError, match="data went missing"):
-        write_report(runs / "0", broken, out_dir=out, max_new_tokens=4)
+        write_report(runs / "0", broken, out_dir=out, options=ReportOptions(max_new_tokens=4))
     assert (out / "report.md").read_text() == before and {p.name for p in out.iterdir()} >= REPORT_FILES
     assert sorted(p.name for p in runs.iterdir() if p.name.startswith(".")) == []
