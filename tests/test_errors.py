@@ -17,8 +17,8 @@ import torch
 
 from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
-from gptlab.model import GPT, GPTConfig
-from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg
+from gptlab.model import GPT
+from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg, tiny_gpt
 
 TINY = (*TINY_RUN, "trainer.max_steps=2", "eval_interval=2", "data.val_batches=1")
 
@@ -64,7 +64,7 @@ def case(tmp_path, trained) -> Case:
 
 def hf_folder(tmp: Path, n_positions: int = 32) -> Path:
     folder = tmp / "hf"
-    GPT(GPTConfig(block_size=n_positions, vocab_size=50, n_layer=1, n_head=2, n_embd=16)).save_pretrained(
+    tiny_gpt(block_size=n_positions, n_layer=1, n_embd=16).save_pretrained(
         folder
     )
     return folder

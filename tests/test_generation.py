@@ -21,8 +21,9 @@ from gptlab.generation import (
     token_logprobs,
     validate,
 )
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.tokenizers import CharTokenizer
+from tests.conftest import tiny_gpt
 from tests.test_hf import hf_model
 
 transformers.logging.set_verbosity_error()
@@ -150,7 +151,7 @@ def test_seeded_sampling_equals_transformers_and_repeats(twins):
 # ---- KV cache and long contexts ---------------------------------------------------------------------------
 def small_gpt(block_size=16, vocab_size=37, seed=0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    return tiny_gpt(block_size=block_size, vocab_size=vocab_size).eval()
 
 
 @torch.no_grad()
@@ -217,7 +218,7 @@ def test_bidirectional_model_rereads_the_window_whatever_use_cache_says():
     from tests.test_hf import randomize_
 
     torch.manual_seed(0)
-    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=False)), 0)
+    model = randomize_(tiny_gpt(vocab_size=37, causal=False), 0)
     idx = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(1))
     expected = nanogpt_greedy(model, idx, 8)
     for kw in (dict(strategy="greedy"), dict(strategy="beam", num_beams=1)):
@@ -262,7 +263,7 @@ def test_token_logprobs_match_the_model(causal):
     from tests.test_hf import randomize_
 
     torch.manual_seed(0)
-    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=causal)), 0)
+    model = randomize_(tiny_gpt(vocab_size=37, causal=causal), 0)
     seq = torch.randint(0, 37, (2, 24), generator=torch.Generator().manual_seed(5))
     got = token_logprobs(model, seq, 3)
     with torch.no_grad():
@@ -420,7 +421,7 @@ def test_generate_text_is_seeded_keeps_the_global_rng_and_starts_an_empty_prompt
 
     tok = TiktokenTokenizer("gpt2")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=8))
+    model = tiny_gpt(vocab_size=tok.vocab_size, n_layer=1, n_embd=8)
     state = torch.get_rng_state()
     text = generate_text(model, tok, "", 6, seed=3, temperature=0.8)
     assert torch.equal(torch.get_rng_state(), state)
