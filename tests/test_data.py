@@ -11,7 +11,8 @@ import torch
 
 from gptlab.data import GPTDataModule, ensure_prepared, prepare_text, read_meta
 from gptlab.data.datamodule import FixedWindows, RandomWindows
-from gptlab.data.prepare import SHIPPED_SHAKESPEARE, _write_atomic, dtype_for_vocab, write_bin
+from gptlab.data.prepare import _write_atomic, dtype_for_vocab, write_bin
+from gptlab.paths import SHIPPED_SHAKESPEARE
 from gptlab.tokenizers import load_tokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40

@@ -18,8 +18,7 @@ import torch
 from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
 from gptlab.hf import from_pretrained, save_pretrained
-from gptlab.model import GPT, GPTConfig
-from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg
+from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg, tiny_gpt
 
 TINY = (*TINY_RUN, "trainer.max_steps=2", "eval_interval=2", "data.val_batches=1")
 
@@ -65,7 +64,7 @@ def case(tmp_path, trained) -> Case:
 
 def hf_folder(tmp: Path, n_positions: int = 32) -> Path:
     folder = tmp / "hf"
-    save_pretrained(GPT(GPTConfig(block_size=n_positions, vocab_size=50, n_layer=1, n_head=2, n_embd=16)), folder)
+    save_pretrained(tiny_gpt(block_size=n_positions, vocab_size=50, n_layer=1, n_embd=16), folder)
     return folder
 
 
@@ -125,7 +124,7 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         "unknown_tokenizer_kind",
         lambda c: c.train_text("abc" * 100, "data.tokenizer.kind=wordpiece"),
         ValueError,
-        r"data\.tokenizer\.kind='wordpiece' is not one of: char, tiktoken, bpe",
+        r"data\.tokenizer\.kind='wordpiece' is not one of: bpe, char, tiktoken",
     ),
     (
         "unknown_tokenizer_shorthand",

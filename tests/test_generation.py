@@ -13,8 +13,9 @@ from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogit
 from gptlab.decoding import Decoding, apply_top_k, apply_top_p, choose, process_logits
 from gptlab.generation import Decoder, TextStream, beam_search, generate, stream, token_logprobs
 from gptlab.hf import from_pretrained
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPT
 from gptlab.tokenizers import CharTokenizer
+from tests.conftest import tiny_gpt
 from tests.test_hf import hf_model
 
 transformers.logging.set_verbosity_error()
@@ -144,7 +145,7 @@ def test_seeded_sampling_equals_transformers_and_repeats(twins):
 # ---- KV cache and long contexts ---------------------------------------------------------------------------
 def small_gpt(block_size=16, vocab_size=37, seed=0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    return tiny_gpt(block_size=block_size, vocab_size=vocab_size).eval()
 
 
 @torch.no_grad()
@@ -209,7 +210,7 @@ def test_bidirectional_model_rereads_the_window_whatever_use_cache_says():
     from tests.test_hf import randomize_
 
     torch.manual_seed(0)
-    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=False)), 0)
+    model = randomize_(tiny_gpt(vocab_size=37, causal=False), 0)
     idx = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(1))
     expected = nanogpt_greedy(model, idx, 8)
     for d in (Decoding("greedy", 8), Decoding("beam", 8, num_beams=1)):
@@ -254,7 +255,7 @@ def test_token_logprobs_match_the_model(causal):
     from tests.test_hf import randomize_
 
     torch.manual_seed(0)
-    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=causal)), 0)
+    model = randomize_(tiny_gpt(vocab_size=37, causal=causal), 0)
     seq = torch.randint(0, 37, (2, 24), generator=torch.Generator().manual_seed(5))
     got = token_logprobs(model, seq, 3)
     with torch.no_grad():
@@ -411,7 +412,7 @@ def test_generate_text_is_seeded_keeps_the_global_rng_and_starts_an_empty_prompt
 
     tok = TiktokenTokenizer("gpt2")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=8))
+    model = tiny_gpt(vocab_size=tok.vocab_size, n_layer=1, n_embd=8)
     state = torch.get_rng_state()
     d = Decoding(max_new_tokens=6, temperature=0.8, seed=3)
     text = generate_text(model, tok, "", d)

@@ -18,6 +18,7 @@ from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.export import main as export_main
 from gptlab.hf import from_pretrained, save_pretrained
 from gptlab.model import GPT, GPTConfig
+from tests.conftest import tiny_gpt
 
 CONFIGS = [
     dict(vocab_size=101, n_positions=32, n_embd=48, n_layer=2, n_head=3, activation_function="gelu_new"),
@@ -123,7 +124,7 @@ def test_gptlab_to_hf_logits_match(tmp_path, i):
 
 def test_bias_free_model_exports_with_zero_biases(tmp_path):
     model = randomize_(
-        GPT(GPTConfig(block_size=16, vocab_size=70, n_layer=2, n_head=2, n_embd=32, bias=False)), 3
+        tiny_gpt(vocab_size=70, bias=False), 3
     )
     save_pretrained(model, tmp_path)
     hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
@@ -249,7 +250,7 @@ def fake_lightning_ckpt(path: Path, model: GPT) -> None:
 
 
 def test_lightning_checkpoint_and_export_cli(tmp_path):
-    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32)), 4)
+    model = randomize_(tiny_gpt(vocab_size=65), 4)
     fake_lightning_ckpt(tmp_path / "last.ckpt", model)
     loaded, _ = load_gpt_from_lightning_ckpt(tmp_path / "last.ckpt")
     idx = tokens(65, 16)
@@ -269,7 +270,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match="garbage.ckpt is not a readable PyTorch checkpoint"):
         load_gpt_from_lightning_ckpt(tmp_path / "garbage.ckpt")
     fake_lightning_ckpt(
-        tmp_path / "good.ckpt", GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8))
+        tmp_path / "good.ckpt", tiny_gpt(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8)
     )
     data = (tmp_path / "good.ckpt").read_bytes()
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])

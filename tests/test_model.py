@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gptlab.model import GPT, GPTConfig
+from tests.conftest import tiny_gpt
 
 PRESETS = {  # the GPT-2 table: (n_layer, n_head, n_embd) → parameters, tied embedding counted once
     "gpt2_small": ((12, 12, 768), 124_439_808),
@@ -12,9 +13,7 @@ PRESETS = {  # the GPT-2 table: (n_layer, n_head, n_embd) → parameters, tied e
 
 
 def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    cfg = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)
-    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+    return tiny_gpt(**{"seed": 0, "n_head": 4, **kw}).eval()
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -111,7 +110,7 @@ def test_kv_cache_reorder_fans_out_and_drops_rows():
 
 
 def test_weight_tying_and_scaled_init():
-    model = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=64, block_size=8, vocab_size=100))
+    model = tiny_gpt(n_layer=8, n_head=4, n_embd=64, block_size=8, vocab_size=100)
     assert model.lm_head.weight is model.transformer.wte.weight
     proj = model.transformer.h[0].attn.c_proj.weight
     fc = model.transformer.h[0].mlp.c_fc.weight

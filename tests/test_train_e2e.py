@@ -1,6 +1,5 @@
 """The whole path through the real Hydra configs: prepare → train → checkpoint → generate."""
 
-import csv
 import subprocess
 import sys
 
@@ -11,12 +10,11 @@ from omegaconf import OmegaConf
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.entrypoints.train import train
 from gptlab.generation import Decoding, generate
-from tests.conftest import ROOT
+from tests.conftest import ROOT, read_metrics
 
 
 def read_metric(run_dir, key):
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+    return [value for _, value in read_metrics(run_dir, key)]
 
 
 def test_tiny_run_learns_checkpoints_and_generates(tiny_cfg, tmp_path):

@@ -15,6 +15,10 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+# A target equal to this id is left out of the loss (padding, unscored positions); every module that
+# builds targets imports it from here.
+IGNORE_INDEX = -1
+
 
 @dataclass
 class GPTConfig:
@@ -252,12 +256,12 @@ class GPT(nn.Module):
 
         `pos` is the absolute position of idx[:, 0]; it is non-zero only while decoding with a
         KV `cache` (see `new_kv_cache`), which then holds positions 0..pos-1 and receives these
-        keys and values. Targets equal to -1 are ignored in the loss.
+        keys and values. Targets equal to IGNORE_INDEX (-1) are ignored in the loss.
         """
         logits = self._head(self._blocks(idx, pos, cache))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
     def _blocks(self, idx: torch.Tensor, pos: int, cache: KVCache | None) -> torch.Tensor:

@@ -12,15 +12,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
+from gptlab.callbacks.accumulation import optimizer_stepped
 from gptlab.flops import device_peak_flops, estimate_mfu
 
 # strategies whose forward gathers weight shards from every rank
 SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
-
-
-def _optimizer_stepped(trainer: L.Trainer, batch_idx: int) -> bool:
-    """True on the micro-batch that ends an accumulation window (the optimizer step)."""
-    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
 
 
 class Throughput(L.Callback):
@@ -49,7 +45,7 @@ class Throughput(L.Callback):
                            batch_idx: int) -> None:
         if self._t0 is not None:
             self._tokens += batch[0].numel()
-        if not _optimizer_stepped(trainer, batch_idx):
+        if not optimizer_stepped(trainer, batch_idx):
             return
         if self._t0 is None:
             if trainer.global_step >= self.skip:
@@ -99,7 +95,7 @@ class TextSampler(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if _optimizer_stepped(trainer, batch_idx) and step % self.every_n_steps == 0:
+        if optimizer_stepped(trainer, batch_idx) and step % self.every_n_steps == 0:
             self.sample(trainer, pl_module, step)
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> str | None:
@@ -134,8 +130,10 @@ class TextSampler(L.Callback):
 class RichProgressBar(lightning.pytorch.callbacks.RichProgressBar):
     """Lightning's rich progress bar, updated every `update_every` training batches (and at the last).
 
-    Lightning's bar reads every logged metric and updates its rich task on every batch: ~0.3 ms, 1%
-    of a CPU-recipe step, spent on a line that redraws once a second anyway.
+    The bar's line redraws about once a second, so reading every logged metric and updating the rich
+    task on each batch (Lightning's default) only spends step time: the cost is measured in
+    experiments/benchmarks/README.md (train_sections.py), the cadence by
+    tests/test_training.py::test_progress_bar_updates_every_n_batches_and_at_the_end.
     """
 
     def __init__(self, update_every: int = 10, **kwargs: Any):

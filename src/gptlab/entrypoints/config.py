@@ -4,19 +4,17 @@ resolvers registered), the OmegaConf resolvers used by conf/, and to_plain."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import OmegaConf
 
 from gptlab.data.build import to_plain  # noqa: F401  (the entry points' import of it)
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from gptlab.paths import asset
 
 
 def _asset(relative: str) -> str:
-    return str(ASSETS / relative)
+    return str(asset(relative))
 
 
 def _eval(expr: str) -> Any:
