@@ -19,32 +19,46 @@ from gptlab.ehr.meds import Timeline
 from gptlab.ehr.tokenizer import EHRTokenizer
 
 
+# how each trajectory ended (TrajectoryResult.end_kind)
+OUTCOME, STOP, HORIZON, CENSORED, UNFINISHED = 0, 1, 2, 3, 4
+END_NAMES = ("outcome", "stop", "horizon", "censored", "unfinished")
+
+
 @dataclass
 class TrajectoryResult:
-    risk: float  # fraction of trajectories reaching an outcome within the horizon
+    risk: float  # naive: fraction of trajectories reaching an outcome within the horizon
     one_step: float  # P(next token is an outcome token)
     outcomes: int
-    stopped: int  # ended by a stop token
+    stopped: int  # ended by a stop token (a real "no outcome", e.g. death before readmission)
     past_horizon: int  # ended by the time horizon
-    unfinished: int  # hit max_new_tokens first (counted as no outcome)
+    unfinished: int  # hit max_new_tokens first (censored: the horizon was not reached)
     tokens: int  # new tokens generated over all trajectories
+    censored: int = 0  # ended by a censor token (<TL_END>: the record stops, the outcome is unknown)
+    end_kind: np.ndarray | None = None  # per trajectory: OUTCOME / STOP / HORIZON / CENSORED / UNFINISHED
+    end_minutes: np.ndarray | None = None  # per trajectory: summed interval minutes at its end
 
 
 def prompt_ids(tok: EHRTokenizer, tl: Timeline, prediction_time: np.datetime64, max_len: int) -> list[int]:
     """The timeline up to prediction_time (inclusive), cut to max_len tokens by dropping the oldest
-    events while keeping the demographic prefix (<TL_START>, static codes, age)."""
-    ids = tok.encode_timeline(tl, until=prediction_time)
+    events while keeping the demographic prefix (<TL_START>, static codes, age). With the
+    tokenizer's age_at="window" the AGE token of a cut prompt is the age at its first kept token,
+    as in every training window (windows.PatientWindows)."""
+    ids, times, prefix = tok.encode_with_times(tl, until=prediction_time)
     if len(ids) <= max_len:
         return ids
-    prefix = 2 + sum(len(tok.code_ids(c)) for c in tl.static)
-    return ids[:prefix] + ids[len(ids) - (max_len - prefix):]
+    first = len(ids) - (max_len - prefix)
+    age = ids[prefix - 1]
+    if tok.age_at == "window" and tl.birth is not None:
+        age = tok.age_id(tl.birth, times[first])
+    return ids[: prefix - 1] + [age] + ids[first:]
 
 
 @torch.no_grad()
 def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[int], stop_ids: list[int],
                         token_minutes: np.ndarray, horizon_minutes: float, max_new_tokens: int,
-                        temperature: float = 1.0, generator: torch.Generator | None = None) -> TrajectoryResult:
-    """Sample n continuations of `prompt` with the KV cache until outcome / stop / horizon."""
+                        temperature: float = 1.0, generator: torch.Generator | None = None,
+                        censor_ids: list[int] = ()) -> TrajectoryResult:
+    """Sample n continuations of `prompt` with the KV cache until outcome / stop / censor / horizon."""
     if not model.config.causal:
         raise ValueError("sample_trajectories needs a causal model (model.causal=true): a bidirectional model's "
                          "cached keys go stale as the trajectory grows")
@@ -57,6 +71,11 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
     is_outcome[outcome_ids] = True
     is_stop = torch.zeros_like(is_outcome)
     is_stop[stop_ids] = True
+    is_censor = torch.zeros_like(is_outcome)
+    is_censor[list(censor_ids)] = True
+    is_stop |= is_censor
+    kind = np.full(n, UNFINISHED)
+    when = np.zeros(n)
     minutes = torch.as_tensor(token_minutes, dtype=torch.float64, device=device)
 
     model.setup_kv_cache(1, max_len=len(prompt) + max_new_tokens)
@@ -81,6 +100,7 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
             past += int(over.sum())
             stopped += int(stop.sum())
             keep = ~(hit | over | stop)
+            _record_ends(kind, when, live, elapsed, hit, over, stop, is_censor[nxt])
             if not bool(keep.any()) or step == max_new_tokens - 1:
                 break
             if not bool(keep.all()):
@@ -89,7 +109,75 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
                 live, elapsed, nxt = live[rows], elapsed[rows], nxt[rows]
             logits, _ = model(nxt.unsqueeze(1), pos=len(prompt) + step)
             last = logits[:, -1, :].float()
+        rest = live.cpu().numpy()
+        left = kind[rest] == UNFINISHED
+        when[rest[left]] = elapsed.cpu().numpy()[left]
         unfinished = n - outcomes - stopped - past
     finally:
         model.clear_kv_cache()
-    return TrajectoryResult(outcomes / n, one_step, outcomes, stopped, past, unfinished, tokens)
+    censored = int((kind == CENSORED).sum())
+    return TrajectoryResult(outcomes / n, one_step, outcomes, stopped - censored, past, unfinished, tokens,
+                            censored, kind, when)
+
+
+def _record_ends(kind: np.ndarray, when: np.ndarray, live: torch.Tensor, elapsed: torch.Tensor, hit: torch.Tensor,
+                 over: torch.Tensor, stop: torch.Tensor, censor: torch.Tensor) -> None:
+    """Note how (and at how many minutes) the rows that end at this step ended."""
+    rows, mins = live.cpu().numpy(), elapsed.cpu().numpy()
+    for mask, k in ((hit, OUTCOME), (over, HORIZON), (stop & ~censor, STOP), (stop & censor, CENSORED)):
+        m = mask.cpu().numpy()
+        kind[rows[m]], when[rows[m]] = k, mins[m]
+
+
+ESTIMATORS = ("naive", "complete_case", "km")
+
+
+def estimate_risk(kind: np.ndarray, when: np.ndarray, estimator: str = "km") -> float:
+    """Risk within the horizon from N trajectory ends (kinds and the minutes at which they ended).
+
+    - naive: outcomes / N, a censored row (<TL_END>, token budget used up) counted as a survivor:
+      biased low by the outcomes those rows would have had.
+    - complete_case: outcomes / (outcomes + stops + reached horizon), censored rows dropped: biased
+      high, as a censored row had survived part of the horizon (its remaining risk is below average).
+    - km: 1 − Kaplan–Meier survival at the horizon, a censored row at risk until its censoring
+      time (an outcome at the same time counts first); a stop (a competing end such as death
+      before readmission) stays in the risk set with no outcome, so without censoring km equals
+      naive exactly (cumulative incidence). Unbiased when censoring is independent of the outcome
+      given the prompt, which is what sampling from one prompt gives.
+    """
+    n = len(kind)
+    if n == 0:
+        raise ValueError("estimate_risk needs at least one trajectory")
+    outcomes = int((kind == OUTCOME).sum())
+    if estimator == "naive":
+        return outcomes / n
+    censored = (kind == CENSORED) | (kind == UNFINISHED)
+    if estimator == "complete_case":
+        resolved = n - int(censored.sum())
+        return outcomes / resolved if resolved else 0.0
+    if estimator != "km":
+        raise ValueError(f"risk estimator {estimator!r}: choose one of {list(ESTIMATORS)}")
+    survival = 1.0
+    for t in np.unique(when[kind == OUTCOME]):
+        at_risk = int((~censored).sum() - ((kind == OUTCOME) & (when < t)).sum() + (censored & (when >= t)).sum())
+        events = int(((kind == OUTCOME) & (when == t)).sum())
+        survival *= 1 - events / at_risk
+    return 1 - survival
+
+
+def horizon_token_budget(tok: EHRTokenizer, timelines: dict, sids: np.ndarray, times: np.ndarray,
+                         horizon_minutes: float, quantile: float = 0.99) -> tuple[int, int]:
+    """(the `quantile` of the number of tokens training records hold in the horizon after a
+    prediction time, + 1 for the outcome token; the number of labels it was measured on). A
+    trajectory needs about that many new tokens to reach its horizon."""
+    counts = []
+    for s, t in zip(sids, times):
+        tl = timelines.get(int(s))
+        if tl is None:
+            continue
+        _, tt, plen = tok.encode_with_times(tl)
+        after = (tt[plen:] > t) & (tt[plen:] <= t + np.timedelta64(int(horizon_minutes), "m"))
+        counts.append(int(after.sum()))
+    if not counts:
+        raise ValueError("no training label to measure the token rate on: set max_new_tokens to a number")
+    return int(np.ceil(np.quantile(counts, quantile))) + 1, len(counts)
