@@ -520,6 +520,21 @@ def test_a_40_year_record_cut_near_its_end_says_the_age_at_the_cut(tok16, tok):
     assert tok16.vocab[windows.window(0, len(ids) - 3)[0][plen - 1]] == "AGE//40-44"
 
 
+def test_age_updates_say_each_new_age_bin_inside_the_timeline(splits):
+    tok = EHRTokenizer.fit(iter_timelines(splits[0]["train"]), min_count=3, time_edges=BOUNDED_EDGES,
+                           long_gaps="bounded", age_at="window", age_updates=True)
+    tl = _life(40)  # ages 2 … 41: bins 0-4 (prefix), then 5-9 … 40-44 said once each, before their first visit
+    ids = tok.encode_timeline(tl)
+    ages = [tok.vocab[i] for i in ids if tok.vocab[i].startswith("AGE//")]
+    assert ages == [f"AGE//{a}-{a + 4}" for a in range(0, 45, 5)]
+    k = ids.index(tok.token_id("AGE//40-44"))
+    assert tok.vocab[ids[k + 1]] == "LAB//creatinine//mg/dL" and tok.vocab[ids[k - 1]].startswith("TIME//")
+    # a prompt of the newest tokens over decades of sparse visits still ends knowing the current bin
+    prompt = prompt_ids(tok, tl, tl.times[-1], 20)
+    assert [tok.vocab[i] for i in prompt if tok.vocab[i].startswith("AGE//")][-1] == "AGE//40-44"
+    assert tokenizer_from_spec(tok.to_spec()).encode_timeline(tl) == ids
+
+
 def test_censoring_estimators_against_a_known_risk():
     """Event times ~ Exp, independent censoring ~ Uniform: KM recovers P(T ≤ H); naive (censored =
     survivor) is biased low, complete-case (censored dropped) high."""
@@ -572,6 +587,12 @@ def test_count_baseline_features_and_fit(tok16, splits):
     ids = tok16.encode_timeline(tl, until=cut)
     assert x[:-1].sum() == len(ids) and x[tok16.token_id("LAB//creatinine//mg/dL")] == 21
     assert x[-1] == pytest.approx(22.0, abs=0.01)  # age at the prediction time, not at the first event
+    # the batched matrix (each timeline encoded once) equals count_features label by label
+    from gptlab.ehr.baseline import feature_matrix
+
+    cuts = [tl.times[0], tl.times[0] + np.timedelta64(3, "D"), tl.times[7], cut, tl.times[-1] + np.timedelta64(9, "D")]
+    np.testing.assert_array_equal(feature_matrix(tok16, {9: tl}, np.full(5, 9), np.array(cuts)),
+                                  np.stack([count_features(tok16, tl, c) for c in cuts]))
     # a label that follows one count: cross-validated over patients, the fit ranks it
     rng = np.random.default_rng(0)
     X = rng.poisson(2.0, (600, 6)).astype(float)

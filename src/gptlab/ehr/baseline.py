@@ -31,7 +31,25 @@ def count_features(tok: EHRTokenizer, tl: Timeline, prediction_time: np.datetime
 
 def feature_matrix(tok: EHRTokenizer, timelines: dict[int, Timeline], sids: np.ndarray,
                    times: np.ndarray) -> np.ndarray:
-    return np.stack([count_features(tok, timelines[int(s)], t) for s, t in zip(sids, times)])
+    """count_features of every (subject, time), each timeline encoded once: the prompt up to t is
+    the tokens known at or before t, less the interval tokens (and <TL_END>) that follow the last
+    event ≤ t, which would tell how long until the next event."""
+    out = np.zeros((len(sids), tok.vocab_size + 1))
+    is_gap = (tok.token_minutes > 0) | (np.arange(tok.vocab_size) == tok.eot_token_id)
+    cache: dict[int, tuple] = {}
+    for k, (s, t) in enumerate(zip(sids, times)):
+        tl = timelines[int(s)]
+        if int(s) not in cache:
+            ids, tt, plen = tok.encode_with_times(tl)
+            cache = {int(s): (np.asarray(ids), tt, plen)}  # labels come grouped by subject: keep one
+        ids, tt, plen = cache[int(s)]
+        n = max(plen, int(np.searchsorted(tt[plen:], t, side="right")) + plen)
+        while n > plen and is_gap[ids[n - 1]]:
+            n -= 1
+        counts = np.bincount(ids[:n], minlength=tok.vocab_size)
+        age = np.nan if tl.birth is None else float((t - tl.birth) / np.timedelta64(1, "D")) / 365.25
+        out[k, :-1], out[k, -1] = counts, age
+    return out
 
 
 @dataclass

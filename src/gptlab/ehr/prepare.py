@@ -35,7 +35,8 @@ from gptlab.ehr.tokenizer import EHRTokenizer
 
 BIN_OF_SPLIT = {"train": "train", "tuning": "val", "held_out": "test"}
 INDEX_COLUMNS = ["subject_id", "start", "end", "prefix_end"]  # meta.json names them: a change re-prepares
-TOKENIZER_OPTIONS = ("min_count", "time_edges", "atc_levels", "age_bin_years", "n_quantiles", "long_gaps", "age_at")
+TOKENIZER_OPTIONS = ("min_count", "time_edges", "atc_levels", "age_bin_years", "n_quantiles", "long_gaps", "age_at",
+                     "age_updates")
 
 
 def meds_source(data_cfg: dict[str, Any]) -> Path:

@@ -7,7 +7,10 @@
   MEDS_BIRTH is used for the age and not emitted as an event. With age_at="window" a window or
   prompt that starts later in the timeline restates the age at its own first timed token
   (`window_age_ids`, `encode_with_times`), as ETHOS restates the static prefix per window: a
-  model should not have to sum decades of interval tokens to know how old the patient is.
+  model should not have to sum decades of interval tokens to know how old the patient is. With
+  age_updates the timeline itself says each new age bin (an AGE token before the first event in
+  it), so a prompt whose newest tokens span decades of sparse visits still ends knowing the age
+  at the prediction time.
 - Time: between consecutive distinct timestamps, one interval token from configurable edges
   (ETHOS: 5m-15m … 3mt-6mt, then 6mt-1y 1y-2y 2y-5y 5y+). long_gaps="bounded": a gap ≥ the last
   edge is one top token, so any gap costs at most one token; "repeat" (the old layout, kept to
@@ -118,7 +121,8 @@ def part_family(token: str) -> str:
 class EHRTokenizer(Tokenizer):
     def __init__(self, vocab: list[str], quantiles: dict[str, list[float]], *, time_edges: Iterable[int],
                  atc_levels: Iterable[int], age_bin_years: int, names: dict[str, str] | None = None,
-                 min_count: int = 5, long_gaps: str = "repeat", age_at: str = "first_event"):
+                 min_count: int = 5, long_gaps: str = "repeat", age_at: str = "first_event",
+                 age_updates: bool = False):
         self.vocab = list(vocab)
         self.stoi = {t: i for i, t in enumerate(self.vocab)}
         if len(self.stoi) != len(self.vocab):
@@ -130,7 +134,7 @@ class EHRTokenizer(Tokenizer):
         for key, value, allowed in (("long_gaps", long_gaps, LONG_GAPS), ("age_at", age_at, AGE_AT)):
             if value not in allowed:
                 raise ValueError(f"EHR tokenizer {key}={value!r}: choose one of {list(allowed)}")
-        self.long_gaps, self.age_at = long_gaps, age_at
+        self.long_gaps, self.age_at, self.age_updates = long_gaps, age_at, bool(age_updates)
         self.time_names = time_bin_names(self.time_edges, long_gaps)
         self._code_cache: dict[str, list[int]] = {}
 
@@ -139,7 +143,7 @@ class EHRTokenizer(Tokenizer):
     def fit(cls, timelines: Iterable[Timeline], *, min_count: int = 5, time_edges: Iterable[int] = ETHOS_TIME_EDGES,
             atc_levels: Iterable[int] = C.ATC_LEVELS, age_bin_years: int = 5, n_quantiles: int = 10,
             code_names: dict[str, str] | None = None, long_gaps: str = "repeat",
-            age_at: str = "first_event") -> EHRTokenizer:
+            age_at: str = "first_event", age_updates: bool = False) -> EHRTokenizer:
         """Learn the vocabulary and value deciles from (training) timelines only."""
         atc_levels, time_edges = tuple(atc_levels), tuple(time_edges)
         if list(time_edges) != sorted(set(time_edges)) or time_edges[0] <= 0:
@@ -178,7 +182,7 @@ class EHRTokenizer(Tokenizer):
             if name:
                 names[tok] = name
         return cls(vocab, quantiles, time_edges=time_edges, atc_levels=atc_levels, age_bin_years=age_bin_years,
-                   names=names, min_count=min_count, long_gaps=long_gaps, age_at=age_at)
+                   names=names, min_count=min_count, long_gaps=long_gaps, age_at=age_at, age_updates=age_updates)
 
     @staticmethod
     def _lookup_name(token: str, raw_code: str | None, code_names: dict[str, str]) -> str | None:
@@ -277,6 +281,10 @@ class EHRTokenizer(Tokenizer):
                     ids.extend(self.stoi[t] for t in gaps)
                     at.extend([i - 1] * len(gaps))
             before = len(ids)
+            if self.age_updates and i and tl.birth is not None:
+                age = self.age_id(tl.birth, tl.times[i])
+                if age != self.age_id(tl.birth, tl.times[i - 1]):
+                    ids.append(age)  # a new age bin: said before the first event in it
             self._event_ids(tl, i, ids, problems)
             at.extend([i] * (len(ids) - before))
         if until is None:
@@ -348,11 +356,12 @@ class EHRTokenizer(Tokenizer):
     def to_spec(self) -> dict[str, Any]:
         return {"kind": "ehr", "vocab": self.vocab, "time_edges": list(self.time_edges),
                 "atc_levels": list(self.atc_levels), "age_bin_years": self.age_bin_years,
-                "min_count": self.min_count, "long_gaps": self.long_gaps, "age_at": self.age_at, "quantiles": {k: v.tolist() for k, v in self.quantiles.items()},
+                "min_count": self.min_count, "long_gaps": self.long_gaps, "age_at": self.age_at, "age_updates": self.age_updates, "quantiles": {k: v.tolist() for k, v in self.quantiles.items()},
                 "names": self.names}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> EHRTokenizer:
         return cls(spec["vocab"], spec["quantiles"], time_edges=spec["time_edges"], atc_levels=spec["atc_levels"],
                    age_bin_years=spec["age_bin_years"], names=spec.get("names"), min_count=spec["min_count"],
-                   long_gaps=spec.get("long_gaps", "repeat"), age_at=spec.get("age_at", "first_event"))
+                   long_gaps=spec.get("long_gaps", "repeat"), age_at=spec.get("age_at", "first_event"),
+                   age_updates=spec.get("age_updates", False))
