@@ -2,9 +2,11 @@
 
 For one (subject, prediction_time) the prompt is the subject's timeline up to and including that
 time (never later: `prompt_ids`). The N trajectories run as one batch through the KV cache; each
-stops at an outcome token (→ counts), a stop token, or once its summed interval tokens pass the
-horizon (→ no outcome). Finished rows leave the batch, so the cost follows the live trajectories.
-risk = outcomes / N. The one-step baseline is the probability mass the model puts on the outcome
+stops at an outcome token (→ counts), a stop token (a real "no outcome"), a censor token (the
+record ends: unknown), or once its summed interval tokens pass the horizon (→ no outcome); a row
+still going after max_new_tokens is censored too. Finished rows leave the batch, so the cost
+follows the live trajectories. The risk is `estimate_risk` over how the N rows ended (naive,
+complete-case or Kaplan–Meier; see there). The one-step baseline is the probability mass the model puts on the outcome
 tokens as the very next token.
 """
 
@@ -15,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gptlab.decoding import Decoding, next_token
 from gptlab.ehr.meds import Timeline
 from gptlab.ehr.tokenizer import EHRTokenizer
+from gptlab.generation import Decoder
 
 
 # how each trajectory ended (TrajectoryResult.end_kind)
@@ -58,75 +62,92 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
                         token_minutes: np.ndarray, horizon_minutes: float, max_new_tokens: int,
                         temperature: float = 1.0, generator: torch.Generator | None = None,
                         censor_ids: list[int] = ()) -> TrajectoryResult:
-    """Sample n continuations of `prompt` with the KV cache until outcome / stop / censor / horizon."""
+    """Sample n continuations of `prompt` with the KV cache until outcome / stop / censor / horizon.
+
+    The decoding loop is gptlab.generation's: a `Decoder` (its own KV cache, prefilled once with the
+    prompt and fanned out to n rows) and `next_token` under Decoding(temperature=...)."""
     if not model.config.causal:
         raise ValueError("sample_trajectories needs a causal model (model.causal=true): a bidirectional model's "
                          "cached keys go stale as the trajectory grows")
-    block = model.config.block_size
-    if len(prompt) + max_new_tokens > block:
-        raise ValueError(f"prompt {len(prompt)} + max_new_tokens {max_new_tokens} exceeds block_size {block}; "
+    P, block = len(prompt), model.config.block_size
+    if P + max_new_tokens > block:
+        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds block_size {block}; "
                          f"cut the prompt with prompt_ids(max_len=block_size - max_new_tokens)")
     device = next(model.parameters()).device
-    is_outcome = torch.zeros(model.config.vocab_size, dtype=torch.bool, device=device)
-    is_outcome[outcome_ids] = True
-    is_stop = torch.zeros_like(is_outcome)
-    is_stop[stop_ids] = True
-    is_censor = torch.zeros_like(is_outcome)
-    is_censor[list(censor_ids)] = True
-    is_stop |= is_censor
-    kind = np.full(n, UNFINISHED)
-    when = np.zeros(n)
-    minutes = torch.as_tensor(token_minutes, dtype=torch.float64, device=device)
-
-    model.setup_kv_cache(1, max_len=len(prompt) + max_new_tokens)
-    try:
-        logits, _ = model(torch.tensor([prompt], dtype=torch.long, device=device), pos=0)
-        last = logits[:, -1, :].float()
-        one_step = float(last.softmax(-1)[0, is_outcome].sum())
-        model.reorder_kv_cache(torch.zeros(n, dtype=torch.long, device=device), len(prompt))  # n copies of the prompt's cache
-        last = last.expand(n, -1)
-        live = torch.arange(n, device=device)  # original row of each batch row
-        elapsed = torch.zeros(n, dtype=torch.float64, device=device)
-        outcomes = stopped = past = tokens = 0
-        for step in range(max_new_tokens):
-            probs = (last / temperature).softmax(-1)
-            nxt = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-            tokens += len(live)
-            elapsed += minutes[nxt]
-            hit = is_outcome[nxt] & (elapsed <= horizon_minutes)
-            over = elapsed > horizon_minutes
-            stop = is_stop[nxt] & ~hit & ~over
-            outcomes += int(hit.sum())
-            past += int(over.sum())
-            stopped += int(stop.sum())
-            keep = ~(hit | over | stop)
-            _record_ends(kind, when, live, elapsed, hit, over, stop, is_censor[nxt])
-            if not bool(keep.any()) or step == max_new_tokens - 1:
-                break
-            if not bool(keep.all()):
-                rows = keep.nonzero().squeeze(1)
-                model.reorder_kv_cache(rows, len(prompt) + step)  # drop the finished rows
-                live, elapsed, nxt = live[rows], elapsed[rows], nxt[rows]
-            logits, _ = model(nxt.unsqueeze(1), pos=len(prompt) + step)
-            last = logits[:, -1, :].float()
-        rest = live.cpu().numpy()
-        left = kind[rest] == UNFINISHED
-        when[rest[left]] = elapsed.cpu().numpy()[left]
-        unfinished = n - outcomes - stopped - past
-    finally:
-        model.clear_kv_cache()
-    censored = int((kind == CENSORED).sum())
-    return TrajectoryResult(outcomes / n, one_step, outcomes, stopped - censored, past, unfinished, tokens,
-                            censored, kind, when)
+    ends = _Ends(model.config.vocab_size, outcome_ids, stop_ids, censor_ids, token_minutes, horizon_minutes, n, device)
+    decoding = Decoding(temperature=temperature, max_new_tokens=max_new_tokens)
+    decoder = Decoder(model, 1, max_len=P + max_new_tokens)
+    seq = torch.tensor([prompt], dtype=torch.long, device=device)
+    last = decoder(seq)
+    one_step = float(last.softmax(-1)[0, ends.is_outcome].sum())
+    decoder.reorder(torch.zeros(n, dtype=torch.long, device=device))  # n copies of the prompt's cache
+    seq, last = seq.expand(n, -1).contiguous(), last.expand(n, -1)
+    seq = torch.cat([seq, seq.new_zeros(n, max_new_tokens)], dim=1)  # preallocated: no torch.cat per step
+    tokens = 0
+    for step in range(max_new_tokens):
+        nxt = next_token(last, decoding, generator)
+        tokens += len(nxt)
+        keep = ends.update(nxt)
+        if not bool(keep.any()) or step == max_new_tokens - 1:
+            break
+        if not bool(keep.all()):
+            rows = keep.nonzero().squeeze(1)
+            decoder.reorder(rows)  # drop the finished rows
+            ends.keep(rows)
+            seq, nxt = seq[rows], nxt[rows]
+        seq[:, P + step] = nxt
+        last = decoder(seq[:, : P + step + 1])
+    return ends.result(one_step, tokens)
 
 
-def _record_ends(kind: np.ndarray, when: np.ndarray, live: torch.Tensor, elapsed: torch.Tensor, hit: torch.Tensor,
-                 over: torch.Tensor, stop: torch.Tensor, censor: torch.Tensor) -> None:
-    """Note how (and at how many minutes) the rows that end at this step ended."""
-    rows, mins = live.cpu().numpy(), elapsed.cpu().numpy()
-    for mask, k in ((hit, OUTCOME), (over, HORIZON), (stop & ~censor, STOP), (stop & censor, CENSORED)):
-        m = mask.cpu().numpy()
-        kind[rows[m]], when[rows[m]] = k, mins[m]
+class _Ends:
+    """How the live trajectories end: an outcome token within the horizon, a stop token, a censor
+    token, or the horizon passed (summed interval tokens); counts each, and keeps every row's end
+    kind and elapsed minutes (rows still live at the end are UNFINISHED) for estimate_risk."""
+
+    def __init__(self, vocab_size: int, outcome_ids: list[int], stop_ids: list[int], censor_ids: list[int],
+                 token_minutes: np.ndarray, horizon_minutes: float, n: int, device: torch.device):
+        self.is_outcome = torch.zeros(vocab_size, dtype=torch.bool, device=device)
+        self.is_outcome[outcome_ids] = True
+        self.is_censor = torch.zeros_like(self.is_outcome)
+        self.is_censor[list(censor_ids)] = True
+        self.is_stop = self.is_censor.clone()
+        self.is_stop[stop_ids] = True
+        self.minutes = torch.as_tensor(token_minutes, dtype=torch.float64, device=device)
+        self.horizon = horizon_minutes
+        self.elapsed = torch.zeros(n, dtype=torch.float64, device=device)
+        self.live = np.arange(n)  # original row of each batch row
+        self.kind, self.when = np.full(n, UNFINISHED), np.zeros(n)
+        self.outcomes = self.stopped = self.past = 0
+
+    def update(self, nxt: torch.Tensor) -> torch.Tensor:
+        """Count the rows that end with token nxt (B,); returns which rows go on."""
+        self.elapsed += self.minutes[nxt]
+        hit = self.is_outcome[nxt] & (self.elapsed <= self.horizon)
+        over = self.elapsed > self.horizon
+        stop = self.is_stop[nxt] & ~hit & ~over
+        censor = stop & self.is_censor[nxt]
+        self.outcomes += int(hit.sum())
+        self.past += int(over.sum())
+        self.stopped += int(stop.sum())
+        mins = self.elapsed.cpu().numpy()
+        for mask, k in ((hit, OUTCOME), (over, HORIZON), (stop & ~censor, STOP), (censor, CENSORED)):
+            m = mask.cpu().numpy()
+            self.kind[self.live[m]], self.when[self.live[m]] = k, mins[m]
+        return ~(hit | over | stop)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.elapsed = self.elapsed[rows]
+        self.live = self.live[rows.cpu().numpy()]
+
+    def result(self, one_step: float, tokens: int) -> TrajectoryResult:
+        n = len(self.kind)
+        left = self.kind[self.live] == UNFINISHED
+        self.when[self.live[left]] = self.elapsed.cpu().numpy()[left]
+        censored = int((self.kind == CENSORED).sum())
+        unfinished = int((self.kind == UNFINISHED).sum())
+        return TrajectoryResult(self.outcomes / n, one_step, self.outcomes, self.stopped - censored, self.past,
+                                unfinished, tokens, censored, self.kind, self.when)
 
 
 ESTIMATORS = ("naive", "complete_case", "km")
