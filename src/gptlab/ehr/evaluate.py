@@ -26,10 +26,17 @@ from omegaconf import OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.ehr import metrics as M
-from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset, read_labels
 from gptlab.ehr.baseline import feature_matrix, fit_count_baseline
+from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset, read_labels
 from gptlab.ehr.prepare import meds_source, pooled, problem_lines
-from gptlab.ehr.risk import END_NAMES, ESTIMATORS, estimate_risk, horizon_token_budget, prompt_ids, sample_trajectories
+from gptlab.ehr.risk import (
+    END_NAMES,
+    ESTIMATORS,
+    estimate_risk,
+    horizon_token_budget,
+    prompt_ids,
+    sample_trajectories,
+)
 from gptlab.ehr.tokenizer import EHRTokenizer
 from gptlab.tokenizers import tokenizer_from_spec
 

@@ -22,7 +22,6 @@ from gptlab.ehr.meds import Timeline
 from gptlab.ehr.tokenizer import EHRTokenizer
 from gptlab.generation import Decoder
 
-
 # how each trajectory ended (TrajectoryResult.end_kind)
 OUTCOME, STOP, HORIZON, CENSORED, UNFINISHED = 0, 1, 2, 3, 4
 END_NAMES = ("outcome", "stop", "horizon", "censored", "unfinished")
