@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gptlab.model import GPT, MLP, Block, GPTConfig
+from gptlab.model import GPT, Block, GPTConfig, KVCache
 
 ARCHS = ("decoder", "encoder", "encoder_decoder")
 POOLS = ("cls", "mean")
@@ -199,12 +199,77 @@ class EncoderDecoder(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def for_input(self, src: torch.Tensor) -> ConditionedDecoder:
+        """This model's decoder conditioned on src (B, S), for gptlab.generation.generate."""
+        return ConditionedDecoder(self, src)
+
     @torch.no_grad()
     def attention_maps(self, src: torch.Tensor, tgt_in: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """Every layer's weights: encoder self (B, nh, S, S), decoder self (T, T), cross (T, S)."""
         memory, enc = self.encoder.hidden(src, need_weights=True)
         _, dec = self.decode(tgt_in, self.cross_keys_values(memory), need_weights=True)
         return {"encoder": enc, "decoder": [a for a, _ in dec], "cross": [c for _, c in dec]}
+
+
+class ConditionedDecoder:
+    """An EncoderDecoder's decoder given one input batch: a decoder-only model of the target, with
+    the interface gptlab.generation decodes (config, forward_last, the KV cache), so greedy, sampling
+    and beam search are the same code as for GPT.
+
+    The encoder runs once, here. With the cache, the cross-attention keys/values are computed once
+    per decode (setup_kv_cache) and only the decoder's self-attention grows token by token; without
+    it every step recomputes both, as an uncached GPT recomputes its prefix. Rows beyond the input's
+    batch (beam search: num_beams per input, input-major) reuse their input's encoder output."""
+
+    def __init__(self, model: EncoderDecoder, src: torch.Tensor):
+        self.model, self.config = model, model.config
+        with torch.no_grad():
+            self.memory = model.encode(src)
+        self.kvs: list | None = None
+
+    # generation switches train/eval and reads the device; the wrapped model does both
+    @property
+    def training(self) -> bool:
+        return self.model.training
+
+    def train(self, mode: bool = True) -> ConditionedDecoder:
+        self.model.train(mode)
+        return self
+
+    def eval(self) -> ConditionedDecoder:
+        return self.train(False)
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def _cross(self, rows: int) -> list:
+        B = self.memory.size(0)
+        if rows % B:
+            raise ValueError(f"{rows} decoding rows cannot share the encoder outputs of {B} inputs")
+        return self.model.cross_keys_values(self.memory.repeat_interleave(rows // B, dim=0))
+
+    def forward_last(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
+        kvs = self.kvs if self.kvs is not None else self._cross(idx.size(0))
+        h, _ = self.model.decode(idx, kvs, pos)
+        return self.model.head(h[:, -1])
+
+    def setup_kv_cache(self, batch_size: int, max_len: int | None = None) -> None:
+        max_len, c = max_len or self.config.block_size, self.config
+        p = self.model.wte.weight
+        for block in self.model.decoder.h:
+            block.attn.kv_cache = KVCache(batch_size, c.n_head, max_len, c.n_embd // c.n_head, device=p.device,
+                                          dtype=p.dtype)
+        self.kvs = self._cross(batch_size)
+
+    def reorder_kv_cache(self, index: torch.Tensor, length: int) -> None:
+        for block in self.model.decoder.h:
+            block.attn.kv_cache.reorder(index, length)
+        self.kvs = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kvs]
+
+    def clear_kv_cache(self) -> None:
+        for block in self.model.decoder.h:
+            block.attn.kv_cache = None
+        self.kvs = None
 
 
 def build_model(model: dict[str, Any]) -> nn.Module:

@@ -27,6 +27,7 @@ from gptlab.checkpoint import check_resumable, check_writable
 from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
 from gptlab.entrypoints.config import to_plain
 from gptlab.lit_module import GPTLitModule
+from gptlab.tasks import TASK_OBJECTIVES
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
@@ -193,6 +194,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # a bar callback with the bar disabled is an error
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if module.objective in TASK_OBJECTIVES:  # task models answer inputs; val/acc reports them, not a text sample
+        callbacks = [c for c in callbacks if type(c).__name__ != "TextSampler"]
     trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False,
                                      callbacks=callbacks)
     run_dir = Path(cfg.paths.run_dir)
@@ -244,7 +247,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     # sharded weights (FSDP, DeepSpeed): every rank decodes in step, since each forward is collective
     decodes = trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)
-    if decodes and cfg.sample_after_training > 0 and not trainer.interrupted:
+    if decodes and cfg.sample_after_training > 0 and not trainer.interrupted and module.objective not in TASK_OBJECTIVES:
         from gptlab.generation import generate_text
         from gptlab.tokenizers import tokenizer_from_spec
 

@@ -1,0 +1,128 @@
+"""How each Transformer family reads a task batch (src, tgt), and how its answers are scored.
+
+One batch shape, three readings (gptlab.data.tasks makes the batches; tgt is -1 where padded):
+- decoder-only (GPT): one sequence `src <sep> tgt`, the loss on the tgt positions only (a
+  classification target is one label token, so classifying is generating that token).
+- encoder–decoder: the encoder reads src; the decoder reads `<sep> tgt[:-1]` (teacher forcing) and
+  predicts tgt, through cross-attention.
+- encoder-only: classification from the [CLS] position of `<sep> src` (the separator doubles as
+  [CLS]) or the mean of positions; seq2seq only when the target is as long as the input
+  ("aligned": one output per input position, read off the MLM head). Anything else it cannot express.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from gptlab.generation import generate
+
+TASK_OBJECTIVES = ("classify", "seq2seq")
+
+
+def arch_of(model) -> str:
+    return getattr(model.config, "arch", "decoder")
+
+
+def check_task(model, objective: str, task: dict[str, Any] | None, source: str = "data") -> None:
+    """Fail before training, naming the key, when this model cannot learn this task as asked."""
+    arch, cfg = arch_of(model), model.config
+    if task is None:
+        raise ValueError(f"objective={objective} needs task data (data=speakers|reverse|sort|add); {source} has "
+                         f"no 'task' in its meta.json")
+    if objective == "classify" and task["kind"] != "classify":
+        raise ValueError(f"objective=classify but data task {task['name']!r} is {task['kind']}: use objective="
+                         f"{task['kind']}")
+    if objective == "seq2seq" and task["kind"] != "seq2seq":
+        raise ValueError(f"objective=seq2seq but data task {task['name']!r} is a classification: use objective=classify")
+    if arch == "encoder" and objective == "classify" and cfg.n_classes != len(task["labels"]):
+        raise ValueError(f"model.n_classes={cfg.n_classes} but data task {task['name']!r} has {len(task['labels'])} "
+                         f"labels: set model.n_classes={len(task['labels'])} (the encoder's classification head)")
+    if arch == "encoder" and objective == "seq2seq" and not task["aligned"]:
+        raise ValueError(f"model.arch=encoder cannot do data task {task['name']!r}: an encoder writes one output per "
+                         f"input position, and this task's target length differs from its input's; use "
+                         f"model.arch=decoder or encoder_decoder")
+    S, T = task["max_src_len"], task["max_tgt_len"]
+    need = {"decoder": S + T, "encoder": S + 1, "encoder_decoder": max(S, T)}[arch]
+    if need > cfg.block_size:
+        raise ValueError(f"data task {task['name']!r} has inputs up to {S} and targets up to {T} tokens (all splits, "
+                         f"test_long included): model.arch={arch} needs model.block_size >= {need}, got {cfg.block_size}")
+
+
+def _filled(tgt: torch.Tensor, pad_id: int) -> torch.Tensor:
+    return tgt.masked_fill(tgt < 0, pad_id)
+
+
+def _column(x: torch.Tensor, token: int) -> torch.Tensor:
+    return torch.full((x.size(0), 1), token, dtype=x.dtype, device=x.device)
+
+
+def task_logits(model, objective: str, src: torch.Tensor, tgt: torch.Tensor,
+                task: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, targets) of one batch, aligned position by position (targets -1 where unscored)."""
+    arch, sep, pad = arch_of(model), task["sep_id"], task["pad_id"]
+    if arch == "encoder_decoder":
+        tgt_in = torch.cat([_column(tgt, sep), _filled(tgt, pad)[:, :-1]], dim=1)
+        return model(src, tgt_in)[0], tgt
+    if arch == "encoder" and objective == "classify":
+        label = torch.tensor(task["label_ids"], device=tgt.device)
+        return model.classify(torch.cat([_column(src, sep), src], dim=1)), (tgt[:, :1] == label).float().argmax(1)
+    if arch == "encoder":  # aligned seq2seq: the target at each input position (EOS dropped)
+        return model(src)[0], tgt[:, : src.size(1)]
+    seq = torch.cat([src, _column(src, sep), _filled(tgt, pad)], dim=1)
+    y = torch.cat([torch.full_like(src, -1), tgt], dim=1)
+    return model(seq[:, :-1])[0], y
+
+
+def task_loss(model, objective: str, batch, task: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over the scored positions, and the accuracy of those predictions (per token;
+    a label's prediction is restricted to the label tokens)."""
+    logits, y = task_logits(model, objective, *batch, task)
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1)
+    if objective == "classify" and arch_of(model) != "encoder":
+        label = torch.tensor(task["label_ids"], device=y.device)
+        rows = y != -1
+        pred = label[logits[rows][:, label].argmax(-1)]
+        return loss, (pred == y[rows]).float().mean()
+    scored = y != -1
+    return loss, (logits.argmax(-1)[scored] == y[scored]).float().mean()
+
+
+@torch.no_grad()
+def predict(model, objective: str, src: torch.Tensor, task: dict[str, Any], **decoding: Any) -> list[list[int]]:
+    """Each row's answer as token ids (a class as its label token; a seq2seq answer up to and without EOS),
+    generated by gptlab.generation (greedy unless decoding says otherwise) where the family generates."""
+    arch, eos, sep = arch_of(model), task["eos_id"], task["sep_id"]
+    if objective == "classify":
+        if arch == "encoder":
+            k = model.classify(torch.cat([_column(src, sep), src], dim=1)).argmax(-1)
+        else:
+            logits, _ = task_logits(model, objective, src, src.new_full((src.size(0), 1), task["pad_id"]), task)
+            label = torch.tensor(task["label_ids"], device=src.device)
+            k = logits[:, -1][:, label].argmax(-1)  # the position after <sep> (decoder) or <sep> itself (enc-dec)
+        return [[task["label_ids"][int(i)]] for i in k]
+    if arch == "encoder":
+        return model(src)[0].argmax(-1).tolist()
+    decoding = {"strategy": "greedy", **decoding}
+    n = task["max_tgt_len"]
+    if arch == "encoder_decoder":
+        out = generate(model.for_input(src), _column(src, sep), n, eos_token_id=eos, **decoding)[:, 1:]
+    else:
+        prompt = torch.cat([src, _column(src, sep)], dim=1)
+        out = generate(model, prompt, n, eos_token_id=eos, **decoding)[:, prompt.size(1):]
+    return [row[: row.index(eos)] if eos in row else row for row in out.tolist()]
+
+
+def exact_match(model, objective: str, batches, task: dict[str, Any], **decoding: Any) -> float:
+    """The fraction of examples whose whole answer is right."""
+    right = total = 0
+    eos = task["eos_id"]
+    for src, tgt in batches:
+        for pred, want in zip(predict(model, objective, src, task, **decoding), tgt.tolist()):
+            want = [t for t in want if t not in (-1, eos)]
+            right += pred == want
+            total += 1
+    return right / max(total, 1)
+
