@@ -126,3 +126,17 @@ def exact_match(model, objective: str, batches, task: dict[str, Any], **decoding
             total += 1
     return right / max(total, 1)
 
+
+
+def model_from_checkpoint(path) -> tuple[Any, dict[str, Any]]:
+    """The model of any family in a gptlab checkpoint (eval mode), and the checkpoint dict (its `task`,
+    `tokenizer`, `hyper_parameters`)."""
+    from gptlab.checkpoint import load_checkpoint, strip_wrapper_prefixes
+    from gptlab.families import build_model
+
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["hyper_parameters"]["model"])
+    state = {k.removeprefix("model."): v for k, v in strip_wrapper_prefixes(ckpt["state_dict"]).items()
+             if k.startswith("model.")}
+    model.load_state_dict(state)
+    return model.eval(), ckpt
