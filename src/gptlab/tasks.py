@@ -140,3 +140,26 @@ def model_from_checkpoint(path) -> tuple[Any, dict[str, Any]]:
              if k.startswith("model.")}
     model.load_state_dict(state)
     return model.eval(), ckpt
+
+
+def answer_text(model, ckpt: dict[str, Any], prompt: str, **decoding: Any) -> str:
+    """What `generate.py` prints for a task checkpoint: the answer to `prompt` (seq2seq), or the label
+    distribution (classification). A family and objective with no answer to give is an error saying why."""
+    from gptlab.tokenizers import tokenizer_from_spec
+
+    task, objective = ckpt.get("task"), ckpt["hyper_parameters"].get("objective", "clm")
+    tok = tokenizer_from_spec(ckpt["tokenizer"])
+    if not prompt:
+        raise ValueError("prompt='': give the input sequence to answer (e.g. prompt=abcdef for reverse)")
+    src = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=next(model.parameters()).device)
+    check_task(model, objective, {**task, "max_src_len": src.size(1)}, "the checkpoint")
+    if objective == "classify":
+        if arch_of(model) == "encoder":
+            probs = model.classify(torch.cat([_column(src, task["sep_id"]), src], dim=1)).softmax(-1)[0]
+        else:
+            logits, _ = task_logits(model, objective, src, src.new_full((1, 1), task["pad_id"]), task)
+            probs = logits[0, -1, task["label_ids"]].softmax(-1)
+        order = probs.argsort(descending=True).tolist()
+        return "\n".join(f"{float(probs[k]):.3f}  {task['labels'][k]}" for k in order)
+    (ids,) = predict(model, objective, src, task, **decoding)
+    return tok.decode(ids)
