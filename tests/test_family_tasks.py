@@ -8,12 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from gptlab.data.tasks import (SEP, eval_batches, prepare_task, read_examples, shakespeare_speeches,
-                               speaker_examples, task_windows)
+from gptlab.data.tasks import (
+    eval_batches,
+    prepare_task,
+    read_examples,
+    shakespeare_speeches,
+    speaker_examples,
+    task_windows,
+)
 from gptlab.entrypoints.train import train
 from gptlab.families import EncoderDecoder, FamilyConfig, build_model
 from gptlab.generation import generate
