@@ -75,6 +75,12 @@ def sharpest(maps: list[torch.Tensor]) -> tuple[np.ndarray, str]:
     return w[layer, head], f"layer {layer}, head {head}"
 
 
+def last_ckpt(out: Path, family: str) -> Path:
+    """The seed-0 reversal run of the main grid (the shortest, when a longer one sits beside it)."""
+    runs = sorted((out / "runs").glob(f"reverse-{family}-s0*"), key=lambda p: len(p.name))
+    return runs[0] / "checkpoints" / "last.ckpt"
+
+
 @torch.no_grad()
 def attention_figure(out: Path, path: Path) -> None:
     data_dir = out / "data" / "reverse" / "char"
@@ -82,14 +88,14 @@ def attention_figure(out: Path, path: Path) -> None:
     tok, sep = tokenizer_from_spec(meta["tokenizer"]), meta["task"]["sep_id"]
     label = lambda ids: [show_token(tok.decode([i])) if i != sep else "<sep>" for i in ids]  # noqa: E731
     panels = []
-    enc, _ = model_from_checkpoint(out / "runs" / "reverse-encoder-s0" / "checkpoints" / "last.ckpt")
+    enc, _ = model_from_checkpoint(last_ckpt(out, "encoder"))
     w, where = sharpest(enc.attention_maps(src)[1])
     panels.append(("encoder self-attention", where, w, label(src[0].tolist()), label(src[0].tolist())))
-    dec, _ = model_from_checkpoint(out / "runs" / "reverse-decoder-s0" / "checkpoints" / "last.ckpt")
+    dec, _ = model_from_checkpoint(last_ckpt(out, "decoder"))
     seq = torch.cat([src, torch.tensor([[sep]]), tgt[:, :-2]], dim=1)  # input <sep> output without its last char, EOS
     w, where = sharpest(dec.attention_maps(seq)[1])
     panels.append(("decoder self-attention", where, w, label(seq[0].tolist()), label(seq[0].tolist())))
-    ed, _ = model_from_checkpoint(out / "runs" / "reverse-encoder_decoder-s0" / "checkpoints" / "last.ckpt")
+    ed, _ = model_from_checkpoint(last_ckpt(out, "encoder_decoder"))
     tgt_in = torch.cat([torch.tensor([[sep]]), tgt[:, :-2]], dim=1)
     w, where = sharpest(ed.attention_maps(src, tgt_in)["cross"])
     panels.append(("encoder–decoder cross-attention", where, w, label(tgt_in[0].tolist()), label(src[0].tolist())))
@@ -110,12 +116,14 @@ def attention_figure(out: Path, path: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "outputs" / "architectures"))
+    ap.add_argument("--results", default=str(HERE), help="the folder of run.py's results.jsonl")
     args = ap.parse_args()
-    rows = [json.loads(line) for line in (HERE / "results.jsonl").read_text().splitlines()]
-    base = HERE / "baselines.json"
-    (HERE / "results.md").write_text(table(rows, json.loads(base.read_text()) if base.exists() else {}))
-    print((HERE / "results.md").read_text())
-    if (Path(args.out) / "runs" / "reverse-encoder_decoder-s0").exists():
+    results = Path(args.results)
+    rows = [json.loads(line) for line in (results / "results.jsonl").read_text().splitlines()]
+    base = results / "baselines.json"
+    (results / "results.md").write_text(table(rows, json.loads(base.read_text()) if base.exists() else {}))
+    print((results / "results.md").read_text())
+    if results == HERE and list((Path(args.out) / "runs").glob("reverse-encoder_decoder-s0*")):
         attention_figure(Path(args.out), HERE / "attention.png")
 
 

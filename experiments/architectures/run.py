@@ -77,7 +77,7 @@ def one_run(out: Path, task: str, family: str, seed: int, steps: int) -> dict:
     objective = TASKS[task]
     overrides = [*FAMILIES[family], f"data={task}", *TASK_OVERRIDES[task], f"objective={objective}", f"seed={seed}", *COMMON,
                  f"trainer.max_steps={steps}", f"eval_interval={steps // 2}", f"optim.lr_decay_steps={steps}"]
-    run_dir = out / "runs" / f"{task}-{family}-s{seed}"
+    run_dir = out / "runs" / f"{task}-{family}-s{seed}-{steps}steps"
     cfg = compose(run_dir, out / "data", overrides)
     result = train(cfg)
     start = time.perf_counter()
@@ -85,7 +85,7 @@ def one_run(out: Path, task: str, family: str, seed: int, steps: int) -> dict:
     from gptlab.tasks import model_from_checkpoint
 
     params = model_from_checkpoint(result["last_ckpt"])[0].num_params()
-    return {"task": task, "family": family, "seed": seed, "steps": steps, "examples_seen": steps * 32,
+    return {"task": task, "family": family, "seed": seed, "run": run_dir.name, "steps": steps, "examples_seen": steps * 32,
             "params": params, "train_seconds": round(result["wall_seconds"], 1),
             "eval_seconds": round(time.perf_counter() - start, 1), "final_val_loss": result["final_val_loss"],
             **scores, "overrides": overrides}
@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--results", default=str(HERE), help="where results.jsonl and baselines.json go")
     ap.add_argument("--quick", action="store_true", help="1 seed, few steps: the reduced grid of the tests")
     ap.add_argument("--steps", type=int, default=None, help="override every task's TASK_STEPS")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply every task's TASK_STEPS (longer training)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--tasks", default=",".join(TASKS))
     args = ap.parse_args()
@@ -133,7 +134,7 @@ def main() -> None:
             for family in FAMILIES:
                 if (task, family, seed) in done or (family, task) in CANNOT:
                     continue
-                steps = 20 if args.quick else args.steps or TASK_STEPS[task]
+                steps = 20 if args.quick else args.steps or round(TASK_STEPS[task] * args.scale)
                 row = one_run(out, task, family, seed, steps)
                 with open(log, "a") as f:
                     f.write(json.dumps(row) + "\n")
