@@ -241,3 +241,26 @@ def test_the_reduced_experiment_runs_and_records_every_cell(tmp_path):
                                                         ("reverse", "encoder_decoder"), ("add", "decoder"),
                                                         ("add", "encoder_decoder")}
     assert all(0.0 <= r["test"] <= 1.0 and "test_long" in r for r in rows)
+
+
+def test_generate_answers_from_encoder_decoder_and_encoder_classifier_checkpoints(tmp_path, capsys):
+    from gptlab.entrypoints.generate import run_generate
+    from tests.conftest import compose_generate_cfg
+
+    quick = ["trainer.max_steps=2", "eval_interval=2", *RESUME[:5], "data.val_batches=1", "data.batch_size=4"]
+    ed = train(compose_train_cfg(tmp_path / "ed", tmp_path / "data", [
+        "model=encoder_decoder", *quick, "data=reverse", "data.max_len=5", "data.n_train=50", "data.n_eval=10",
+        "objective=seq2seq"]))
+    (answer,) = run_generate(compose_generate_cfg([f"ckpt_path={ed['last_ckpt']}", "prompt=abc", "decoding=greedy"]))
+    from gptlab.tasks import model_from_checkpoint
+
+    model, ckpt = model_from_checkpoint(ed["last_ckpt"])
+    tok = tokenizer_from_spec(ckpt["tokenizer"])
+    greedy = predict(model, "seq2seq", torch.tensor([tok.encode("abc")]), ckpt["task"], strategy="greedy")
+    assert answer == tok.decode(greedy[0]) and len(answer) <= ckpt["task"]["max_tgt_len"]
+    enc = train(compose_train_cfg(tmp_path / "enc", tmp_path / "data", [
+        "model=encoder", *quick, "model.block_size=40", "data=speakers", "data.max_len=32", "objective=classify"]))
+    (dist,) = run_generate(compose_generate_cfg([f"ckpt_path={enc['last_ckpt']}", "prompt=My lord"]))
+    lines = dist.splitlines()
+    assert len(lines) == 12 and "GLOUCESTER" in dist
+    assert sum(float(line.split()[0]) for line in lines) == pytest.approx(1.0, abs=0.01)

@@ -142,6 +142,7 @@ def model_from_checkpoint(path) -> tuple[Any, dict[str, Any]]:
     return model.eval(), ckpt
 
 
+@torch.no_grad()
 def answer_text(model, ckpt: dict[str, Any], prompt: str, **decoding: Any) -> str:
     """What `generate.py` prints for a task checkpoint: the answer to `prompt` (seq2seq), or the label
     distribution (classification). A family and objective with no answer to give is an error saying why."""
@@ -163,3 +164,15 @@ def answer_text(model, ckpt: dict[str, Any], prompt: str, **decoding: Any) -> st
         return "\n".join(f"{float(probs[k]):.3f}  {task['labels'][k]}" for k in order)
     (ids,) = predict(model, objective, src, task, **decoding)
     return tok.decode(ids)
+
+
+def answer_checkpoint(path, prompt: str, device: str | torch.device = "cpu", **decoding: Any) -> str | None:
+    """generate.py on a task checkpoint (objective classify/seq2seq): the answer to prompt; None for a
+    language-model checkpoint (clm/mlm), which generate.py continues as text."""
+    from gptlab.checkpoint import load_checkpoint
+
+    hp = load_checkpoint(path, mmap=True).get("hyper_parameters") or {}
+    if hp.get("objective", "clm") not in TASK_OBJECTIVES:
+        return None
+    model, ckpt = model_from_checkpoint(path)
+    return answer_text(model.to(device), ckpt, prompt, **decoding)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.generation import beam_search, stream, token_logprobs, validate
 from gptlab.model import GPT
+from gptlab.tasks import answer_checkpoint
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
 
 # conf/decoding keys → model.generate arguments (the issue's short names k and p for top_k and top_p)
@@ -154,11 +155,14 @@ def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, kw: dict[str, Any]
 def run_generate(cfg: DictConfig) -> list[str]:
     """Print and return num_samples continuations of the prompt (prompt included)."""
     device = pick_device(cfg.device)
+    kw = decoding_kwargs(cfg.decoding, {k: cfg.get(k) for k in ("temperature", "top_k", "top_p")})
+    if cfg.ckpt_path and (answer := answer_checkpoint(cfg.ckpt_path, read_prompt(cfg.prompt), device, **kw)):
+        print(answer)  # a classify/seq2seq checkpoint answers its input (gptlab.tasks)
+        return [answer]
     model, tok = load_model(cfg)
     model.to(device).eval()
     if cfg.compare:
         return run_compare(cfg, model, tok, device)
-    kw = decoding_kwargs(cfg.decoding, {k: cfg.get(k) for k in ("temperature", "top_k", "top_p")})
     validate(cfg.max_new_tokens, **kw)
     prompt, idx = encode_prompt(cfg.prompt, tok, model.config.block_size, device)
     if kw["strategy"] == "beam":
