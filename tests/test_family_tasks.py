@@ -21,8 +21,9 @@ from gptlab.data.tasks import (
 )
 from gptlab.entrypoints.train import train
 from gptlab.families import EncoderDecoder, FamilyConfig, build_model
-from gptlab.generation import generate
+from gptlab.generation import Decoding, generate
 from gptlab.tasks import check_task, exact_match, predict, task_loss
+from gptlab.paths import SHIPPED_SHAKESPEARE
 from gptlab.tokenizers import tokenizer_from_spec
 from tests.conftest import ROOT, compose_train_cfg
 
@@ -70,7 +71,7 @@ def test_speaker_attribution_is_split_by_speech_and_keeps_the_most_frequent_spea
     cfg = dict(n_speakers=12, max_len=120, seed=0, val_fraction=0.1, test_fraction=0.1)
     splits, labels = speaker_examples(cfg)
     assert len(labels) == 12 and labels[0] == "GLOUCESTER"  # the most frequent speaker of Tiny Shakespeare
-    speeches = shakespeare_speeches((ROOT / "src/gptlab/assets/data/tinyshakespeare.txt").read_text())
+    speeches = shakespeare_speeches(SHIPPED_SHAKESPEARE.read_text())
     kept = [(sp[:120], s) for s, sp in speeches if s in labels]
     assert sorted(x for k in splits.values() for x in k) == sorted(kept)  # every speech once, in one split
     assert all(not text.startswith(tuple(f"{lab}:" for lab in labels)) for text, _ in kept)  # no speaker line
@@ -165,11 +166,9 @@ def test_encoder_decoder_decodes_the_same_tokens_with_and_without_the_cache(deco
     model = EncoderDecoder(FamilyConfig(arch="encoder_decoder", n_layer=2, n_enc_layer=2, n_head=2, n_embd=32,
                                         block_size=24, vocab_size=30)).eval()
     src, start = torch.randint(0, 30, (3, 9)), torch.full((3, 1), 1)
-    runs = []
-    for use_cache in (True, False):
-        g = torch.Generator().manual_seed(1) if decoding["strategy"] == "sample" else None
-        extra = {"generator": g} if g is not None else {}
-        runs.append(generate(model.for_input(src), start, 20, use_cache=use_cache, eos_token_id=2, **decoding, **extra))
+    runs = [generate(model.for_input(src), start, Decoding(max_new_tokens=20, use_cache=use_cache, eos_token_id=2,
+                                                           seed=1, **decoding))
+            for use_cache in (True, False)]
     assert torch.equal(runs[0], runs[1])
     assert runs[0].size(1) > 5
 
@@ -181,10 +180,10 @@ def test_cross_attention_keys_values_are_computed_once_per_input_with_the_cache(
     calls = []
     model.decoder.h[0].cross.kv_proj.register_forward_hook(lambda *_: calls.append(1))
     src, start = torch.randint(0, 30, (2, 7)), torch.full((2, 1), 1)
-    generate(model.for_input(src), start, 12, strategy="greedy")
+    generate(model.for_input(src), start, Decoding(strategy="greedy", max_new_tokens=12))
     assert len(calls) == 1
     calls.clear()
-    generate(model.for_input(src), start, 12, strategy="greedy", use_cache=False)
+    generate(model.for_input(src), start, Decoding(strategy="greedy", max_new_tokens=12, use_cache=False))
     assert len(calls) == 12
 
 
@@ -256,7 +255,7 @@ def test_generate_answers_from_encoder_decoder_and_encoder_classifier_checkpoint
 
     model, ckpt = model_from_checkpoint(ed["last_ckpt"])
     tok = tokenizer_from_spec(ckpt["tokenizer"])
-    greedy = predict(model, "seq2seq", torch.tensor([tok.encode("abc")]), ckpt["task"], strategy="greedy")
+    greedy = predict(model, "seq2seq", torch.tensor([tok.encode("abc")]), ckpt["task"], Decoding(strategy="greedy"))
     assert answer == tok.decode(greedy[0]) and len(answer) <= ckpt["task"]["max_tgt_len"]
     enc = train(compose_train_cfg(tmp_path / "enc", tmp_path / "data", [
         "model=encoder", *quick, "model.block_size=40", "data=speakers", "data.max_len=32", "objective=classify"]))

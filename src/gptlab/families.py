@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gptlab.model import GPT, Block, GPTConfig, KVCache
+from gptlab.model import GPT, Block, GPTConfig, KVCache, LayerKVCache
 
 ARCHS = ("decoder", "encoder", "encoder_decoder")
 POOLS = ("cls", "mean")
@@ -125,8 +125,9 @@ class DecoderBlock(Block):
         self.cross = CrossAttention(config)
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], pos: int = 0,
-                need_weights: bool = False) -> tuple[torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None]]:
-        a, self_att = self.attn(self.ln_1(x), pos, need_weights)
+                need_weights: bool = False, cache: LayerKVCache | None = None,
+                ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None]]:
+        a, self_att = self.attn(self.ln_1(x), pos, need_weights, cache)
         x = x + a
         c, cross_att = self.cross(self.ln_x(x), kv, need_weights)
         x = x + c
@@ -174,16 +175,19 @@ class EncoderDecoder(nn.Module):
     def cross_keys_values(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return [block.cross.keys_values(memory) for block in self.decoder.h]
 
-    def decode(self, tgt: torch.Tensor, kvs: list, pos: int = 0, need_weights: bool = False) -> tuple[torch.Tensor, list]:
-        """Final-normed decoder states (B, T, n_embd) for tgt at positions pos.., and attention maps."""
+    def decode(self, tgt: torch.Tensor, kvs: list, pos: int = 0, need_weights: bool = False,
+               cache: KVCache | None = None) -> tuple[torch.Tensor, list]:
+        """Final-normed decoder states (B, T, n_embd) for tgt at positions pos.., and attention maps;
+        `cache` holds the decoder self-attention's keys/values of positions < pos and receives these."""
         T = tgt.size(1)
         if pos + T > self.config.block_size:
             raise ValueError(f"cannot decode positions {pos}..{pos + T - 1}: block_size is {self.config.block_size}")
         positions = torch.arange(pos, pos + T, dtype=torch.long, device=tgt.device)
         x = self.decoder.drop(self.wte(tgt) + self.decoder.wpe(positions))
         maps = []
-        for block, kv in zip(self.decoder.h, kvs):
-            x, att = block(x, kv, pos, need_weights)
+        layers = cache.layers if cache is not None else [None] * len(self.decoder.h)
+        for block, kv, layer_cache in zip(self.decoder.h, kvs, layers):
+            x, att = block(x, kv, pos, need_weights, layer_cache)
             maps.append(att)
         return self.decoder.ln_f(x), maps
 
@@ -211,13 +215,26 @@ class EncoderDecoder(nn.Module):
         return {"encoder": enc, "decoder": [a for a, _ in dec], "cross": [c for _, c in dec]}
 
 
+class Seq2SeqCache(KVCache):
+    """One encoder–decoder decode's state: the decoder self-attention's growing keys/values (a
+    KVCache) and the cross-attention keys/values of the encoder output, fixed for the decode."""
+
+    def __init__(self, layers: list[LayerKVCache], cross: list[tuple[torch.Tensor, torch.Tensor]]):
+        super().__init__(layers)
+        self.cross = cross
+
+    def reorder(self, index: torch.Tensor, length: int) -> None:
+        super().reorder(index, length)
+        self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
+
+
 class ConditionedDecoder:
     """An EncoderDecoder's decoder given one input batch: a decoder-only model of the target, with
-    the interface gptlab.generation decodes (config, forward_last, the KV cache), so greedy, sampling
+    the interface gptlab.generation decodes (config, forward_last, new_kv_cache), so greedy, sampling
     and beam search are the same code as for GPT.
 
     The encoder runs once, here. With the cache, the cross-attention keys/values are computed once
-    per decode (setup_kv_cache) and only the decoder's self-attention grows token by token; without
+    per decode (new_kv_cache) and only the decoder's self-attention grows token by token; without
     it every step recomputes both, as an uncached GPT recomputes its prefix. Rows beyond the input's
     batch (beam search: num_beams per input, input-major) reuse their input's encoder output."""
 
@@ -225,9 +242,8 @@ class ConditionedDecoder:
         self.model, self.config = model, model.config
         with torch.no_grad():
             self.memory = model.encode(src)
-        self.kvs: list | None = None
 
-    # generation switches train/eval and reads the device; the wrapped model does both
+    # generation switches train/eval; the wrapped model does it
     @property
     def training(self) -> bool:
         return self.model.training
@@ -239,37 +255,22 @@ class ConditionedDecoder:
     def eval(self) -> ConditionedDecoder:
         return self.train(False)
 
-    def parameters(self):
-        return self.model.parameters()
-
     def _cross(self, rows: int) -> list:
         B = self.memory.size(0)
         if rows % B:
             raise ValueError(f"{rows} decoding rows cannot share the encoder outputs of {B} inputs")
         return self.model.cross_keys_values(self.memory.repeat_interleave(rows // B, dim=0))
 
-    def forward_last(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
-        kvs = self.kvs if self.kvs is not None else self._cross(idx.size(0))
-        h, _ = self.model.decode(idx, kvs, pos)
+    def forward_last(self, idx: torch.Tensor, pos: int = 0, cache: Seq2SeqCache | None = None) -> torch.Tensor:
+        kvs = cache.cross if cache is not None else self._cross(idx.size(0))
+        h, _ = self.model.decode(idx, kvs, pos, cache=cache)
         return self.model.head(h[:, -1])
 
-    def setup_kv_cache(self, batch_size: int, max_len: int | None = None) -> None:
-        max_len, c = max_len or self.config.block_size, self.config
-        p = self.model.wte.weight
-        for block in self.model.decoder.h:
-            block.attn.kv_cache = KVCache(batch_size, c.n_head, max_len, c.n_embd // c.n_head, device=p.device,
-                                          dtype=p.dtype)
-        self.kvs = self._cross(batch_size)
-
-    def reorder_kv_cache(self, index: torch.Tensor, length: int) -> None:
-        for block in self.model.decoder.h:
-            block.attn.kv_cache.reorder(index, length)
-        self.kvs = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kvs]
-
-    def clear_kv_cache(self) -> None:
-        for block in self.model.decoder.h:
-            block.attn.kv_cache = None
-        self.kvs = None
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> Seq2SeqCache:
+        c, p = self.config, self.model.wte.weight
+        layers = [LayerKVCache(batch_size, c.n_head, max_len or c.block_size, c.n_embd // c.n_head,
+                               device=p.device, dtype=p.dtype) for _ in self.model.decoder.h]
+        return Seq2SeqCache(layers, self._cross(batch_size))
 
 
 def build_model(model: dict[str, Any]) -> nn.Module:

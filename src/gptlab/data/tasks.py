@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from gptlab.data.datamodule import BatchStream
-from gptlab.data.prepare import SHIPPED_SHAKESPEARE, dtype_for_vocab, read_meta, write_bin, write_meta
+from gptlab.data.prepare import dtype_for_vocab, read_meta, write_bin, write_meta
+from gptlab.paths import SHIPPED_SHAKESPEARE
 from gptlab.tokenizers import CharTokenizer
 
 # Special tokens are single private-use characters, so the char tokenizer (and its spec in meta.json)
