@@ -263,3 +263,12 @@ def test_generate_answers_from_encoder_decoder_and_encoder_classifier_checkpoint
     lines = dist.splitlines()
     assert len(lines) == 12 and "GLOUCESTER" in dist
     assert sum(float(line.split()[0]) for line in lines) == pytest.approx(1.0, abs=0.01)
+
+
+def test_a_label_outside_the_class_list_is_an_error_naming_it():
+    from gptlab.tasks import class_index
+
+    task = dict(name="speakers", labels=["A", "B"], label_ids=[7, 8])
+    assert class_index(torch.tensor([[8], [7]]), task).tolist() == [1, 0]
+    with pytest.raises(ValueError, match=r"target token ids \[3\] are not among data task 'speakers'"):
+        class_index(torch.tensor([[8], [3]]), task)

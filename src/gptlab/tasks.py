@@ -60,6 +60,16 @@ def _column(x: torch.Tensor, token: int) -> torch.Tensor:
     return torch.full((x.size(0), 1), token, dtype=x.dtype, device=x.device)
 
 
+def class_index(tgt: torch.Tensor, task: dict[str, Any]) -> torch.Tensor:
+    """(B,) index into task['labels'] of each row's label token; a token outside them is an error."""
+    hit = tgt[:, :1] == torch.tensor(task["label_ids"], device=tgt.device)
+    if not bool(hit.any(1).all()):
+        bad = sorted(set(tgt[~hit.any(1), 0].tolist()))
+        raise ValueError(f"target token ids {bad} are not among data task {task['name']!r}'s label tokens "
+                         f"{task['label_ids']} (labels {task['labels']})")
+    return hit.float().argmax(1)
+
+
 def task_logits(model, objective: str, src: torch.Tensor, tgt: torch.Tensor,
                 task: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, targets) of one batch, aligned position by position (targets -1 where unscored)."""
@@ -68,8 +78,7 @@ def task_logits(model, objective: str, src: torch.Tensor, tgt: torch.Tensor,
         tgt_in = torch.cat([_column(tgt, sep), _filled(tgt, pad)[:, :-1]], dim=1)
         return model(src, tgt_in)[0], tgt
     if arch == "encoder" and objective == "classify":
-        label = torch.tensor(task["label_ids"], device=tgt.device)
-        return model.classify(torch.cat([_column(src, sep), src], dim=1)), (tgt[:, :1] == label).float().argmax(1)
+        return model.classify(torch.cat([_column(src, sep), src], dim=1)), class_index(tgt, task)
     if arch == "encoder":  # aligned seq2seq: the target at each input position (EOS dropped)
         return model(src)[0], tgt[:, : src.size(1)]
     seq = torch.cat([src, _column(src, sep), _filled(tgt, pad)], dim=1)
