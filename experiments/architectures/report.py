@@ -35,7 +35,8 @@ METRIC = {"classify": "test accuracy", "seq2seq": "exact match"}
 
 
 def cell(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
+    """mean ± sample sd over seeds; one seed has no spread to show."""
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 def table(rows: list[dict], baselines: dict) -> str:
