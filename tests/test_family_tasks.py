@@ -22,8 +22,8 @@ from gptlab.data.tasks import (
 from gptlab.entrypoints.train import train
 from gptlab.families import EncoderDecoder, FamilyConfig, build_model
 from gptlab.generation import Decoding, generate
-from gptlab.tasks import check_task, exact_match, predict, task_loss
 from gptlab.paths import SHIPPED_SHAKESPEARE
+from gptlab.tasks import check_task, exact_match, predict, task_loss
 from gptlab.tokenizers import tokenizer_from_spec
 from tests.conftest import ROOT, compose_train_cfg
 
