@@ -20,6 +20,7 @@ from gptlab.entrypoints.config import hydra_entry
 from gptlab.generation import Decoding, TextStream, beam_search, stream, token_logprobs
 from gptlab.hf import from_pretrained
 from gptlab.model import GPT
+from gptlab.tasks import answer_text, load_task_model
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
 
 SHORTCUTS = ("temperature", "top_k", "top_p")  # top-level keys that override the chosen decoding's
@@ -92,10 +93,20 @@ def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, d: Decoding, gener
     return {"ids": new, "text": text.text, "seconds": dt}
 
 
+def answer_input(cfg: DictConfig, model, ckpt: dict[str, Any], device: torch.device) -> str:
+    """A classify/seq2seq checkpoint answers its input (gptlab.tasks): prompt= is that input."""
+    d = decoding_from(cfg, tokenizer_from_spec(ckpt["tokenizer"]), cfg.decoding)
+    answer = answer_text(model.to(device), ckpt, read_prompt(cfg.prompt), d)
+    print(answer)
+    return answer
+
+
 def run_generate(cfg: DictConfig) -> list[str] | list[dict[str, Any]]:
     """Print and return num_samples continuations of the prompt (prompt included); with compare=true,
     the rows of the comparison table instead (see `run_compare`)."""
     device = pick_device(cfg.device)
+    if cfg.ckpt_path and (task_model := load_task_model(cfg.ckpt_path)) is not None:
+        return [answer_input(cfg, *task_model, device)]
     model, tok = load_model(cfg)
     model.to(device).eval()
     if cfg.compare:

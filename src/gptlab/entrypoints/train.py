@@ -26,6 +26,7 @@ from gptlab.data import GPTDataModule, read_meta
 from gptlab.data.build import build_datamodule, to_plain
 from gptlab.entrypoints.config import hydra_entry
 from gptlab.lit_module import GPTLitModule
+from gptlab.tasks import TASK_OBJECTIVES
 
 
 @rank_zero_only
@@ -143,6 +144,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # a bar callback with the bar disabled is an error
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.get("objective") in TASK_OBJECTIVES:  # task models answer inputs; val/acc reports them, not a text sample
+        callbacks = [c for c in callbacks if type(c).__name__ != "TextSampler"]
     return instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=callbacks)
 
 
@@ -223,7 +226,7 @@ def report(cfg: DictConfig, trainer: L.Trainer, wall: float) -> dict[str, Any]:
 def sample_after_training(cfg: DictConfig, trainer: L.Trainer, module: GPTLitModule, meta: dict[str, Any]) -> None:
     # sharded weights (FSDP, DeepSpeed): every rank decodes in step, since each forward is collective
     decodes = trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)
-    if not decodes or cfg.sample_after_training <= 0 or trainer.interrupted:
+    if not decodes or cfg.sample_after_training <= 0 or trainer.interrupted or module.objective in TASK_OBJECTIVES:
         return
     from gptlab.generation import Decoding, generate_text
     from gptlab.tokenizers import tokenizer_from_spec
