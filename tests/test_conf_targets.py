@@ -13,15 +13,17 @@ from gptlab.data import GPTDataModule, read_meta
 from gptlab.data.build import build_datamodule, data_folder, to_plain
 from gptlab.entrypoints.train import build_module
 from gptlab.lit_module import GPTLitModule
+from gptlab.families import FamilyConfig
 from gptlab.model import GPTConfig
 
 
-def test_model_node_builds_a_gpt_config_given_the_vocab_size(tiny_cfg):
+def test_model_node_builds_a_model_config_given_the_vocab_size(tiny_cfg):
+    """The node builds a FamilyConfig: GPTConfig plus the family keys (arch, n_enc_layer, n_classes, pool)."""
     cfg = tiny_cfg("model.n_layer=3")
     node = to_plain(cfg.model)
     node.pop("compile")
     config = instantiate(node)(vocab_size=65)
-    assert isinstance(config, GPTConfig) and config == GPTConfig.from_dict({**node, "vocab_size": 65})
+    assert isinstance(config, GPTConfig) and config == FamilyConfig.from_dict({**node, "vocab_size": 65})
     assert (config.n_layer, config.n_embd, config.vocab_size) == (3, 32, 65)
 
 
@@ -58,5 +60,5 @@ def test_a_model_key_that_is_no_config_field_is_named(tiny_cfg):
     cfg = tiny_cfg("+model.n_layers=3")
     dm = build_datamodule(cfg)
     dm.prepare_data()
-    with pytest.raises(ValueError, match="model: .*n_layers.*gptlab.model.GPTConfig"):
+    with pytest.raises(ValueError, match="model: .*n_layers.*gptlab.families.FamilyConfig"):
         build_module(cfg, read_meta(dm.data_dir), dm.data_dir)
