@@ -6,11 +6,13 @@ from omegaconf import DictConfig
 
 from gptlab.entrypoints.analyze import run_analyze
 from gptlab.entrypoints.config import register_resolvers
+from gptlab.errors import user_errors
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
+@user_errors  # a UserError → `error: <message>`, exit status 2
 def main(cfg: DictConfig) -> None:
     run_analyze(cfg)
 

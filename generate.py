@@ -5,11 +5,13 @@ from omegaconf import DictConfig
 
 from gptlab.entrypoints.config import register_resolvers
 from gptlab.entrypoints.generate import run_generate
+from gptlab.errors import user_errors
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+@user_errors  # a UserError → `error: <message>`, exit status 2
 def main(cfg: DictConfig) -> None:
     run_generate(cfg)
 

@@ -6,9 +6,11 @@ import hydra
 from omegaconf import DictConfig
 
 from gptlab.analysis.vocab import SHIPPED_SHAKESPEARE, vocab_report
+from gptlab.errors import user_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="vocab_report")
+@user_errors  # a UserError → `error: <message>`, exit status 2
 def main(cfg: DictConfig) -> None:
     path = Path(cfg.text) if cfg.text else SHIPPED_SHAKESPEARE
     if not path.is_file():

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
+from gptlab.callbacks.progress import StepSpeedColumn, is_terminal
 from gptlab.flops import device_peak_flops, estimate_mfu
 
 # strategies whose forward gathers weight shards from every rank
@@ -129,7 +130,11 @@ class TextSampler(L.Callback):
 
 
 class RichProgressBar(lightning.pytorch.callbacks.RichProgressBar):
-    """Lightning's rich progress bar, updated every `update_every` training batches (and at the last).
+    """Lightning's rich progress bar, counted in optimizer steps (global_step of max_steps, also across
+    a resume and under gradient accumulation), described as "Train" rather than an epoch of an endless
+    stream (Lightning's `Epoch 0/-2`), and updated every `update_every` training batches (and at the
+    last). When stdout is not a terminal the bar turns itself off: gptlab.callbacks.progress.ProgressLog
+    prints plain lines there instead.
 
     Lightning's bar reads every logged metric and updates its rich task on every batch: ~0.3 ms, 1%
     of a CPU-recipe step, spent on a line that redraws once a second anyway.
@@ -140,9 +145,32 @@ class RichProgressBar(lightning.pytorch.callbacks.RichProgressBar):
             raise ValueError(f"RichProgressBar: update_every must be ≥ 1, got {update_every}")
         super().__init__(**kwargs)
         self.update_every = update_every
+        if not is_terminal():
+            self.disable()
+
+    @property
+    def total_train_batches(self) -> int | float:
+        t = self.trainer
+        return t.max_steps if t.max_steps is not None and t.max_steps > 0 else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
+            return f"{'Train':{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
+
+    def configure_columns(self, trainer: L.Trainer) -> list:
+        return [*super().configure_columns(trainer)[:-1], StepSpeedColumn()]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._update(self.train_progress_bar_id, trainer.global_step)  # a resumed run starts part-way
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         if (batch_idx + 1) % self.update_every == 0 or last:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            if not self.is_disabled and self.train_progress_bar_id is None:
+                self._initialize_train_progress_bar_id()
+            self._update(self.train_progress_bar_id, trainer.global_step)
+            self._update_metrics(trainer, pl_module)
+            self.refresh()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_method, instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,7 +27,9 @@ from gptlab.callbacks.monitoring import SHARDED_STRATEGIES
 from gptlab.checkpoint import check_resumable, check_writable
 from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
 from gptlab.entrypoints.config import to_plain
+from gptlab.errors import UserError, unknown_keyword
 from gptlab.lit_module import GPTLitModule
+from gptlab.preflight import run_checks
 
 CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
@@ -45,7 +48,7 @@ def tokenizer_config(cfg: DictConfig) -> dict[str, Any]:
         group_file = CONF_DIR / "data" / "tokenizer" / f"{tok}.yaml"
         if not group_file.exists():
             choices = sorted(p.stem for p in group_file.parent.glob("*.yaml"))
-            raise ValueError(f"data.tokenizer={tok!r}: no {group_file}; choose one of {choices}")
+            raise UserError(f"data.tokenizer={tok!r}: no {group_file}; choose one of {choices}")
         tok = OmegaConf.load(group_file)
     return to_plain(tok)
 
@@ -116,10 +119,12 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 class _DropAdvert(logging.Filter):
-    """Lightning 2.6 logs a tip advertising its cloud logger at every run; the run's own lines matter."""
+    """Lightning 2.6 logs a tip advertising its cloud logger at every run, and a notice whenever the run
+    brings its own model summary (conf/callbacks/default.yaml does); the run's own lines matter."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return "litlogger" not in message and "already configured with model summary" not in message
 
 
 def quiet_lightning_notices() -> None:
@@ -136,33 +141,47 @@ def check_schedule(cfg: DictConfig) -> None:
     bare ZeroDivisionError at its first step or validation, or never end it."""
     acc, o, t = cfg.trainer.accumulate_grad_batches, cfg.optim, cfg.trainer
     if not (isinstance(cfg.eval_interval, int) and cfg.eval_interval >= 1):
-        raise ValueError(f"eval_interval={cfg.eval_interval!r}: give an integer ≥ 1 (optimizer steps between "
+        raise UserError(f"eval_interval={cfg.eval_interval!r}: give an integer ≥ 1 (optimizer steps between "
                          f"validations and checkpoints)")
     if not (isinstance(acc, int) and acc >= 1):
-        raise ValueError(f"trainer.accumulate_grad_batches={acc!r}: give an integer ≥ 1 (micro-batches per "
+        raise UserError(f"trainer.accumulate_grad_batches={acc!r}: give an integer ≥ 1 (micro-batches per "
                          f"optimizer step)")
     if not o.lr > 0:
-        raise ValueError(f"optim.lr={o.lr}: the peak learning rate must be > 0")
+        raise UserError(f"optim.lr={o.lr}: the peak learning rate must be > 0")
     if not 0 <= o.min_lr <= o.lr:
-        raise ValueError(f"optim.min_lr={o.min_lr}: give a value in [0, optim.lr={o.lr}] (the cosine decays "
+        raise UserError(f"optim.min_lr={o.min_lr}: give a value in [0, optim.lr={o.lr}] (the cosine decays "
                          f"from lr to min_lr)")
     # the training stream is endless, so an epoch never ends unless limit_train_batches sizes it
     sized = isinstance(t.get("limit_train_batches"), int) or t.get("overfit_batches") or t.get("fast_dev_run")
     if t.max_steps < 0 and t.get("max_epochs") != -1 and not t.get("max_time") and not sized:
-        raise ValueError(
+        raise UserError(
             f"trainer.max_steps={t.max_steps} with trainer.max_epochs={t.get('max_epochs')} would train forever: "
             f"the training batches are an endless stream of random windows, so no epoch ever ends. Set "
             f"trainer.max_steps (optimizer steps), or trainer.limit_train_batches=<batches per epoch>"
         )
 
 
+def build_trainer(cfg: DictConfig, callbacks: list[Any]) -> L.Trainer:
+    try:
+        return instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=callbacks)
+    except Exception as e:  # Hydra wraps the TypeError of an unknown key (+trainer.max_step=5)
+        cause = e.__cause__ if isinstance(e.__cause__, TypeError) else e
+        error = unknown_keyword(cause, "trainer", inspect.signature(L.Trainer).parameters) if isinstance(
+            cause, TypeError) else None
+        if error is None:
+            raise
+        raise error from e
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model; returns the run's figures (best val loss, paths, timings)."""
     quiet_lightning_notices()
     if cfg.resume not in (None, "auto"):
-        raise ValueError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
+        raise UserError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
                          f"ckpt_path=<a .ckpt>; null starts fresh")
     check_schedule(cfg)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        run_checks(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
 
@@ -174,7 +193,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if model_cfg.get("vocab_size") is None:
         model_cfg["vocab_size"] = meta["vocab_size"]
     elif meta["vocab_size"] > model_cfg["vocab_size"]:
-        raise ValueError(
+        raise UserError(
             f"data {datamodule.data_dir} has vocab_size {meta['vocab_size']} but model.vocab_size is "
             f"{model_cfg['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
         )
@@ -182,7 +201,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                           tokenizer=meta["tokenizer"], objective=cfg.get("objective", "clm"),
                           mask_prob=cfg.get("mask_prob", 0.15))
     if meta["vocab_size"] > module.model.config.vocab_size:  # init_from: the vocabulary is the checkpoint's
-        raise ValueError(
+        raise UserError(
             f"data {datamodule.data_dir} has vocab_size {meta['vocab_size']} but init_from={cfg.init_from} has "
             f"{module.model.config.vocab_size} token embeddings: train it on data tokenized as it was (GPT-2: "
             f"data.tokenizer=tiktoken), or from scratch (init_from=scratch)"
@@ -193,8 +212,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # a bar callback with the bar disabled is an error
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False,
-                                     callbacks=callbacks)
+    if not cfg.trainer.get("enable_model_summary", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
+    trainer = build_trainer(cfg, callbacks)
     run_dir = Path(cfg.paths.run_dir)
     if trainer.is_global_zero:
         # fail now, not at the first checkpoint: weights + two AdamW moments, fp32

@@ -1,0 +1,72 @@
+"""One class for errors the user caused (a bad value, a missing file), and the entry-point wrapper
+that prints them as one line.
+
+gptlab raises `UserError` on purpose, with a message that names the file/key/value and what is
+allowed; the traceback above it would only bury that message. Entry points print it as
+`error: <message>` and exit with status 2 (the Unix convention for bad usage). Every other
+exception is a bug and keeps its traceback; `HYDRA_FULL_ERROR=1` shows the traceback of a
+UserError too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+EXIT_USAGE = 2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(ValueError):
+    """Bad input from the user: printed as `error: <message>`, exit status 2. A ValueError, so
+    callers that catch ValueError keep working."""
+
+
+def full_errors() -> bool:
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def report(error: UserError) -> None:
+    """Print the error as the user should see it and exit with status 2."""
+    print(f"error: {error}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_USAGE)
+
+
+def user_errors(fn: F) -> F:
+    """Wrap an entry point's main: a UserError → `error: <message>` on stderr, exit status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            if full_errors():
+                raise
+            report(e)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def nearest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to a mistyped name (difflib), or None when nothing is close."""
+    found = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_keyword(error: TypeError, group: str, choices: Iterable[str]) -> UserError | None:
+    """A UserError for `TypeError: ...got an unexpected keyword argument 'max_step'` from building a
+    config group's object (e.g. `+trainer.max_step=5`): names the key and the nearest real one.
+    None when the TypeError is something else (a bug: let it keep its traceback)."""
+    m = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if not m:
+        return None
+    key = m.group(1)
+    guess = nearest(key, choices)
+    hint = f"did you mean {group}.{guess}?" if guess else f"see `{group}` in the composed config (--cfg job)"
+    return UserError(f"{group}.{key} is not an option of {group}: {hint}")
