@@ -23,8 +23,9 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from gptlab.callbacks.history import continue_history
 from gptlab.callbacks.monitoring import SHARDED_STRATEGIES
-from gptlab.checkpoint import check_resumable, check_writable
+from gptlab.checkpoint import check_resumable, check_writable, load_checkpoint
 from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
 from gptlab.entrypoints.config import to_plain
 from gptlab.errors import UserError, unknown_keyword
@@ -236,6 +237,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         say(f"[gptlab] resume=auto: {'resuming from ' + ckpt_path if ckpt_path else 'no last.ckpt, starting fresh'}")
     if ckpt_path is not None:
         check_resumable(ckpt_path, module.hparams.model)
+    resumed_step = load_checkpoint(ckpt_path, mmap=True).get("global_step") if ckpt_path else None
+    continue_history(trainer.loggers, run_dir, ckpt_path, resumed_step)  # earlier metrics rows stay
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
