@@ -5,7 +5,7 @@ A run that does not fit is otherwise killed minutes in by the kernel's OOM kille
 ... terminated with code -9`, nothing else); a run on GPUs that are not there fails deep inside
 Lightning. Both stop here instead, in a second, with one paragraph: the estimate and what to do.
 
-The estimate per process: half a GiB for the runtime, weights + gradients + AdamW's two moments (16 bytes a parameter in fp32,
+The estimate per process: 0.4 GiB for the runtime, weights + gradients + AdamW's two moments (16 bytes a parameter in fp32,
 divided among the processes under FSDP), plus the activations kept for the backward pass at
 data.batch_size × model.block_size (about 17 values of n_embd per token per layer with fused
 attention, as in Korthikanti et al. 2022; plus the T×T attention scores without it), plus the
@@ -25,7 +25,7 @@ from gptlab.errors import UserError
 GiB = 1024**3
 # vocabulary sizes when model.vocab_size is null (taken from the data, which is not prepared yet)
 VOCAB_GUESS = {"char": 256, "tiktoken": 50257, "ehr": 8192}
-RUNTIME = GiB // 2  # a process's own share: Python, torch, Lightning, data buffers
+RUNTIME = 400 * 2**20  # a process's own share: Python, torch (~300 MB resident once imported), Lightning
 
 
 @dataclass
@@ -45,7 +45,10 @@ class Machine:
 
 
 def available_ram() -> int:
-    """Bytes the kernel can give a new process: MemAvailable, capped by a cgroup v2 memory limit."""
+    """Bytes the kernel can give a new process: MemAvailable, capped by a cgroup v2 memory limit.
+    GPTLAB_RAM_AVAILABLE=<bytes> replaces the probe (to plan a run for another machine, or in tests)."""
+    if os.environ.get("GPTLAB_RAM_AVAILABLE"):
+        return int(os.environ["GPTLAB_RAM_AVAILABLE"])
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
