@@ -1,8 +1,11 @@
 """Sample text from a trained checkpoint or Hugging Face GPT-2 weights; see conf/generate.yaml."""
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from gptlab.entrypoints.argv import quote_free_text
 from gptlab.entrypoints.config import register_resolvers
 from gptlab.entrypoints.generate import run_generate
 from gptlab.errors import user_errors
@@ -17,4 +20,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv = quote_free_text(sys.argv)  # prompt=Café ROMEO, prompt=ROMEO, hi: free text, not Hydra syntax
     main()

@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.entrypoints.argv import unescape
 from gptlab.generation import beam_search, stream, token_logprobs, validate
 from gptlab.model import GPT
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
@@ -48,7 +49,7 @@ def read_prompt(prompt: str) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"prompt file not found: {path}")
         return path.read_text(encoding="utf-8")
-    return prompt
+    return unescape(prompt)  # `prompt='ROMEO:\n'` ends with a newline, as stop= reads escapes
 
 
 def decoding_kwargs(decoding: Any, shortcuts: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def stop_strings(cfg: DictConfig) -> list[str]:
     `stop=END`, without brackets, arrives as one string: one stop string, not one per character;
     Hydra reads `stop=[42]` as a number, which stays the string "42"."""
     stops = [cfg.stop] if isinstance(cfg.stop, (str, int, float)) else cfg.stop or []
-    return [str(s).encode("latin-1", "backslashreplace").decode("unicode_escape") for s in stops]
+    return [unescape(str(s)) for s in stops]
 
 
 def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, kw: dict[str, Any], cfg: DictConfig,
