@@ -69,3 +69,38 @@ def test_a_fresh_run_in_a_used_folder_sets_the_old_metrics_aside(tmp_path):
     run(tmp_path, "run", "trainer.max_steps=2")
     assert max(s for s, _ in rows(tmp_path / "run")) < 4  # only the second run's rows
     assert len(list((tmp_path / "run" / "logs").glob("metrics.csv.*"))) == 1
+
+
+def test_a_log_that_is_not_a_terminal_gets_progress_lines_and_train_log(tmp_path):
+    """`python train.py > log.txt`: a line every log_every_n_steps optimizer steps and one per
+    validation, no rich bar frames, no `Total FLOPs: 0`; the same lines in the run's train.log."""
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    with open(tmp_path / "log.txt", "w") as log:
+        subprocess.run([sys.executable, str(ROOT / "train.py"), "model=tiny", "trainer.max_steps=6", "eval_interval=4",
+                        "trainer.log_every_n_steps=2", "data.val_batches=1", "sample_after_training=0",
+                        f"hydra.run.dir={tmp_path}/run", f"paths.data_dir={tmp_path}/data"],
+                       stdout=log, stderr=subprocess.STDOUT, check=True, timeout=300, cwd=tmp_path)
+    out = (tmp_path / "log.txt").read_text()
+    steps = re.findall(r"^step (\d+)/6 \| loss \d+\.\d{4} \| [\d,]+ tokens/s \| elapsed \d:\d\d:\d\d \| ETA \d:\d\d:\d\d$",
+                       out, re.MULTILINE)
+    assert steps == ["2", "4", "6"], out
+    assert re.search(r"^step 4 \| val loss \d\.\d{4}$", out, re.MULTILINE), out
+    assert "\r" not in out and "Epoch" not in out and "FLOPs" not in out and "val loss None" not in out, out
+    train_log = (tmp_path / "run" / "train.log").read_text()
+    assert "step 6/6 | loss" in train_log and "[gptlab] done: 6 steps" in train_log
+
+
+def test_the_bar_counts_optimizer_steps_across_a_resume():
+    from types import SimpleNamespace
+
+    from gptlab.callbacks.monitoring import RichProgressBar
+
+    bar = RichProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=690, global_step=400, max_epochs=-1, num_training_batches=float("inf"))
+    assert bar.total_train_batches == 690  # not Lightning's remaining 290 against a count from 400
+    assert bar._get_train_description(0).strip() == "Train"  # not `Epoch 0/-2`

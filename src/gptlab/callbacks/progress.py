@@ -16,6 +16,14 @@ from lightning.pytorch.utilities.model_summary.model_summary import _format_summ
 from rich.progress import ProgressColumn
 from rich.text import Text
 
+RUN_LOG = logging.getLogger("gptlab.run")
+
+
+def emit(line: str) -> None:
+    """A line for the user: printed to stdout, and logged (Hydra's job logging writes it to train.log)."""
+    print(line, flush=True)
+    RUN_LOG.info(line)
+
 
 def is_terminal() -> bool:
     return sys.stdout.isatty()
@@ -62,7 +70,7 @@ class ProgressLog(L.Callback):
         tokens = batch[0].numel() * trainer.accumulate_grad_batches * trainer.world_size * (step - self._last_step)
         rate = tokens / max(now - self._last_t, 1e-9)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        print(self.line(trainer, step, float(loss), rate, now), flush=True)
+        emit(self.line(trainer, step, float(loss), rate, now))
         self._last_t, self._last_step = now, step
 
     def line(self, trainer: L.Trainer, step: int, loss: float, tokens_per_s: float, now: float) -> str:
@@ -83,7 +91,7 @@ class ProgressLog(L.Callback):
         ckpt = trainer.checkpoint_callback
         best = getattr(ckpt, "best_model_score", None)
         best_text = f" (best {min(float(best), float(val)):.4f})" if best is not None else ""
-        print(f"step {trainer.global_step} | val loss {float(val):.4f}{best_text}", flush=True)
+        emit(f"step {trainer.global_step} | val loss {float(val):.4f}{best_text}")
 
 
 class StepSpeedColumn(ProgressColumn):

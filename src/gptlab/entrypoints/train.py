@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks.history import continue_history
 from gptlab.callbacks.monitoring import SHARDED_STRATEGIES
+from gptlab.callbacks.progress import emit
 from gptlab.checkpoint import check_resumable, check_writable, load_checkpoint
 from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
 from gptlab.entrypoints.config import to_plain
@@ -37,8 +38,9 @@ CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 @rank_zero_only
 def say(message: str) -> None:
-    """User-facing progress lines, printed once (rank 0) to stdout."""
-    print(message, flush=True)
+    """User-facing progress lines, printed once (rank 0) to stdout and logged to train.log."""
+    for line in message.splitlines():
+        emit(line)
 
 
 def tokenizer_config(cfg: DictConfig) -> dict[str, Any]:
@@ -259,10 +261,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:  # read back by the multirun summary (gptlab.entrypoints.sweep_summary)
         (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    best = result["best_val_loss"]
     say(
-        f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | best val loss "
-        f"{result['best_val_loss'] if result['best_val_loss'] is None else round(result['best_val_loss'], 4)}\n"
-        f"[gptlab] checkpoints: {result['last_ckpt']} (last), {result['best_ckpt']} (best)\n"
+        f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | "
+        + (f"best val loss {best:.4f}" if best is not None else
+           f"no validation ran (one every eval_interval={cfg.eval_interval} steps)")
+        + f"\n[gptlab] checkpoints: {result['last_ckpt']} (last)"
+        + (f", {result['best_ckpt']} (best)" if result["best_ckpt"] else "") + "\n"
         f"[gptlab] logs: {trainer.log_dir}"
     )
     # sharded weights (FSDP, DeepSpeed): every rank decodes in step, since each forward is collective
