@@ -104,3 +104,52 @@ def test_the_bar_counts_optimizer_steps_across_a_resume():
     bar._trainer = SimpleNamespace(max_steps=690, global_step=400, max_epochs=-1, num_training_batches=float("inf"))
     assert bar.total_train_batches == 690  # not Lightning's remaining 290 against a count from 400
     assert bar._get_train_description(0).strip() == "Train"  # not `Epoch 0/-2`
+
+
+# --- analyze.py on short runs ---------------------------------------------------------------------
+
+def _falling_run(every: int):
+    """Train loss 4/(1 + step/50) logged every `every` steps for 200 steps, val every 50."""
+    import numpy as np
+
+    from gptlab.analysis.curves import TRAIN, VAL, RunLog, Series
+
+    steps = np.arange(every - 1, 200, every)
+    val_steps = np.arange(49, 200, 50)
+    f = lambda s: 4 / (1 + (s + 1) / 50)  # noqa: E731
+    metrics = {TRAIN: Series(steps, f(steps)), VAL: Series(val_steps, f(val_steps) + 0.05)}
+    return RunLog(Path("run"), "run", metrics, tokens_per_step=768)
+
+
+def test_summary_counts_steps_not_rows():
+    import numpy as np
+
+    from gptlab.analysis.curves import summary_rows
+
+    for every in (1, 10):
+        row = summary_rows([_falling_run(every)], last_steps=20)[0]
+        done = np.arange(every, 201, every)
+        want = (4 / (1 + done[done > 180] / 50)).mean()
+        assert float(row["train loss (last 20 steps)"]) == pytest.approx(want, abs=1e-4)
+
+
+def test_the_moving_average_does_not_sit_above_the_loss_it_smooths():
+    """On a falling loss the average lags (stays above the raw points) by a small amount, of the same
+    order whatever the logging interval; it never starts above the first points. (Averaging rows with
+    0.9 per row and starting from the first row, the line sat 0.66 above the last loss here.)"""
+    from gptlab.analysis.curves import TRAIN, ema
+
+    lag = {}
+    for every in (1, 10):
+        s = _falling_run(every).metrics[TRAIN]
+        smooth = ema(s, 0.9)
+        assert smooth[0] == pytest.approx(s.values[0])
+        lag[every] = smooth[-1] - s.values[-1]
+    assert 0 < lag[10] < 0.05 and 0 < lag[1] < 0.05
+
+
+def test_report_states_the_real_logging_interval():
+    from gptlab.analysis.report import _every
+
+    assert _every(_falling_run(10)) == "every 10 optimizer steps (trainer.log_every_n_steps)"
+    assert _every(_falling_run(1)) == "every optimizer step"

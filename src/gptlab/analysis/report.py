@@ -153,14 +153,23 @@ def _kind(m: Loaded) -> str:
     return "causal (decoder-only)" if m.model.config.causal else "bidirectional (encoder-style)"
 
 
+def _every(run: curves.RunLog) -> str:
+    """How often the run logged its train loss, from the rows themselves."""
+    series = run.metrics.get(curves.TRAIN)
+    k = curves.log_interval(series) if series is not None else None
+    if k is None:
+        return "once"
+    return "every optimizer step" if k == 1 else f"every {k} optimizer steps (trainer.log_every_n_steps)"
+
+
 def _curves_section(run_dir: Path, compare: Sequence[str | Path], labels: list[str] | None, log_scale: bool,
                     out: Path) -> tuple[list[str], list[curves.RunLog]]:
     runs = curves.load_runs([run_dir, *compare], labels)
     main = runs[:1]
     curves.plot_curves(main, out / "curves.png")
     md = ["## Loss curves", "",
-          "Train loss is logged every optimizer step (faint; the solid line is its exponential moving "
-          "average), validation loss at each evaluation on fixed windows; the learning rate is beneath. "
+          f"Train loss is logged {_every(main[0])} (faint; the solid line is its bias-corrected exponential "
+          "moving average), validation loss at each evaluation on fixed windows; the learning rate is beneath. "
           "Left against optimizer steps, right against tokens seen (batch × context × accumulation × devices).",
           "", _table(curves.summary_rows(main)), "", "![loss curves](curves.png)", ""]
     if log_scale:
