@@ -247,6 +247,12 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         ValueError,
         r"characters \['ï', '🙂'\] are not in this char vocabulary of 65 characters",
     ),
+    (
+        "greedy_with_several_samples",
+        lambda c: c.generate("decoding=greedy", "num_samples=3"),
+        UserError,
+        r"num_samples=3 with greedy decoding: greedy decoding is deterministic, so every sample would be the same",
+    ),
     ("empty_prompt", lambda c: c.generate("prompt=''"), ValueError, r"the prompt encodes to no tokens"),
     (
         "prompt_file_missing",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,18 @@ def _eval(expr: str) -> Any:
     return eval(expr, {"__builtins__": {}}, {})
 
 
+def _slug(name: Any) -> str:
+    """One folder name for a dataset name: a path's last part (`/data/docs.jsonl` → `docs.jsonl`), a
+    Hub name's slash as `_` (`stas/openwebtext-10k` → `stas_openwebtext-10k`), nothing else but
+    letters, digits and `._-`; so that outputs/<run_name>/ is one folder, never a nested path."""
+    text = str(name)
+    if text.startswith(("/", "~", ".")) or "\\" in text:
+        text = Path(text.rstrip("/\\")).name or text
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "data"
+
+
 def register_resolvers() -> None:
-    for name, fn in (("asset", _asset), ("eval", _eval)):
+    for name, fn in (("asset", _asset), ("eval", _eval), ("slug", _slug)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

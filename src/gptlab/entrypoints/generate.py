@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.entrypoints.argv import unescape
+from gptlab.errors import UserError
 from gptlab.generation import beam_search, stream, token_logprobs, validate
 from gptlab.model import GPT
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
@@ -164,6 +165,11 @@ def run_generate(cfg: DictConfig) -> list[str]:
     prompt, idx = encode_prompt(cfg.prompt, tok, model.config.block_size, device)
     if kw["strategy"] == "beam":
         return run_beam(cfg, model, tok, prompt, idx, kw)
+    if cfg.num_samples > 1 and (kw["strategy"] == "greedy" or kw.get("temperature") == 0):
+        raise UserError(f"num_samples={cfg.num_samples} with {describe(kw)} decoding: greedy decoding is "
+                        f"deterministic, so every sample would be the same text. Use num_samples=1, a sampling "
+                        f"decoding (e.g. decoding=top_k) for different samples, or decoding=beam for the best "
+                        f"num_samples hypotheses")
     g = torch.Generator(device=device).manual_seed(cfg.seed)
     texts = []
     for i in range(cfg.num_samples):
