@@ -133,3 +133,12 @@ def test_every_fenced_command_is_seen():
     """The parser finds the commands (a change of fence style must not make the test above vacuous)."""
     readme = [c for r, c in CASES if r.name == "README.md" and r.parent == ROOT]
     assert sum("train.py" in c for c in readme) >= 10 and sum("generate.py" in c for c in readme) >= 5
+
+
+@pytest.mark.parametrize(("name", "run_name"), [("/abs/path/docs.jsonl", "docs.jsonl-baby_cpu"),
+                                                ("stas/openwebtext-10k", "stas_openwebtext-10k-baby_cpu")])
+def test_a_dataset_named_by_a_path_gets_one_run_folder(tmp_path, name, run_name):
+    from tests.conftest import compose_train_cfg
+
+    cfg = compose_train_cfg(tmp_path / "run", tmp_path / "data", ["data=hf", f"data.name={name}"])
+    assert cfg.run_name == run_name

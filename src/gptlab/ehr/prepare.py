@@ -99,9 +99,21 @@ def prepare_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any
         **counts,
     }
     write_meta(out_dir, meta)
-    for line in problems.lines():
-        print(f"[gptlab] MEDS warning (counted, see meta.json): {line}")
+    say_problems(problems, out_dir / "meta.json")
     return meta
+
+
+# MEDS's own convention, not a fault: rows without a time are a subject's static facts
+EXPECTED_PROBLEMS = ("null_time_rows_as_static_prefix",)
+
+
+def say_problems(problems: Problems, meta_path: Path) -> None:
+    """One console line with the counts of the rows handled by a rule; the examples stay in meta.json."""
+    counts = {k: n for k, n in sorted(problems.counts.items()) if k not in EXPECTED_PROBLEMS}
+    if counts:
+        listing = ", ".join(f"{k} {n:,}" for k, n in counts.items())
+        print(f"[gptlab] MEDS: {len(counts)} kinds of rows handled by a rule ({listing}); one example of each "
+              f"under 'problems' in {meta_path}")
 
 
 def ensure_prepared_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
