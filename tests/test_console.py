@@ -108,3 +108,12 @@ def test_meds_problems_are_one_line_without_the_static_rows(capsys, tmp_path):
     problems.add("null_time_rows_as_static_prefix", 300)
     say_problems(problems, tmp_path / "meta.json")
     assert capsys.readouterr().out == ""
+
+
+def test_wandb_gets_no_anonymous_setting(tmp_path, capsys):
+    from gptlab.callbacks.loggers import WandbLogger
+
+    logger = WandbLogger(project="gptlab", save_dir=str(tmp_path), offline=True)
+    assert "anonymous" not in logger._wandb_init
+    logger.experiment.finish()  # wandb.init (offline), then close the run
+    assert "anonymous setting" not in capsys.readouterr().err
