@@ -298,9 +298,13 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
 
 @pytest.mark.parametrize(("action", "error", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_gives_a_clear_error(case, action, error, pattern):
+    from gptlab.errors import user_error_in
+
     with pytest.raises(error) as raised:
         action(case)
     assert re.search(pattern, str(raised.value), re.DOTALL), str(raised.value)
+    if error is not OSError and not re.match(r"Could not find", pattern):  # Hydra's own; disk faults
+        assert user_error_in(raised.value) is not None, f"{type(raised.value).__name__} is no UserError: a traceback"
 
 
 def test_prompt_longer_than_block_size_is_cropped_with_a_warning(case, capsys):

@@ -28,6 +28,11 @@ class UserError(ValueError):
     callers that catch ValueError keep working."""
 
 
+class MissingFile(UserError, FileNotFoundError):
+    """A file or folder the user named is not there: a UserError, and a FileNotFoundError for callers
+    that catch that."""
+
+
 def full_errors() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
@@ -45,12 +50,28 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            if full_errors():
+        except Exception as e:
+            cause = user_error_in(e)
+            if cause is None or full_errors():
                 raise
-            report(e)
+            report(cause)
 
     return wrapper  # type: ignore[return-value]
+
+
+def user_error_in(error: BaseException) -> UserError | None:
+    """The UserError behind `error`: itself, or the cause of Hydra's error for an object it could not
+    build from the config (a callback's bad option), with the config key Hydra names."""
+    if isinstance(error, UserError):
+        return error
+    seen, cause = {id(error)}, error.__cause__ or error.__context__
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, UserError):
+            key = re.search(r"full_key: (\S+)", str(error))
+            return UserError(f"{cause} (config key {key.group(1)})") if key else cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def nearest(name: str, choices: Iterable[str]) -> str | None:

@@ -15,6 +15,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 
 from gptlab.callbacks.safety import NonFiniteGuard
 from gptlab.checkpoint import strip_wrapper_prefixes
+from gptlab.errors import UserError
 from gptlab.model import GPT, GPTConfig
 
 
@@ -76,16 +77,20 @@ class GPTLitModule(L.LightningModule):
         super().__init__()
         model = dict(model)
         if objective not in ("clm", "mlm"):
-            raise ValueError(f"objective={objective!r}: choose 'clm' (next token) or 'mlm' (masked tokens)")
+            raise UserError(f"objective={objective!r}: choose 'clm' (next token) or 'mlm' (masked tokens)")
         if objective == "mlm" and init_from not in (None, "scratch"):
-            raise ValueError(f"objective=mlm trains from scratch (it adds a [MASK] token); got init_from={init_from!r}")
+            raise UserError(f"objective=mlm trains from scratch (it adds a [MASK] token); got init_from={init_from!r}")
         if objective == "mlm" and mask_token_id is None:  # a fresh run: one extra id for [MASK]
             mask_token_id = model["vocab_size"]
             model["vocab_size"] += 1
         self.objective, self.mask_prob, self.mask_token_id = objective, mask_prob, mask_token_id
         self.compile_model = bool(model.pop("compile", False))
         if init_from in (None, "scratch"):
-            self.model = GPT(GPTConfig.from_dict(model))
+            try:
+                config = GPTConfig.from_dict(model)
+            except ValueError as e:  # GPTConfig's own checks of the model.* values (model.py imports torch only)
+                raise UserError(f"model: {e}") from None
+            self.model = GPT(config)
         else:
             overrides = {k: model[k] for k in ("dropout", "block_size", "vocab_multiple") if model.get(k) is not None}
             self.model = GPT.from_pretrained(init_from, **overrides)

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from gptlab.analysis import save_figure
+from gptlab.errors import MissingFile, UserError
 
 TRAIN, VAL, LR = "train/loss", "val/loss", "lr"
 # LearningRateMonitor names the column after the scheduler and the parameter group; both AdamW
@@ -54,7 +55,7 @@ def find_runs(path: str | Path) -> list[Path]:
     """The run folders at or under `path` (a run, a multirun folder, or a run_name folder), in order."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"run folder {path} not found")
+        raise MissingFile(f"run folder {path} not found")
     if _is_run(path):
         return [path]
 
@@ -64,7 +65,7 @@ def find_runs(path: str | Path) -> list[Path]:
 
     runs = sorted({p.parent for p in path.rglob("config.yaml") if _is_run(p.parent)}, key=order)
     if not runs:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{path} holds no run: expected config.yaml with logs/ or checkpoints/ in it or in a folder below it"
         )
     return runs
@@ -85,7 +86,7 @@ def read_csv_metrics(path: str | Path) -> dict[str, Series]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "step" not in reader.fieldnames:
-            raise ValueError(f"{path}: not a Lightning metrics.csv (no 'step' column; columns {reader.fieldnames})")
+            raise UserError(f"{path}: not a Lightning metrics.csv (no 'step' column; columns {reader.fieldnames})")
         raw: dict[str, tuple[list[int], list[float]]] = {}
         for row in reader:
             for key, value in row.items():
@@ -125,7 +126,7 @@ def read_metrics(run_dir: str | Path) -> dict[str, Series]:
     elif any(run_dir.rglob("events.out.tfevents.*")):
         metrics = read_tensorboard_metrics(run_dir)
     else:
-        raise FileNotFoundError(f"{run_dir}: no logs/metrics.csv and no TensorBoard events (events.out.tfevents.*)")
+        raise MissingFile(f"{run_dir}: no logs/metrics.csv and no TensorBoard events (events.out.tfevents.*)")
     lr = next((metrics[c] for c in LR_COLUMNS if c in metrics), None)
     if lr is not None:
         metrics[LR] = lr
@@ -170,7 +171,7 @@ def load_runs(paths: list[str | Path], labels: list[str] | None = None) -> list[
     """Every run at or under each path. Labels default to the config values that tell the runs apart."""
     run_dirs = [r for p in paths for r in find_runs(p)]
     if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"labels: {len(labels)} given for {len(run_dirs)} runs ({[str(r) for r in run_dirs]})")
+        raise UserError(f"labels: {len(labels)} given for {len(run_dirs)} runs ({[str(r) for r in run_dirs]})")
     configs = [OmegaConf.to_container(OmegaConf.load(r / "config.yaml")) for r in run_dirs]
     labels = labels or _labels(configs, run_dirs)
     return [RunLog(r, label, read_metrics(r), tokens_per_step(c), c) for r, label, c in zip(run_dirs, labels, configs)]

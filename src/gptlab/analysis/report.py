@@ -19,6 +19,7 @@ import numpy as np
 from gptlab.analysis import attention as att
 from gptlab.analysis import curves, probes, samples
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.errors import MissingFile, UserError
 from gptlab.model import GPT
 from gptlab.tokenizers import Tokenizer, tokenizer_from_spec
 
@@ -28,7 +29,7 @@ def pick_checkpoint(run_dir: Path, which: str = "best") -> Path:
     if which not in ("best", "last"):
         path = Path(which)
         if not path.is_file():
-            raise FileNotFoundError(f"ckpt={which!r}: no such file (or give 'best' or 'last')")
+            raise MissingFile(f"ckpt={which!r}: no such file (or give 'best' or 'last')")
         return path
     folder = run_dir / "checkpoints"
     best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -37,7 +38,7 @@ def pick_checkpoint(run_dir: Path, which: str = "best") -> Path:
         return best[-1]
     if last.is_file():
         return last
-    raise FileNotFoundError(f"{folder}: no {'best*.ckpt or ' if which == 'best' else ''}last.ckpt to analyse")
+    raise MissingFile(f"{folder}: no {'best*.ckpt or ' if which == 'best' else ''}last.ckpt to analyse")
 
 
 def _table(rows: list[dict[str, str]]) -> str:
@@ -70,7 +71,7 @@ def _load(run_dir: Path, which: str) -> Loaded:
     path = pick_checkpoint(run_dir, which)
     model, ckpt = load_gpt_from_lightning_ckpt(path)
     if not ckpt.get("tokenizer"):
-        raise ValueError(f"{path} holds no tokenizer spec; it was not written by gptlab's train.py")
+        raise UserError(f"{path} holds no tokenizer spec; it was not written by gptlab's train.py")
     return Loaded(run_dir, model, tokenizer_from_spec(ckpt["tokenizer"]), ckpt.get("hyper_parameters", {}), path)
 
 

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import regex  # noqa: E402
 
 from gptlab.analysis import save_figure
+from gptlab.errors import UserError
 from gptlab.tokenizers.bpe import BPETokenizer  # noqa: E402
 
 SHIPPED_SHAKESPEARE = Path(__file__).resolve().parent.parent / "assets" / "data" / "tinyshakespeare.txt"
@@ -67,11 +68,11 @@ def vocab_report(
     vocab.tsv (every token of the largest vocabulary) and bpe_<largest>.json. Returns report.md."""
     sizes = sorted(set(int(s) for s in vocab_sizes))
     if not sizes or sizes[0] < 256:
-        raise ValueError(
+        raise UserError(
             f"vocab_sizes={list(vocab_sizes)}: need at least one size, each >= 256 (the byte tokens)"
         )
     if not text:
-        raise ValueError(f"the text to analyse is empty ({source or 'no source given'})")
+        raise UserError(f"the text to analyse is empty ({source or 'no source given'})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 

@@ -13,6 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
 from gptlab.callbacks.progress import StepSpeedColumn, is_terminal
+from gptlab.errors import UserError
 from gptlab.flops import device_peak_flops, estimate_mfu
 
 # strategies whose forward gathers weight shards from every rank
@@ -36,7 +37,7 @@ class Throughput(L.Callback):
 
     def __init__(self, window: int = 50, skip: int = 5, peak_flops: float | None = None):
         if window < 1 or skip < 0:
-            raise ValueError(f"Throughput: window must be ≥ 1 and skip ≥ 0, got window={window}, skip={skip}")
+            raise UserError(f"Throughput: window must be ≥ 1 and skip ≥ 0, got window={window}, skip={skip}")
         self.window, self.skip, self.peak_flops = window, skip, peak_flops
         self._t0: float | None = None
         self._tokens = 0
@@ -88,7 +89,7 @@ class TextSampler(L.Callback):
     def __init__(self, every_n_steps: int = 500, max_new_tokens: int = 200, prompt: str = "\n",
                  temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337):
         if every_n_steps < 1 or max_new_tokens < 1:
-            raise ValueError(f"TextSampler: every_n_steps and max_new_tokens must be ≥ 1, "
+            raise UserError(f"TextSampler: every_n_steps and max_new_tokens must be ≥ 1, "
                              f"got {every_n_steps}, {max_new_tokens}")
         self.every_n_steps, self.max_new_tokens, self.prompt = every_n_steps, max_new_tokens, prompt
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
@@ -142,7 +143,7 @@ class RichProgressBar(lightning.pytorch.callbacks.RichProgressBar):
 
     def __init__(self, update_every: int = 10, **kwargs: Any):
         if update_every < 1:
-            raise ValueError(f"RichProgressBar: update_every must be ≥ 1, got {update_every}")
+            raise UserError(f"RichProgressBar: update_every must be ≥ 1, got {update_every}")
         super().__init__(**kwargs)
         self.update_every = update_every
         if not is_terminal():

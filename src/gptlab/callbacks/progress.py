@@ -16,6 +16,8 @@ from lightning.pytorch.utilities.model_summary.model_summary import _format_summ
 from rich.progress import ProgressColumn
 from rich.text import Text
 
+from gptlab.errors import UserError
+
 RUN_LOG = logging.getLogger("gptlab.run")
 
 
@@ -46,7 +48,7 @@ class ProgressLog(L.Callback):
 
     def __init__(self, when: str = "auto"):
         if when not in self.WHEN:
-            raise ValueError(f"ProgressLog when={when!r}; choose one of {list(self.WHEN)}")
+            raise UserError(f"ProgressLog when={when!r}; choose one of {list(self.WHEN)}")
         self.when = when
         self._start = self._last_t = 0.0
         self._first_step = self._last_step = 0

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.entrypoints.argv import unescape
-from gptlab.errors import UserError
+from gptlab.errors import MissingFile, UserError
 from gptlab.generation import beam_search, stream, token_logprobs, validate
 from gptlab.model import GPT
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
@@ -37,18 +37,18 @@ def load_model(cfg: DictConfig) -> tuple[GPT, Tokenizer]:
     if cfg.ckpt_path:
         model, ckpt = load_gpt_from_lightning_ckpt(cfg.ckpt_path)
         if not ckpt.get("tokenizer"):
-            raise ValueError(f"{cfg.ckpt_path} holds no tokenizer spec; it was not written by gptlab's train.py")
+            raise UserError(f"{cfg.ckpt_path} holds no tokenizer spec; it was not written by gptlab's train.py")
         return model, tokenizer_from_spec(ckpt["tokenizer"])
     if cfg.init_from:
         return GPT.from_pretrained(cfg.init_from), TiktokenTokenizer("gpt2")
-    raise ValueError("give ckpt_path=<a .ckpt from train.py> or init_from=<HF GPT-2 folder or name>")
+    raise UserError("give ckpt_path=<a .ckpt from train.py> or init_from=<HF GPT-2 folder or name>")
 
 
 def read_prompt(prompt: str) -> str:
     if prompt.startswith("FILE:"):
         path = Path(prompt[5:]).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"prompt file not found: {path}")
+            raise MissingFile(f"prompt file not found: {path}")
         return path.read_text(encoding="utf-8")
     return unescape(prompt)  # `prompt='ROMEO:\n'` ends with a newline, as stop= reads escapes
 
@@ -58,7 +58,7 @@ def decoding_kwargs(decoding: Any, shortcuts: dict[str, Any] | None = None) -> d
     d = OmegaConf.to_container(decoding) if OmegaConf.is_config(decoding) else dict(decoding)
     unknown = sorted(set(d) - set(DECODING_KEYS))
     if unknown:
-        raise ValueError(f"decoding: unknown keys {unknown}; allowed: {sorted(DECODING_KEYS)}")
+        raise UserError(f"decoding: unknown keys {unknown}; allowed: {sorted(DECODING_KEYS)}")
     kw = {DECODING_KEYS[key]: value for key, value in d.items()}
     kw.update({key: value for key, value in (shortcuts or {}).items() if value is not None})
     kw.setdefault("strategy", "sample")
@@ -190,7 +190,7 @@ def encode_prompt(prompt: str, tok: Tokenizer, block_size: int, device: torch.de
     prompt = read_prompt(prompt)
     ids = tok.encode(prompt)
     if not ids:
-        raise ValueError("the prompt encodes to no tokens; give at least one character")
+        raise UserError("the prompt encodes to no tokens; give at least one character")
     if len(ids) > block_size:
         print(f"[gptlab] warning: the prompt has {len(ids)} tokens; the model sees only the last {block_size} "
               f"(block_size), and recomputes that window for every new token", file=sys.stderr)
@@ -223,7 +223,7 @@ def run_beam(cfg: DictConfig, model: GPT, tok: Tokenizer, prompt: str, idx: torc
     """Beam search is one deterministic search: num_samples prints its best hypotheses, best first."""
     k = kw.get("num_beams", 1)
     if cfg.num_samples > k:
-        raise ValueError(f"num_samples={cfg.num_samples} > decoding.num_beams={k}: beam search returns "
+        raise UserError(f"num_samples={cfg.num_samples} > decoding.num_beams={k}: beam search returns "
                          f"at most num_beams hypotheses")
     hyps, dt = search_beams(cfg, model, tok, idx, kw)
     rate = max(len(h["ids"]) for h in hyps) / dt

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from gptlab.errors import UserError
 from gptlab.tokenizers.base import Tokenizer, register
 
 SHIPPED_CACHE = Path(__file__).resolve().parent.parent / "assets" / "tiktoken"
@@ -33,7 +34,7 @@ class TiktokenTokenizer(Tokenizer):
         try:
             self.enc = tiktoken.get_encoding(encoding)
         except ValueError as e:  # unknown name
-            raise ValueError(f"unknown tiktoken encoding {encoding!r}: {e}") from None
+            raise UserError(f"unknown tiktoken encoding {encoding!r}: {e}") from None
         self.encoding = encoding
 
     @property
