@@ -80,14 +80,8 @@ def nearest(name: str, choices: Iterable[str]) -> str | None:
     return found[0] if found else None
 
 
-def unknown_keyword(error: TypeError, group: str, choices: Iterable[str]) -> UserError | None:
-    """A UserError for `TypeError: ...got an unexpected keyword argument 'max_step'` from building a
-    config group's object (e.g. `+trainer.max_step=5`): names the key and the nearest real one.
-    None when the TypeError is something else (a bug: let it keep its traceback)."""
-    m = re.search(r"unexpected keyword argument '(\w+)'", str(error))
-    if not m:
-        return None
-    key = m.group(1)
+def unknown_key(group: str, key: str, choices: Iterable[str]) -> UserError:
+    """`group.key` is not an option: the error names it and the nearest real one (difflib)."""
     guess = nearest(key, choices)
     hint = f"did you mean {group}.{guess}?" if guess else f"see `{group}` in the composed config (--cfg job)"
     return UserError(f"{group}.{key} is not an option of {group}: {hint}")

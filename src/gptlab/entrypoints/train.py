@@ -28,7 +28,7 @@ from gptlab.checkpoint import check_resumable, check_writable, load_checkpoint
 from gptlab.data import GPTDataModule, read_meta
 from gptlab.data.build import build_datamodule, to_plain
 from gptlab.entrypoints.config import hydra_entry
-from gptlab.errors import UserError, unknown_keyword
+from gptlab.errors import UserError, unknown_key
 from gptlab.lit_module import GPTLitModule
 from gptlab.preflight import run_checks
 
@@ -111,11 +111,23 @@ def check_schedule(cfg: DictConfig) -> None:
         )
 
 
+def check_trainer_keys(trainer: DictConfig) -> None:
+    """`+trainer.max_step=5` names the unknown key and the nearest real one now, not as Trainer's
+    TypeError after the data is prepared."""
+    if trainer.get("_target_") not in ("lightning.pytorch.Trainer", "lightning.pytorch.trainer.trainer.Trainer"):
+        return
+    known = inspect.signature(L.Trainer).parameters
+    for key in trainer:
+        if not str(key).startswith("_") and key not in known:
+            raise unknown_key("trainer", str(key), known)
+
+
 def check_config(cfg: DictConfig) -> None:
     if cfg.resume not in (None, "auto"):
         raise UserError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
                          f"ckpt_path=<a .ckpt>; null starts fresh")
     check_schedule(cfg)
+    check_trainer_keys(cfg.trainer)
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # DDP's other ranks: their launcher checked
         run_checks(cfg)  # before any data is prepared: ckpt_path exists, GPUs are there, the memory fits
 
@@ -149,16 +161,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if not cfg.trainer.get("enable_model_summary", True):
         callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
-    try:
-        return instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=callbacks)
-    except Exception as e:  # Hydra wraps the TypeError of an unknown key (+trainer.max_step=5)
-        cause = e.__cause__ if isinstance(e.__cause__, TypeError) else e
-        error = None
-        if isinstance(cause, TypeError):
-            error = unknown_keyword(cause, "trainer", inspect.signature(L.Trainer).parameters)
-        if error is None:
-            raise
-        raise error from e
+    return instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=callbacks)
 
 
 def build(cfg: DictConfig) -> tuple[GPTDataModule, GPTLitModule, L.Trainer, dict[str, Any]]:
