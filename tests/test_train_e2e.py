@@ -77,6 +77,7 @@ def test_train_script_help_and_cfg_show_the_config():
     assert cfg.model.n_embd == 768 and cfg.data.tokenizer.kind == "tiktoken"
     help_ = run_script("train.py", "--help", timeout=60)
     assert help_.returncode == 0 and "model: baby, baby_cpu, gpt2_base, gpt2_large" in help_.stdout
+    assert "\ndecoding:" not in help_.stdout and "\ntask:" not in help_.stdout  # generate.py's, ehr_eval.py's
 
 
 def test_default_config_is_the_nanogpt_cpu_recipe():
