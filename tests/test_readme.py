@@ -143,10 +143,3 @@ def test_a_dataset_named_by_a_path_gets_one_run_folder(tmp_path, name, run_name)
     cfg = compose_train_cfg(tmp_path / "run", tmp_path / "data", ["data=hf", f"data.name={name}"])
     assert cfg.run_name == run_name
 
-
-def test_train_help_lists_only_trains_groups():
-    from gptlab.entrypoints.config import _config_groups
-
-    groups = [line.split(":")[0] for line in _config_groups("decoding", "task").splitlines()]
-    assert {"model", "data", "data/tokenizer", "trainer", "experiment"} <= set(groups)
-    assert not {"decoding", "task", "hydra"} & set(groups)

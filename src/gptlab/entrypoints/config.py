@@ -38,23 +38,8 @@ def _slug(name: Any) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "data"
 
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def _config_groups(*exclude: str) -> str:
-    """`--help`'s `group: options` lines, less the groups of other entry points (train.py's help does
-    not offer generate.py's `decoding` or ehr_eval.py's `task`)."""
-    lines = []
-    for folder in sorted(p for p in CONF.rglob("*") if p.is_dir() and p.name != "__pycache__"):
-        group = folder.relative_to(CONF).as_posix()
-        options = sorted(f.stem for f in folder.glob("*.yaml"))
-        if options and group.split("/")[0] not in ("hydra", *exclude):
-            lines.append(f"{group}: {', '.join(options)}")
-    return "\n".join(lines)
-
-
 def register_resolvers() -> None:
-    for name, fn in (("asset", _asset), ("eval", _eval), ("slug", _slug), ("config_groups", _config_groups)):
+    for name, fn in (("asset", _asset), ("eval", _eval), ("slug", _slug)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
