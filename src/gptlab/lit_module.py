@@ -16,6 +16,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from gptlab.callbacks.accumulation import optimizer_stepped
 from gptlab.callbacks.safety import NonFiniteGuard
 from gptlab.checkpoint import strip_wrapper_prefixes
+from gptlab.errors import UserError
 from gptlab.families import build_model
 from gptlab.hf import from_pretrained
 from gptlab.model import IGNORE_INDEX
@@ -82,20 +83,23 @@ class GPTLitModule(L.LightningModule):
         super().__init__()
         model = dict(model)
         if objective not in ("clm", "mlm", *TASK_OBJECTIVES):
-            raise ValueError(f"objective={objective!r}: choose 'clm' (next token), 'mlm' (masked tokens), "
-                             f"'classify' or 'seq2seq' (task data)")
+            raise UserError(f"objective={objective!r}: choose 'clm' (next token), 'mlm' (masked tokens), "
+                            f"'classify' or 'seq2seq' (task data)")
         if model.get("arch", "decoder") == "encoder_decoder" and objective not in TASK_OBJECTIVES:
-            raise ValueError(f"model.arch=encoder_decoder with objective={objective}: it maps an input to a target; "
-                             f"use objective=seq2seq or classify with task data")
+            raise UserError(f"model.arch=encoder_decoder with objective={objective}: it maps an input to a target; "
+                            f"use objective=seq2seq or classify with task data")
         if objective == "mlm" and init_from not in (None, "scratch"):
-            raise ValueError(f"objective=mlm trains from scratch (it adds a [MASK] token); got init_from={init_from!r}")
+            raise UserError(f"objective=mlm trains from scratch (it adds a [MASK] token); got init_from={init_from!r}")
         if objective == "mlm" and mask_token_id is None:  # a fresh run: one extra id for [MASK]
             mask_token_id = model["vocab_size"]
             model["vocab_size"] += 1
         self.objective, self.mask_prob, self.mask_token_id = objective, mask_prob, mask_token_id
         self.compile_model = bool(model.pop("compile", False))
         if init_from in (None, "scratch"):
-            self.model = build_model(model)
+            try:
+                self.model = build_model(model)
+            except ValueError as e:  # the model configs' own checks of model.* values (model.py imports torch only)
+                raise UserError(f"model: {e}") from None
         else:
             overrides = {k: model[k] for k in ("dropout", "block_size", "vocab_multiple") if model.get(k) is not None}
             self.model = from_pretrained(init_from, **overrides)

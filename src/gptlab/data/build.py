@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.conf import CONF_DIR
 from gptlab.data.datamodule import GPTDataModule
 from gptlab.data.prepare import ensure_prepared, ensure_prepared_hf
+from gptlab.errors import UserError
 
 
 def to_plain(cfg: Any) -> Any:
@@ -32,7 +33,7 @@ def tokenizer_config(tok: Any) -> dict[str, Any]:
         group_file = CONF_DIR / "data" / "tokenizer" / f"{tok}.yaml"
         if not group_file.exists():
             choices = sorted(p.stem for p in group_file.parent.glob("*.yaml"))
-            raise ValueError(f"data.tokenizer={tok!r}: no {group_file}; choose one of {choices}")
+            raise UserError(f"data.tokenizer={tok!r}: no {group_file}; choose one of {choices}")
         tok = OmegaConf.load(group_file)
     return to_plain(tok)
 

@@ -97,8 +97,7 @@ def prepare_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any
         **counts,
     }
     write_meta(out_dir, meta)
-    for line in problem_lines(meta["problems_by_split"], meta["rows_by_split"]):
-        print(f"[gptlab] MEDS warning (counted, see meta.json): {line}")
+    say_problems(pooled(problems.values()), out_dir / "meta.json")  # per split: meta.json and every report
     return meta
 
 
@@ -145,6 +144,19 @@ def problem_lines(by_split: dict[str, dict], rows: dict[str, int] | None = None)
 # problems counted once per MEDS row (their rate over the split's rows means something)
 ROW_PROBLEMS = ("rare_or_unknown_", "values_of_codes_without_deciles", "icd9_without", "invalid_icd10",
                 "null_time_rows", "unsorted_rows")
+
+
+# MEDS's own convention, not a fault: rows without a time are a subject's static facts
+EXPECTED_PROBLEMS = ("null_time_rows_as_static_prefix",)
+
+
+def say_problems(problems: Problems, meta_path: Path) -> None:
+    """One console line with the counts of the rows handled by a rule; the examples stay in meta.json."""
+    counts = {k: n for k, n in sorted(problems.counts.items()) if k not in EXPECTED_PROBLEMS}
+    if counts:
+        listing = ", ".join(f"{k} {n:,}" for k, n in counts.items())
+        print(f"[gptlab] MEDS: {len(counts)} kinds of rows handled by a rule ({listing}); one example of each "
+              f"under 'problems' (per split: 'problems_by_split') in {meta_path}")
 
 
 def ensure_prepared_meds(data_cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
