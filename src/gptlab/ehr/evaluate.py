@@ -20,7 +20,9 @@ from omegaconf import OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.ehr import metrics as M
-from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset, read_labels
+from gptlab.ehr.aces import complement_risks, task_labels
+from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset
+from gptlab.ehr.meds_eval import write_and_evaluate
 from gptlab.ehr.prepare import meds_source
 from gptlab.ehr.risk import prompt_ids, sample_trajectories
 from gptlab.ehr.tokenizer import EHRTokenizer
@@ -72,7 +74,7 @@ def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     problems = Problems()
     tables = read_dataset(meds_dir, problems)
     timelines = {tl.subject_id: tl for s in cfg["splits"] for tl in iter_timelines(tables[s], problems)}
-    labels = read_labels(meds_dir / task["labels"])
+    labels = task_labels(task, meds_dir)
     sids = labels["subject_id"].to_numpy()
     times = labels["prediction_time"].to_numpy().astype("datetime64[us]")
     ys = labels["boolean_value"].to_numpy(zero_copy_only=False).astype(bool)
@@ -82,7 +84,7 @@ def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("max_labels"):
         rows = rows[: int(cfg["max_labels"])]
     if len(rows) == 0:
-        raise ValueError(f"{meds_dir / task['labels']}: no labels for subjects of splits {cfg['splits']}")
+        raise ValueError(f"task {task['name']} on {meds_dir}: no labels for subjects of splits {cfg['splits']}")
     oracle = read_oracle(meds_dir / task["oracle"]) if task.get("oracle") else None
 
     outcome_ids, stop_ids = tok.ids_with_prefix(task["outcome"]), tok.ids_with_prefix(task["stop"])
@@ -112,6 +114,7 @@ def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
         if (k + 1) % 100 == 0:
             print(f"[gptlab] {k + 1}/{len(rows)} labels scored ({time.perf_counter() - t0:.0f} s)", flush=True)
     wall = time.perf_counter() - t0
+    complement_risks(task, preds)
     return write_report(cfg, preds, ends, problems, wall, n_tokens, meds_dir)
 
 
@@ -136,6 +139,7 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
         "ci": "percentile bootstrap over patients", "metrics": results, "trajectory_ends": ends,
         "sampling_seconds": wall, "tokens_sampled": n_tokens, "problems": problems.summary(),
     }
+    report["meds_evaluation"] = write_and_evaluate(out, preds, scorers, int(cfg["seed"]))
     if "oracle" in results and results["oracle"]["auroc"] > 0:
         report["auroc_ratio_to_oracle"] = results["trajectory"]["auroc"] / results["oracle"]["auroc"]
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -148,6 +152,9 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
     for name, r in results.items():
         lines.append(f"| {name} | {r['auroc']:.3f} ({r['auroc_ci'][0]:.3f}–{r['auroc_ci'][1]:.3f}) | "
                      f"{r['auprc']:.3f} ({r['auprc_ci'][0]:.3f}–{r['auprc_ci'][1]:.3f}) |")
+    agree = [m["max_abs_difference"] for m in report["meds_evaluation"].values() if "max_abs_difference" in m]
+    if agree:
+        lines.append(f"\nmeds-evaluation on `meds_predictions_<scorer>.parquet`: max |ours - theirs| = {max(agree):.1e}")
     if "auroc_ratio_to_oracle" in report:
         lines.append(f"\ntrajectory AUROC / oracle AUROC = {report['auroc_ratio_to_oracle']:.3f}")
     lines += ["", f"trajectory ends: {ends}; {n_tokens:,} tokens sampled in {wall:.0f} s",
