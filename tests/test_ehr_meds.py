@@ -146,3 +146,44 @@ def test_report_predictions_are_written_in_the_meds_evaluation_schema(tmp_path):
     assert table["predicted_boolean_probability"].to_pylist()[3] == pytest.approx(0.3)
     assert out["one_step"]["gptlab"]["auroc"] == 0.5 == out["one_step"]["meds_evaluation"][
         "samples_equally_weighted"]["roc_auc_score"]
+
+
+# ---- the experiment scripts' data plumbing (their model runs are in experiments/ehr/README.md) ------
+def _script(rel: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(Path(rel).stem, ROOT / rel)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_peer_task_config_labels_as_ours_with_the_prediction_node_above_the_label_window(tmp_path):
+    from gptlab.ehr.synthetic import generate_cohort
+
+    peer = _script("experiments/ehr/peer/run_peer.py")
+    peer.peer_task_config(task("synthetic_death"), tmp_path / "peer.yaml")
+    cfg = load_config(tmp_path / "peer.yaml")
+    nodes = {n.node_name: n for n in cfg.window_tree.descendants}
+    assert "trigger" in [a.node_name for a in nodes["gap.end"].ancestors]  # ZSACES_label's requirement
+    assert "gap.end" in [a.node_name for a in nodes["target.end"].ancestors]
+    meds = generate_cohort(tmp_path / "cohort", n_patients=30, seed=4)
+    diff = compare_labels(extract_labels(tmp_path / "peer.yaml", meds), read_labels(meds / "tasks" / "death_365d.parquet"))
+    assert diff["both"] == diff["rows"] == diff["reference_rows"] and diff["label_differs"] == 0
+
+
+def test_cv_folds_partition_the_patients_and_each_fold_is_a_valid_meds_copy(tmp_path):
+    from gptlab.ehr.meds import read_dataset
+    from gptlab.ehr.synthetic import generate_cohort
+
+    cv = _script("experiments/ehr/mimic_demo/cv.py")
+    meds = generate_cohort(tmp_path / "cohort", n_patients=30, seed=5)
+    subjects = np.arange(100001, 100031)
+    folds = cv.folds_of(subjects, 3, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == subjects.tolist() and [len(f) for f in folds] == [10, 10, 10]
+    cv.write_fold(meds, tmp_path / "fold1", folds[1], seed=1)
+    tables = read_dataset(tmp_path / "fold1", Problems())
+    held = set(tables["held_out"]["subject_id"].to_pylist())
+    assert held == set(folds[1].tolist())
+    assert held.isdisjoint(tables["train"]["subject_id"].to_pylist() + tables["tuning"]["subject_id"].to_pylist())
+    assert len(set(tables["tuning"]["subject_id"].to_pylist())) == 2  # a tenth of the 20 others
