@@ -128,7 +128,7 @@ def peer_stages(args: argparse.Namespace, out: Path, task: dict) -> dict:
         "datamodule.num_workers=0", f"output_dir={out.resolve() / 'pretrain'}", f"trainer.max_steps={args.steps}",
         "trainer.precision=32-true", "trainer.accelerator=cpu", "trainer.devices=1",
         f"trainer.val_check_interval={args.steps}", "trainer.check_val_every_n_epoch=null",
-        f"trainer.limit_val_batches={args.val_batches}", "trainer.enable_progress_bar=false", f"seed={args.seed}"],
+        f"trainer.limit_val_batches={args.val_batches}", "+trainer.enable_progress_bar=false", f"seed={args.seed}"],
         out / "pretrain.log", venv)
     labels_dir = out / "task_labels"
     labels_dir.mkdir(exist_ok=True)
