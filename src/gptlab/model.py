@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+# A target equal to this id is left out of the loss (padding, unscored positions); every module that
+# builds targets imports it from here.
+IGNORE_INDEX = -1
 
 
 @dataclass
@@ -62,18 +65,17 @@ class GPTConfig:
         return asdict(self)
 
 
-class KVCache(nn.Module):
-    """Preallocated key/value buffers for one attention layer (litgpt style).
+class LayerKVCache:
+    """Preallocated keys/values of one attention layer (litgpt style).
 
     New keys and values are written at their absolute positions, so decoding one token costs one
     attention row instead of recomputing the whole prefix.
     """
 
     def __init__(self, batch_size: int, n_head: int, max_len: int, head_dim: int, *, device=None, dtype=None):
-        super().__init__()
         shape = (batch_size, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
 
     def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, nh, T, hs) at positions pos..pos+T-1; return all keys/values up to there."""
@@ -100,6 +102,30 @@ class KVCache(nn.Module):
         self.v[:, :, :length] = v
 
 
+class KVCache:
+    """The key/value state of one decode: a `LayerKVCache` per layer, owned by the caller.
+
+    The model holds no decoding state: a cache is made by `GPT.new_kv_cache` and passed to every
+    forward of that decode, so two decodes on one model (two threads, two requests) each write only
+    their own buffers."""
+
+    def __init__(self, layers: list[LayerKVCache]):
+        self.layers = layers
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].k.size(0)
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].k.size(2)
+
+    def reorder(self, index: torch.Tensor, length: int) -> None:
+        """Reorder the batch rows of every layer over the first `length` positions (see LayerKVCache)."""
+        for layer in self.layers:
+            layer.reorder(index, length)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -113,18 +139,17 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.causal = config.causal
         self.use_sdpa = config.use_sdpa
-        self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False
+        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False, cache: LayerKVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.size()
         # (B, T, 3C) -> q, k, v, each (B, nh, T, hs): each head attends independently. The same views
         # as split + view + transpose per tensor, in 3 ops instead of 7 (decoding is op-bound at batch 1)
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(pos, k, v)
+        if cache is not None:
+            k, v = cache.update(pos, k, v)
         S = k.size(2)  # number of keys: the cached prefix plus the new tokens
 
         # Query i sits at absolute position pos+i and may see keys 0..pos+i. With no prefix
@@ -176,9 +201,9 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False
+        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False, cache: LayerKVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, att = self.attn(self.ln_1(x), pos, need_weights)
+        a, att = self.attn(self.ln_1(x), pos, need_weights, cache)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, att
@@ -225,21 +250,27 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, pos: int = 0
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, pos: int = 0, cache: KVCache | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for every position; loss when targets are given.
 
         `pos` is the absolute position of idx[:, 0]; it is non-zero only while decoding with a
-        KV cache (see `setup_kv_cache`). Targets equal to -1 are ignored in the loss.
+        KV `cache` (see `new_kv_cache`), which then holds positions 0..pos-1 and receives these
+        keys and values. Targets equal to IGNORE_INDEX (-1) are ignored in the loss.
         """
-        x = self._embed(idx, pos)
-        for block in self.transformer.h:
-            x, _ = block(x, pos)
-        logits = self._head(x)
+        logits = self._head(self._blocks(idx, pos, cache))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
+
+    def _blocks(self, idx: torch.Tensor, pos: int, cache: KVCache | None) -> torch.Tensor:
+        """The residual stream after the last block, (B, T, n_embd)."""
+        x = self._embed(idx, pos)
+        layers = cache.layers if cache is not None else [None] * len(self.transformer.h)
+        for block, layer_cache in zip(self.transformer.h, layers):
+            x, _ = block(x, pos, False, layer_cache)
+        return x
 
     def _embed(self, idx: torch.Tensor, pos: int) -> torch.Tensor:
         T = idx.size(1)
@@ -267,33 +298,22 @@ class GPT(nn.Module):
             maps.append(att)
         return self._head(x), maps
 
-    # ---- KV cache -------------------------------------------------------------------------------
-    def setup_kv_cache(self, batch_size: int, max_len: int | None = None) -> None:
-        """Allocate a cache per layer; afterwards forward(idx, pos=...) appends to it."""
+    # ---- decoding -------------------------------------------------------------------------------
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for one decode of batch_size rows, up to max_len (default block_size) positions,
+        on the model's device and dtype; pass it to forward / forward_last as `cache=`."""
         max_len = max_len or self.config.block_size
         head_dim = self.config.n_embd // self.config.n_head
         p = self.lm_head.weight
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(
-                batch_size, self.config.n_head, max_len, head_dim, device=p.device, dtype=p.dtype
-            )
+        return KVCache([
+            LayerKVCache(batch_size, self.config.n_head, max_len, head_dim, device=p.device, dtype=p.dtype)
+            for _ in self.transformer.h
+        ])
 
-    def reorder_kv_cache(self, index: torch.Tensor, length: int) -> None:
-        """Reorder the batch rows of every layer's cache over its first `length` positions."""
-        for block in self.transformer.h:
-            block.attn.kv_cache.reorder(index, length)
-
-    def forward_last(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
+    def forward_last(self, idx: torch.Tensor, pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
         """Logits (B, vocab_size) of the last position only: all that decoding needs, so the
         LM head (the largest matmul of a small GPT-2) skips the rest of a prompt or window."""
-        x = self._embed(idx, pos)
-        for block in self.transformer.h:
-            x, _ = block(x, pos)
-        return self._head(x[:, -1, :])
-
-    def clear_kv_cache(self) -> None:
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
+        return self._head(self._blocks(idx, pos, cache)[:, -1, :])
 
     # ---- surgery and I/O --------------------------------------------------------------------------
     def crop_block_size(self, block_size: int) -> None:
@@ -302,22 +322,3 @@ class GPT(nn.Module):
             raise ValueError(f"crop_block_size: {block_size} must be in 1..{self.config.block_size}")
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
-
-    @classmethod
-    def from_pretrained(cls, path_or_name: str | Path, **overrides: Any) -> GPT:
-        """Load a Hugging Face GPT-2 checkpoint (folder or cached name); see gptlab.hf."""
-        from gptlab.hf import load_hf_gpt2
-
-        return load_hf_gpt2(path_or_name, **overrides)
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write a folder that transformers.GPT2LMHeadModel.from_pretrained loads; see gptlab.hf."""
-        from gptlab.hf import save_hf_gpt2
-
-        save_hf_gpt2(self, folder)
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
-        """Continue idx (B, T) by max_new_tokens; see gptlab.generation.generate for the options."""
-        from gptlab.generation import generate
-
-        return generate(self, idx, max_new_tokens, **kwargs)

@@ -38,6 +38,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
+from gptlab.conf import CONF_DIR
+
 ROOT = Path(__file__).resolve().parents[3]
 PEER_SIZE = ("lightning_module.model.gpt_kwargs.num_hidden_layers=3",
              "lightning_module.model.gpt_kwargs.num_attention_heads=4",
@@ -228,7 +230,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = yaml.safe_load((ROOT / "conf" / "task" / f"{args.task}.yaml").read_text())
+    task = yaml.safe_load((CONF_DIR / "task" / f"{args.task}.yaml").read_text())
     times = {"cohort": {"cohort": stage(out, "cohort", make_cohort, Path(args.cohort), args.n_patients, args.seed)}}
     times["meds_eic_ar"] = peer_stages(args, out, task)
     results = {"meds_eic_ar": summarize(out / "peer_predictions.csv", args.n_boot)}
