@@ -107,14 +107,14 @@ def eval_fold(fold_dir: Path, ckpt: Path, task: str, args: argparse.Namespace) -
     return out
 
 
-def pooled(out: Path, task: str, k: int, n_boot: int) -> dict:
+def pooled(out: Path, task: str, folds: list[int], n_boot: int) -> dict:
     rows = []
-    for f in range(k):
+    for f in folds:
         with open(out / f"fold{f}" / f"eval_{task}" / "predictions.csv") as fh:
             rows += [{**r, "fold": f} for r in csv.DictReader(fh)]
     y = np.array([r["label"] == "True" for r in rows])
     groups = np.array([int(r["subject_id"]) for r in rows])
-    res = {"labels": len(rows), "positives": int(y.sum()), "patients": len(set(groups.tolist()))}
+    res = {"folds": folds, "labels": len(rows), "positives": int(y.sum()), "patients": len(set(groups.tolist()))}
     for scorer in ("risk_trajectory", "risk_one_step"):
         s = np.array([float(r[scorer]) for r in rows])
         res[scorer] = M.summarize(y, s, n_boot, 0, groups=groups)
@@ -136,6 +136,8 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--folds", type=int, nargs="*", help="only these folds (default: all), e.g. to split the work")
+    ap.add_argument("--pool-only", action="store_true",
+                    help="train nothing: pool the folds finished so far (a partial run, labelled as such)")
     ap.add_argument("train_overrides", nargs="*", help="extra train.py overrides, e.g. model.n_layer=2")
     args = ap.parse_args()
     meds, out = Path(args.meds), Path(args.out)
@@ -150,7 +152,7 @@ def main() -> None:
     subjects = np.unique(np.concatenate([pq.read_table(p, columns=["subject_id"])["subject_id"].to_numpy()
                                          for p in sorted((meds / "data").rglob("*.parquet"))]))
     folds = folds_of(subjects, args.k, args.seed)
-    for f in args.folds if args.folds else range(args.k):
+    for f in [] if args.pool_only else args.folds if args.folds else range(args.k):
         fold_dir = out / f"fold{f}"
         write_fold(meds, fold_dir / "meds", folds[f], args.seed + f)
         (fold_dir / "meds" / "tasks").mkdir(exist_ok=True)
@@ -159,15 +161,19 @@ def main() -> None:
         ckpt = train_fold(fold_dir, args)
         for task in args.tasks:
             eval_fold(fold_dir, ckpt, task, args)
-    if all((out / f"fold{f}" / f"eval_{t}" / "report.json").exists() for f in range(args.k) for t in args.tasks):
-        report = {t: pooled(out, t, args.k, args.n_boot) for t in args.tasks}
-        (out / "pooled.json").write_text(json.dumps(report, indent=1))
+    done = [f for f in range(args.k) if all((out / f"fold{f}" / f"eval_{t}" / "report.json").exists()
+                                            for t in args.tasks)]
+    if done and (args.pool_only or len(done) == args.k):
+        report = {t: pooled(out, t, done, args.n_boot) for t in args.tasks}
+        name = "pooled.json" if len(done) == args.k else f"pooled_partial_{len(done)}of{args.k}.json"
+        (out / name).write_text(json.dumps(report, indent=1))
+        print(f"[cv] folds pooled: {done} of {args.k}")
         for t, r in report.items():
             tr, os_ = r["risk_trajectory"], r["risk_one_step"]
             print(f"{t}: {r['labels']} labels, {r['positives']} positive, {r['patients']} patients | trajectory AUROC "
                   f"{tr['auroc']:.3f} ({tr['auroc_ci'][0]:.3f}-{tr['auroc_ci'][1]:.3f}) AUPRC {tr['auprc']:.3f} | "
                   f"one-step AUROC {os_['auroc']:.3f} ({os_['auroc_ci'][0]:.3f}-{os_['auroc_ci'][1]:.3f})")
-        print(f"[cv] pooled report: {out / 'pooled.json'}")
+        print(f"[cv] pooled report: {out / name}")
 
 
 if __name__ == "__main__":
