@@ -98,6 +98,7 @@ def test_long_stay_is_the_negated_aces_label(tmp_path):
     t = task_labels(task("long_los"), meds)
     got = dict(zip(t["subject_id"].to_pylist(), t["boolean_value"].to_pylist()))
     assert got == {1: False, 2: True}
+    assert extract_labels(TASK_DIR / "long_los.yaml", meds).equals(t)  # a task file negates as its dict does
     assert t["prediction_time"].to_pylist()[0] == np.datetime64("2100-01-02T10:00", "us").astype(object)
 
 

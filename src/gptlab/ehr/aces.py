@@ -32,14 +32,19 @@ from gptlab.ehr.meds import validate_labels
 TASK_KEYS = ("predicates", "trigger", "windows")
 
 
+def read_task(task: dict[str, Any] | str | Path) -> dict[str, Any]:
+    """A task as a dict: given one, or read from its YAML file."""
+    if isinstance(task, dict):
+        return task
+    path = Path(task)
+    if not path.exists():
+        raise FileNotFoundError(f"task config not found: {path}")
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def aces_definition(task: dict[str, Any] | str | Path) -> dict[str, Any]:
     """The ACES config of a task: a gptlab task dict/file (its `aces:` block) or a plain ACES file."""
-    source = task
-    if not isinstance(task, dict):
-        path = Path(task)
-        if not path.exists():
-            raise FileNotFoundError(f"task config not found: {path}")
-        task = yaml.safe_load(path.read_text())
+    source, task = task, read_task(task)
     definition = task.get("aces", task)
     missing = [k for k in TASK_KEYS if k not in (definition or {})]
     if missing:
@@ -73,8 +78,9 @@ def extract_labels(task: dict[str, Any] | str | Path, meds_dir: str | Path, nega
     from aces import predicates, query
     from omegaconf import DictConfig
 
+    task = read_task(task)
     if negate is None:
-        negate = bool(task.get("negate", False)) if isinstance(task, dict) else False
+        negate = bool(task.get("negate", False))
     frames = []
     logging.getLogger("aces").setLevel(logging.ERROR)  # its per-shard "all labels the same" warnings: one split of a small cohort often is
     for shard in shard_files(meds_dir):
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--compare", help="a reference label parquet to count differences against")
     ap.add_argument("--write-config", help="also write the plain ACES config here (for aces-cli)")
     args = ap.parse_args(argv)
-    task = yaml.safe_load(Path(args.task).read_text())
+    task = read_task(args.task)
     labels = extract_labels(task, args.meds_dir)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(labels, args.out)
