@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from gptlab.conf import CONF_DIR
+from gptlab import conf_ehr_eval
 from gptlab.ehr import metrics as M
 from gptlab.ehr.aces import compare_labels, complement_risks, extract_labels, load_config, task_labels
 from gptlab.ehr.meds import Problems, read_labels, read_split, validate_labels
@@ -20,7 +20,7 @@ from tests.conftest import ROOT, SHARED_DATA
 pytest.importorskip("aces")
 pytest.importorskip("meds_evaluation")
 
-TASK_DIR = CONF_DIR / "task"
+TASK_DIR = Path(conf_ehr_eval.__file__).parent / "task"
 MIMIC = next((p for p in (ROOT / "data" / "mimic-iv-demo-meds", SHARED_DATA / "mimic-iv-demo-meds")
               if (p / "data").is_dir()), SHARED_DATA / "mimic-iv-demo-meds")
 

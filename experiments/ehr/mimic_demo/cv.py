@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 
-from gptlab.conf import CONF_DIR
+from gptlab import conf_ehr_eval
 from gptlab.ehr import metrics as M
 from gptlab.ehr.aces import extract_labels
 from gptlab.ehr.meds_eval import evaluate as meds_evaluate
@@ -42,7 +42,7 @@ TASKS = ("icu_mortality", "in_hospital_mortality", "readmission_30d", "long_los"
 
 
 def task_config(name: str) -> dict:
-    return yaml.safe_load((CONF_DIR / "task" / f"{name}.yaml").read_text())
+    return yaml.safe_load((Path(conf_ehr_eval.__file__).parent / "task" / f"{name}.yaml").read_text())
 
 
 def folds_of(subjects: np.ndarray, k: int, seed: int) -> list[np.ndarray]:

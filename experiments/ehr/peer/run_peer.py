@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import yaml
 
-from gptlab.conf import CONF_DIR
+from gptlab import conf_ehr_eval
 
 ROOT = Path(__file__).resolve().parents[3]
 PEER_SIZE = ("lightning_module.model.gpt_kwargs.num_hidden_layers=3",
@@ -230,7 +230,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = yaml.safe_load((CONF_DIR / "task" / f"{args.task}.yaml").read_text())
+    task = yaml.safe_load((Path(conf_ehr_eval.__file__).parent / "task" / f"{args.task}.yaml").read_text())
     times = {"cohort": {"cohort": stage(out, "cohort", make_cohort, Path(args.cohort), args.n_patients, args.seed)}}
     times["meds_eic_ar"] = peer_stages(args, out, task)
     results = {"meds_eic_ar": summarize(out / "peer_predictions.csv", args.n_boot)}

@@ -1,6 +1,6 @@
 """`python generate.py ...`: load a checkpoint (or HF GPT-2 weights), decode a prompt, print text.
 
-decoding=greedy|temperature|top_k|top_p|beam picks the strategy (conf/decoding); `stream=true`
+decoding=greedy|temperature|top_k|top_p|beam picks the strategy (src/gptlab/conf_generate/decoding); `stream=true`
 prints tokens as they come, `stop=[...]` ends a sample at a string, `compare=true` decodes the
 prompt under every entry of `compare_decodings` with per-token log-likelihood and tokens/s.
 """
@@ -20,6 +20,7 @@ from gptlab.entrypoints.config import hydra_entry
 from gptlab.generation import Decoding, TextStream, beam_search, stream, token_logprobs
 from gptlab.hf import from_pretrained
 from gptlab.model import GPT
+from gptlab.tasks import answer_text, load_task_model
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
 
 SHORTCUTS = ("temperature", "top_k", "top_p")  # top-level keys that override the chosen decoding's
@@ -52,7 +53,7 @@ def read_prompt(prompt: str) -> str:
 
 
 def decoding_from(cfg: DictConfig, tok: Tokenizer, entry: Any, shortcuts: bool = True) -> Decoding:
-    """The Decoding of a conf/decoding mapping (or a compare_decodings entry), with the top-level
+    """The Decoding of a decoding-group mapping (or a compare_decodings entry), with the top-level
     shortcuts (temperature, top_k, top_p) over it and the run's length, stops, seed and cache."""
     d = OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else dict(entry)
     if shortcuts:
@@ -92,10 +93,20 @@ def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, d: Decoding, gener
     return {"ids": new, "text": text.text, "seconds": dt}
 
 
+def answer_input(cfg: DictConfig, model, ckpt: dict[str, Any], device: torch.device) -> str:
+    """A classify/seq2seq checkpoint answers its input (gptlab.tasks): prompt= is that input."""
+    d = decoding_from(cfg, tokenizer_from_spec(ckpt["tokenizer"]), cfg.decoding)
+    answer = answer_text(model.to(device), ckpt, read_prompt(cfg.prompt), d)
+    print(answer)
+    return answer
+
+
 def run_generate(cfg: DictConfig) -> list[str] | list[dict[str, Any]]:
     """Print and return num_samples continuations of the prompt (prompt included); with compare=true,
     the rows of the comparison table instead (see `run_compare`)."""
     device = pick_device(cfg.device)
+    if cfg.ckpt_path and (task_model := load_task_model(cfg.ckpt_path)) is not None:
+        return [answer_input(cfg, *task_model, device)]
     model, tok = load_model(cfg)
     model.to(device).eval()
     if cfg.compare:

@@ -26,6 +26,7 @@ from gptlab.data import GPTDataModule, read_meta
 from gptlab.data.build import build_datamodule, to_plain
 from gptlab.entrypoints.config import hydra_entry
 from gptlab.lit_module import GPTLitModule
+from gptlab.tasks import TASK_OBJECTIVES
 
 
 @rank_zero_only
@@ -111,17 +112,23 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def build_module(cfg: DictConfig, meta: dict[str, Any], data_dir: Path) -> GPTLitModule:
-    """conf's `module` (a partial GPTLitModule) completed with what only the prepared data knows: its
-    vocabulary size (when model.vocab_size is null) and its tokenizer."""
-    model_cfg = to_plain(cfg.model)
-    if model_cfg.get("vocab_size") is None:
-        model_cfg["vocab_size"] = meta["vocab_size"]
-    elif meta["vocab_size"] > model_cfg["vocab_size"]:
+    """conf's `module` (a partial GPTLitModule) completed with what only the prepared data knows: the
+    model (the model node, a partial GPTConfig, given the data's vocabulary size when model.vocab_size is
+    null) and the data's tokenizer."""
+    node = to_plain(cfg.model)
+    compile_model = node.pop("compile", False)  # the LitModule's setting (configure_model), not a GPTConfig field
+    if node.get("vocab_size") is not None and meta["vocab_size"] > node["vocab_size"]:
         raise ValueError(
             f"data {data_dir} has vocab_size {meta['vocab_size']} but model.vocab_size is "
-            f"{model_cfg['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
+            f"{node['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
         )
-    module = instantiate(cfg.module, _convert_="all")(model=model_cfg, tokenizer=meta["tokenizer"])
+    vocab_size = meta["vocab_size"] if node.get("vocab_size") is None else node["vocab_size"]
+    try:
+        config = instantiate(node)(vocab_size=vocab_size)
+    except TypeError as e:  # e.g. a misspelt +model.<key>
+        raise ValueError(f"model: {e} (the model node passes every key but compile to {node['_target_']})") from e
+    model = config.to_dict() | {"compile": compile_model}
+    module = instantiate(cfg.module, _convert_="all")(model=model, tokenizer=meta["tokenizer"])
     if meta["vocab_size"] > module.model.config.vocab_size:  # init_from: the vocabulary is the checkpoint's
         raise ValueError(
             f"data {data_dir} has vocab_size {meta['vocab_size']} but init_from={cfg.init_from} has "
@@ -137,6 +144,8 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # a bar callback with the bar disabled is an error
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.get("objective") in TASK_OBJECTIVES:  # task models answer inputs; val/acc reports them, not a text sample
+        callbacks = [c for c in callbacks if type(c).__name__ != "TextSampler"]
     return instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=callbacks)
 
 
@@ -217,7 +226,7 @@ def report(cfg: DictConfig, trainer: L.Trainer, wall: float) -> dict[str, Any]:
 def sample_after_training(cfg: DictConfig, trainer: L.Trainer, module: GPTLitModule, meta: dict[str, Any]) -> None:
     # sharded weights (FSDP, DeepSpeed): every rank decodes in step, since each forward is collective
     decodes = trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)
-    if not decodes or cfg.sample_after_training <= 0 or trainer.interrupted:
+    if not decodes or cfg.sample_after_training <= 0 or trainer.interrupted or module.objective in TASK_OBJECTIVES:
         return
     from gptlab.generation import Decoding, generate_text
     from gptlab.tokenizers import tokenizer_from_spec
