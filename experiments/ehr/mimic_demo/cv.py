@@ -5,7 +5,7 @@ anything. Here the 100 patients are cut into k folds; for each fold a small GPT 
 other k-1 (a tenth of them kept as its tuning split for validation loss), every label of the held
 fold is scored by trajectory sampling, and the held folds' predictions are pooled: each label is
 scored once, by a model that never saw its patient. Labels come from ACES on the whole dataset
-(conf/task/*.yaml, `aces:`), so a fold's labels are exactly the full dataset's labels of its patients.
+(src/gptlab/conf_ehr_eval/task/*.yaml, `aces:`), so a fold's labels are exactly the full dataset's labels of its patients.
 
 Resumable fold by fold and stage by stage: a fold's MEDS copy, its training run (`done` marker) and
 each task's evaluation (report.json) are reused when present; rerun the same command to continue.

@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--n-patients", type=int, default=10000, help="only when the cohort is generated")
     ap.add_argument("--out", required=True)
     ap.add_argument("--venv", default=str(ROOT / "outputs" / "ehr_peer" / "venv"))
-    ap.add_argument("--task", default="synthetic_death", help="a conf/task name with `aces:` and `labels:`")
+    ap.add_argument("--task", default="synthetic_death", help="a conf_ehr_eval/task name with `aces:` and `labels:`")
     ap.add_argument("--split", default="held_out", choices=["tuning", "held_out"])
     ap.add_argument("--steps", type=int, default=3800)
     ap.add_argument("--batch", type=int, default=24)

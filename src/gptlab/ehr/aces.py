@@ -1,6 +1,6 @@
 """Task labels from ACES configs (https://github.com/justin13601/ACES, PyPI `es-aces`).
 
-A task file in conf/task/ holds its ACES definition under `aces:` (predicates, trigger, windows: the
+A task file in src/gptlab/conf_ehr_eval/task/ holds its ACES definition under `aces:` (predicates, trigger, windows: the
 ACES config language, unchanged) next to what trajectory sampling needs (outcome/stop tokens,
 horizon). `extract_labels` runs ACES over every shard of a MEDS dataset and returns a MEDS label
 table; `compare_labels` counts how two label tables differ (e.g. ACES vs a shipped label file).
@@ -9,7 +9,7 @@ ACES labels a window by "some event of a predicate happened in it"; an outcome t
 an event (a stay longer than 7 days = no discharge within 7 days) is written as that event's task
 with `negate: true` next to `aces:`, and the label is flipped after extraction.
 
-    python -m gptlab.ehr.aces conf/task/icu_mortality.yaml data/mimic-iv-demo-meds labels.parquet \
+    python -m gptlab.ehr.aces src/gptlab/conf_ehr_eval/task/icu_mortality.yaml data/mimic-iv-demo-meds labels.parquet \
         --compare "data/mimic-iv-demo-meds/tasks/ICU Mortality first 24h.parquet"
 """
 
