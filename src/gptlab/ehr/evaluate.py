@@ -26,8 +26,10 @@ from omegaconf import OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.ehr import metrics as M
+from gptlab.ehr.aces import complement_risks, task_labels
 from gptlab.ehr.baseline import feature_matrix, fit_count_baseline
-from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset, read_labels
+from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset
+from gptlab.ehr.meds_eval import write_and_evaluate
 from gptlab.ehr.prepare import meds_source, pooled, problem_lines
 from gptlab.ehr.risk import (
     END_NAMES,
@@ -87,6 +89,7 @@ def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     data = score_labels(cfg, meds_dir)
     budget = token_budget(cfg, tok, data, model.config.block_size)
     preds, ends, wall, n_tokens = trajectory_scores(cfg, model, tok, data, budget["max_new_tokens"], device)
+    complement_risks(cfg["task"], preds)  # before the baseline: it is fitted on the labels themselves
     baseline = baseline_scores(cfg, tok, data, preds) if cfg.get("baseline", True) else None
     return write_report(cfg, preds, ends, data["problems"], wall, n_tokens, meds_dir,
                         extra={"max_new_tokens_rule": budget, "baseline": baseline})
@@ -103,7 +106,7 @@ def score_labels(cfg: dict[str, Any], meds_dir: Path) -> dict[str, Any]:
     tables = read_dataset(meds_dir, problems["dataset"])
     timelines = {s: {tl.subject_id: tl for tl in iter_timelines(tables[s], problems[s])}
                  for s in dict.fromkeys([*cfg["splits"], "train"])}
-    labels = read_labels(meds_dir / task["labels"])
+    labels = task_labels(task, meds_dir)
     sids = labels["subject_id"].to_numpy()
     times = labels["prediction_time"].to_numpy().astype("datetime64[us]")
     ys = labels["boolean_value"].to_numpy(zero_copy_only=False).astype(bool)
@@ -221,6 +224,8 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
         report["trajectory_minus_baseline"] = {
             m: M.paired_difference(f, y, scores["trajectory"], scores["baseline"], n_boot, seed, groups=patients)
             for m, f in (("auroc", M.auroc), ("auprc", M.auprc))}
+    report["meds_evaluation"] = write_and_evaluate(
+        out, preds, {k.removeprefix("risk_"): k for k in preds[0] if k.startswith("risk_")}, int(cfg["seed"]))
     if "oracle" in results and results["oracle"]["auroc"] > 0:
         report["auroc_ratio_to_oracle"] = results["trajectory"]["auroc"] / results["oracle"]["auroc"]
         report["estimator_bias_vs_oracle"] = {
@@ -253,6 +258,9 @@ def report_lines(cfg: dict[str, Any], report: dict[str, Any], results: dict[str,
     for m, d in report.get("trajectory_minus_baseline", {}).items():
         lines.append(f"\ntrajectory − count baseline, {m.upper()} (paired, same patient resamples): "
                      f"{d['difference']:+.3f} (95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})")
+    agree = [m["max_abs_difference"] for m in report["meds_evaluation"].values() if "max_abs_difference" in m]
+    if agree:
+        lines.append(f"\nmeds-evaluation on `meds_predictions_<scorer>.parquet`: max |ours - theirs| = {max(agree):.1e}")
     if "auroc_ratio_to_oracle" in report:
         lines.append(f"\ntrajectory AUROC / oracle AUROC = {report['auroc_ratio_to_oracle']:.3f}")
         lines.append("estimator bias vs the oracle (mean risk − mean oracle; mean |risk − oracle|): " + "; ".join(
