@@ -30,6 +30,11 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 def create_app(engine: Engine, model_id: str, limits: Limits = Limits()) -> FastAPI:
     """The app serving `engine`'s model as `model_id`; it starts and stops the engine with itself."""
+    if limits.max_n > engine.max_batch:
+        raise ValueError(f"limits.max_n={limits.max_n} > max_batch={engine.max_batch}: a request's choices are "
+                         f"decoded together, so max_n must fit in the batch")
+    if not engine.model.config.causal:
+        raise ValueError("serve.py decodes causal models only (model.causal=false reads every position both ways)")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

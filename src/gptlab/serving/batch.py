@@ -1,45 +1,57 @@
 """Rows of different lengths decoded as one batch: `add` prefills a prompt alone and gives it a row,
-`step` extends many rows by one token each with one forward, `remove` frees a row.
-
-Without a cache every step re-reads each row's whole sequence, right-padded to the longest: under a
-causal mask a position never sees the padding after it, so each row's logits are exactly the ones it
-would get alone.
+`step` extends every live row by one token with one forward, `remove` frees a row.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
 
-class Batch:
+@dataclass(eq=False)
+class Row:
+    slot: int  # live rows fill slots 0..n-1
+    length: int  # tokens so far
+    tokens: list[int] = field(default_factory=list)
+
+
+class UncachedBatch:
+    """No cache: every step re-reads each row's whole sequence, right-padded to the longest. Under a
+    causal mask a position never sees the padding after it, so each row's logits are exactly the ones
+    it would get alone."""
+
     def __init__(self, model, capacity: int):
         self.model, self.capacity = model, capacity
         self.device = next(model.parameters()).device
-        self.seqs: dict[int, list[int]] = {}
-        self.free = list(range(capacity))
+        self.rows: list[Row] = []
+
+    def free_rows(self) -> int:
+        return self.capacity - len(self.rows)
 
     @torch.inference_mode()
-    def add(self, ids: list[int]) -> tuple[int, torch.Tensor]:
-        """A row for the prompt `ids`: its slot and the logits (V,) of its first new token."""
-        if not self.free:
+    def add(self, ids: list[int]) -> tuple[Row, torch.Tensor]:
+        """A row for the prompt `ids`: the row and the logits (V,) of its first new token."""
+        if not self.free_rows():
             raise RuntimeError(f"the batch is full ({self.capacity} rows)")
-        slot = self.free.pop(0)
-        self.seqs[slot] = list(ids)
-        logits = self.model.forward_last(torch.tensor([ids], device=self.device))[0]
-        return slot, logits.float()
+        row = Row(len(self.rows), len(ids), list(ids))
+        self.rows.append(row)
+        return row, self.model.forward_last(torch.tensor([ids], device=self.device))[0].float()
 
     @torch.inference_mode()
-    def step(self, slots: list[int], tokens: list[int]) -> torch.Tensor:
-        """Append tokens[i] to row slots[i]; the logits (len(slots), V) of each row's next token."""
-        for slot, token in zip(slots, tokens):
-            self.seqs[slot].append(token)
-        lengths = torch.tensor([len(self.seqs[s]) for s in slots], device=self.device)
-        idx = torch.zeros(len(slots), int(lengths.max()), dtype=torch.long, device=self.device)
-        for i, slot in enumerate(slots):
-            idx[i, : lengths[i]] = torch.tensor(self.seqs[slot], device=self.device)
+    def step(self, rows: list[Row], tokens: list[int]) -> torch.Tensor:
+        """Feed tokens[i] to rows[i]; the logits (len(rows), V) of each row's next token, in that order."""
+        for row, token in zip(rows, tokens):
+            row.tokens.append(token)
+            row.length += 1
+        lengths = torch.tensor([row.length for row in rows], device=self.device)
+        idx = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=self.device)
+        for i, row in enumerate(rows):
+            idx[i, : row.length] = torch.tensor(row.tokens, device=self.device)
         logits, _ = self.model(idx)
-        return logits[torch.arange(len(slots), device=self.device), lengths - 1].float()
+        return logits[torch.arange(len(rows), device=self.device), lengths - 1].float()
 
-    def remove(self, slot: int) -> None:
-        del self.seqs[slot]
-        self.free.append(slot)
+    def remove(self, row: Row) -> None:
+        self.rows.remove(row)
+        for slot, r in enumerate(self.rows):
+            r.slot = slot

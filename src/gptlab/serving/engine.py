@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from gptlab.entrypoints.generate import TextStream  # moves into the library with issue 15
 from gptlab.generation import beam_search, choose, process_logits
-from gptlab.serving.batch import Batch
+from gptlab.serving.batch import Row, UncachedBatch
 from gptlab.tokenizers import Tokenizer
 
 Event = dict[str, Any]
@@ -65,7 +65,7 @@ class Job:
 class _Row:
     job: Job
     index: int
-    slot: int
+    handle: Row  # its rows of the batch
     text: TextStream
     generator: torch.Generator | None
     logits: torch.Tensor  # (V,) float: the distribution of this row's next token
@@ -79,7 +79,7 @@ class Engine:
         self.model, self.tok = model.eval(), tok
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
-        self.batch = Batch(model, max_batch)
+        self.batch = UncachedBatch(model, max_batch)
         self._cv = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
@@ -150,8 +150,8 @@ class Engine:
                 continue
             try:
                 for i in range(job.n):
-                    slot, logits = self.batch.add(job.ids)
-                    self._rows.append(_Row(job, job.first_index + i, slot, self._text_stream(job),
+                    handle, logits = self.batch.add(job.ids)
+                    self._rows.append(_Row(job, job.first_index + i, handle, self._text_stream(job),
                                            self._generator(job.sampling, i), logits))
             except Exception as e:
                 self._drop_job(job)
@@ -162,18 +162,18 @@ class Engine:
         keep = []
         for row in self._rows:
             if row.job.cancelled.is_set():
-                self.batch.remove(row.slot)
+                self.batch.remove(row.handle)
                 continue
             token = self._choose(row)
             if self._report(row, token):
                 keep.append((row, token))
             else:
-                self.batch.remove(row.slot)
+                self.batch.remove(row.handle)
         self._rows = [row for row, _ in keep]
         self.stats["max_rows"] = max(self.stats["max_rows"], len(keep))
         if not keep:
             return
-        logits = self.batch.step([row.slot for row, _ in keep], [token for _, token in keep])
+        logits = self.batch.step([row.handle for row, _ in keep], [token for _, token in keep])
         for i, (row, _) in enumerate(keep):
             row.logits = logits[i]
         self.stats["steps"] += 1
@@ -227,7 +227,7 @@ class Engine:
 
     def _drop_job(self, job: Job) -> None:
         for row in [r for r in self._rows if r.job is job]:
-            self.batch.remove(row.slot)
+            self.batch.remove(row.handle)
             self._rows.remove(row)
 
     # ---- work outside the batch ---------------------------------------------------------------------
