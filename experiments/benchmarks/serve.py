@@ -34,10 +34,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from tests.test_serve import Server  # noqa: E402
-
 from gptlab.model import GPT, GPTConfig  # noqa: E402
 from gptlab.tokenizers import CharTokenizer  # noqa: E402
+from tests.test_serve import Server  # noqa: E402
 
 PROMPTS = ["ROMEO:\n", "JULIET:\nO", "First Citizen:\n", "KING HENRY:\nNow", "MENENIUS:\nWhat",
            "Thou art ", "My lord, ", "QUEEN:\nAlas"]

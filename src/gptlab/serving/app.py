@@ -22,14 +22,21 @@ from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from gptlab.serving.engine import Engine, Event, Job, Sampling
-from gptlab.serving.schemas import (ApiError, CompletionRequest, Limits, TextRequest, check_completion,
-                                    strategy_of)
+from gptlab.serving.schemas import (
+    ApiError,
+    CompletionRequest,
+    Limits,
+    TextRequest,
+    check_completion,
+    strategy_of,
+)
 
 STATIC = Path(__file__).resolve().parent / "static"
 
 
-def create_app(engine: Engine, model_id: str, limits: Limits = Limits()) -> FastAPI:
+def create_app(engine: Engine, model_id: str, limits: Limits | None = None) -> FastAPI:
     """The app serving `engine`'s model as `model_id`; it starts and stops the engine with itself."""
+    limits = limits or Limits()
     if limits.max_n > engine.max_batch:
         raise ValueError(f"limits.max_n={limits.max_n} > max_batch={engine.max_batch}: a request's choices are "
                          f"decoded together, so max_n must fit in the batch")
