@@ -75,7 +75,7 @@ function tokenSpan(token, pos, cls, prob) {
   span.textContent = shown(token);
   span.dataset.pos = pos;
   if (prob !== undefined) span.style.background = colour(prob);
-  span.addEventListener("mouseenter", (e) => hoverToken(span, pos, e));
+  span.addEventListener("mouseenter", () => hoverToken(span, pos));
   span.addEventListener("mouseleave", () => { span.classList.remove("hover"); $("tooltip").classList.add("hidden"); });
   return span;
 }
@@ -98,15 +98,16 @@ async function distribution(pos) {
   return dists.get(key);
 }
 
-async function hoverToken(span, pos, event) {
+async function hoverToken(span, pos) {
   span.classList.add("hover");
   const tip = $("tooltip");
   const gen = pos >= text.promptIds.length ? text.gen[pos - text.promptIds.length] : null;
   const lines = [`position ${pos}: "${label(span.textContent.replace("⏎", ""))}"`];
   if (pos === 0) lines.push("the first token: no context, no prediction");
   tip.textContent = lines.join("\n");
-  tip.style.left = `${event.clientX + 12}px`;
-  tip.style.top = `${event.clientY + 12}px`;
+  const box = span.getBoundingClientRect(); // beside the token's line, so the text stays readable
+  tip.style.left = `${box.right + 8}px`;
+  tip.style.top = `${box.bottom + 4}px`;
   tip.classList.remove("hidden");
   if (pos === 0) { clearBars("the first token has no context to predict it from"); return; }
   const top = gen ? gen.top.map((t) => ({ ...t, prob: Math.exp(t.logprob) })) : (await distribution(pos)).top;
