@@ -1,19 +1,7 @@
-"""Risk of a MEDS task by trajectory sampling from a trained EHR checkpoint; see conf/ehr_eval.yaml."""
+"""Risk of a MEDS task by trajectory sampling from a trained EHR checkpoint; see conf/ehr_eval.yaml.
+The installed command is gptlab-ehr-eval; both run gptlab.entrypoints.ehr_eval.main."""
 
-import hydra
-from omegaconf import DictConfig
-
-from gptlab.entrypoints.config import register_resolvers, to_plain
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="ehr_eval")
-def main(cfg: DictConfig) -> float:
-    from gptlab.ehr.evaluate import evaluate_task
-
-    return evaluate_task(to_plain(cfg))["metrics"]["trajectory"]["auroc"]
-
+from gptlab.entrypoints.ehr_eval import main
 
 if __name__ == "__main__":
     main()

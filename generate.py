@@ -1,18 +1,7 @@
-"""Sample text from a trained checkpoint or Hugging Face GPT-2 weights; see conf/generate.yaml."""
+"""Sample text from a trained checkpoint or Hugging Face GPT-2 weights; see conf/generate.yaml.
+The installed command is gptlab-generate; both run gptlab.entrypoints.generate.main."""
 
-import hydra
-from omegaconf import DictConfig
-
-from gptlab.entrypoints.config import register_resolvers
-from gptlab.entrypoints.generate import run_generate
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
-def main(cfg: DictConfig) -> None:
-    run_generate(cfg)
-
+from gptlab.entrypoints.generate import main
 
 if __name__ == "__main__":
     main()

@@ -1,18 +1,7 @@
-"""Train a GPT. `python train.py --help` lists the config groups; see conf/train.yaml."""
+"""Train a GPT. `python train.py --help` lists the config groups; see conf/train.yaml.
+The installed command is gptlab-train; both run gptlab.entrypoints.train.main."""
 
-import hydra
-from omegaconf import DictConfig
-
-from gptlab.entrypoints.config import register_resolvers
-from gptlab.entrypoints.train import train
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    return train(cfg)["best_val_loss"]  # returned for Hydra sweepers (e.g. Optuna)
-
+from gptlab.entrypoints.train import main
 
 if __name__ == "__main__":
     main()

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+
+from gptlab.model import GPT, GPTConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -14,6 +19,22 @@ os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def tiny_gpt(seed: int | None = None, **overrides: Any) -> GPT:
+    """A GPT small enough for any test: 2 layers, 2 heads, width 32, block 16, vocabulary 50, no
+    dropout; `overrides` set any other GPTConfig field. seed: torch.manual_seed(seed) before the
+    weights are drawn (None: from the global RNG as it stands)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    config = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)
+    return GPT(GPTConfig(**{**config, **overrides}))
+
+
+def read_metrics(run_dir: Path, key: str) -> list[tuple[int, float]]:
+    """(step, value) rows of one metric in a run's CSV log (<run_dir>/logs/metrics.csv)."""
+    with open(Path(run_dir) / "logs" / "metrics.csv") as f:
+        return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
 
 
 def compose_train_cfg(run_dir: Path, data_dir: Path, overrides: list[str] | tuple[str, ...] = ()):

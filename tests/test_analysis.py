@@ -10,10 +10,9 @@ from torch.nn import functional as F
 
 from gptlab.analysis import curves
 from gptlab.analysis.attention import attention_weights, sharpest_head
-from gptlab.analysis.report import write_report
+from gptlab.analysis.report import ReportOptions, write_report
 from gptlab.lit_module import GPTLitModule, mask_tokens
-from gptlab.model import GPT, GPTConfig
-from tests.conftest import ROOT
+from tests.conftest import ROOT, tiny_gpt
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=40)
 
@@ -64,7 +63,7 @@ def test_tokens_per_step_from_config():
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_rows_sum_to_one_and_causal_upper_triangle_is_zero(causal):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**TINY, causal=causal)).eval()
+    model = tiny_gpt(vocab_size=40, causal=causal).eval()
     w = attention_weights(model, list(range(12)))
     assert w.shape == (2, 2, 12, 12)
     np.testing.assert_allclose(w.sum(-1), 1.0, atol=1e-5)
@@ -167,6 +166,6 @@ def test_report_end_to_end_on_tiny_runs(tmp_path):
         raise RuntimeError("data went missing")
 
     with pytest.raises(RuntimeError, match="data went missing"):
-        write_report(runs / "0", broken, out_dir=out, max_new_tokens=4)
+        write_report(runs / "0", broken, out_dir=out, options=ReportOptions(max_new_tokens=4))
     assert (out / "report.md").read_text() == before and {p.name for p in out.iterdir()} >= REPORT_FILES
     assert sorted(p.name for p in runs.iterdir() if p.name.startswith(".")) == []

@@ -11,7 +11,8 @@ import torch
 
 from gptlab.data import GPTDataModule, ensure_prepared, prepare_text, read_meta
 from gptlab.data.datamodule import FixedWindows, RandomWindows
-from gptlab.data.prepare import SHIPPED_SHAKESPEARE, _write_atomic, dtype_for_vocab, write_bin
+from gptlab.data.prepare import _write_atomic, dtype_for_vocab, write_bin
+from gptlab.paths import SHIPPED_SHAKESPEARE
 from gptlab.tokenizers import load_tokenizer
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
@@ -238,7 +239,7 @@ def test_prepare_with_own_bpe_matches_its_encoder(tmp_path):
 def test_each_text_corpus_prepares_into_its_own_folder(tmp_path):
     """data=text names its folder by the corpus path: two corpora never share (or race for) one
     folder, and switching back to a corpus finds its bins still there."""
-    from gptlab.entrypoints.train import data_folder
+    from gptlab.data.build import data_folder
     from tests.conftest import compose_train_cfg
 
     def folder(path):

@@ -9,8 +9,9 @@ import pytest
 import tiktoken
 
 from gptlab.data import ensure_prepared_hf, prepare_hf, read_meta
-from gptlab.data.prepare import SHIPPED_SHAKESPEARE, load_hf_dataset
+from gptlab.data.prepare import load_hf_dataset
 from gptlab.entrypoints.train import train
+from gptlab.paths import SHIPPED_SHAKESPEARE
 from tests.conftest import compose_train_cfg
 
 datasets = pytest.importorskip("datasets")

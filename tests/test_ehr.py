@@ -18,8 +18,9 @@ from gptlab.ehr.prepare import read_index
 from gptlab.ehr.risk import prompt_ids, sample_trajectories
 from gptlab.ehr.synthetic import generate_cohort
 from gptlab.ehr.tokenizer import ETHOS_TIME_EDGES, EHRTokenizer, code_parts, gap_tokens, time_bin_names
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPTConfig, KVCache
 from gptlab.tokenizers import load_tokenizer, tokenizer_from_spec
+from tests.conftest import tiny_gpt
 
 LEVELS = (1, 3, 4, 5, 7)
 
@@ -241,17 +242,11 @@ class FixedNext(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.zeros(1))
         self.logits = probs.log()
 
-    def forward(self, idx, pos=0):
-        return self.logits.expand(idx.size(0), idx.size(1), -1), None
+    def forward_last(self, idx, pos=0, cache=None):
+        return self.logits.expand(idx.size(0), -1)
 
-    def setup_kv_cache(self, batch_size, max_len=None):
-        pass
-
-    def reorder_kv_cache(self, index, length):
-        pass
-
-    def clear_kv_cache(self):
-        pass
+    def new_kv_cache(self, batch_size, max_len=None):
+        return KVCache([])  # no layers: nothing to cache
 
 
 def test_trajectories_stop_at_outcome_stop_and_horizon(tok):
@@ -283,7 +278,7 @@ def probs_map(V: int, p: dict[int, float]) -> torch.Tensor:
 
 def test_real_gpt_one_step_matches_the_uncached_forward(tok):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16)).eval()
+    model = tiny_gpt(block_size=48, vocab_size=tok.vocab_size, n_embd=16).eval()
     prompt = tok.encode("<TL_START> GENDER//F AGE//60-64 HOSPITAL_ADMISSION//EMERGENCY")
     death = tok.token_id("MEDS_DEATH")
     r = sample_trajectories(model, prompt, n=6, outcome_ids=[death], stop_ids=[tok.token_id("<TL_END>")],
@@ -296,8 +291,7 @@ def test_real_gpt_one_step_matches_the_uncached_forward(tok):
     with pytest.raises(ValueError, match="exceeds block_size"):
         sample_trajectories(model, prompt, n=2, outcome_ids=[death], stop_ids=[], token_minutes=tok.token_minutes,
                             horizon_minutes=1, max_new_tokens=48)
-    bidirectional = GPT(GPTConfig(block_size=48, vocab_size=tok.vocab_size, n_layer=2, n_head=2, n_embd=16,
-                                  causal=False)).eval()
+    bidirectional = tiny_gpt(block_size=48, vocab_size=tok.vocab_size, n_embd=16, causal=False).eval()
     with pytest.raises(ValueError, match="causal model"):  # its cached keys would go stale
         sample_trajectories(bidirectional, prompt, n=2, outcome_ids=[death], stop_ids=[],
                             token_minutes=tok.token_minutes, horizon_minutes=1, max_new_tokens=8)

@@ -1,6 +1,6 @@
 """Bad input → a clear error naming the file, key or value and what is allowed, through the entry
 points a user calls: train() (what `python train.py` runs), run_generate() (`python generate.py`),
-Hydra's compose and GPT.from_pretrained. experiments/reliability/README.md lists every case."""
+Hydra's compose and gptlab.hf.from_pretrained. experiments/reliability/README.md lists every case."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ import torch
 
 from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
-from gptlab.model import GPT, GPTConfig
-from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg
+from gptlab.hf import from_pretrained, save_pretrained
+from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg, tiny_gpt
 
 TINY = (*TINY_RUN, "trainer.max_steps=2", "eval_interval=2", "data.val_batches=1")
 
@@ -64,9 +64,7 @@ def case(tmp_path, trained) -> Case:
 
 def hf_folder(tmp: Path, n_positions: int = 32) -> Path:
     folder = tmp / "hf"
-    GPT(GPTConfig(block_size=n_positions, vocab_size=50, n_layer=1, n_head=2, n_embd=16)).save_pretrained(
-        folder
-    )
+    save_pretrained(tiny_gpt(block_size=n_positions, vocab_size=50, n_layer=1, n_embd=16), folder)
     return folder
 
 
@@ -126,7 +124,7 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         "unknown_tokenizer_kind",
         lambda c: c.train_text("abc" * 100, "data.tokenizer.kind=wordpiece"),
         ValueError,
-        r"data\.tokenizer\.kind='wordpiece' is not one of: char, tiktoken, bpe",
+        r"data\.tokenizer\.kind='wordpiece' is not one of: bpe, char, tiktoken",
     ),
     (
         "unknown_tokenizer_shorthand",
@@ -223,13 +221,13 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
     # --- Hugging Face weights ---
     (
         "hf_block_size_beyond_position_table",
-        lambda c: GPT.from_pretrained(hf_folder(c.tmp), block_size=64),
+        lambda c: from_pretrained(hf_folder(c.tmp), block_size=64),
         ValueError,
         r"block_size=64 is larger than the checkpoint's position table \(n_positions=32 in .*config\.json\); use at most 32",
     ),
     (
         "hf_folder_missing",
-        lambda c: GPT.from_pretrained(c.tmp / "no-such-model"),
+        lambda c: from_pretrained(c.tmp / "no-such-model"),
         FileNotFoundError,
         r"no-such-model",
     ),

@@ -10,19 +10,12 @@ import torch
 import transformers
 from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from gptlab.generation import (
-    Decoder,
-    apply_top_k,
-    apply_top_p,
-    choose,
-    generate,
-    process_logits,
-    stream,
-    token_logprobs,
-    validate,
-)
-from gptlab.model import GPT, GPTConfig
+from gptlab.decoding import Decoding, apply_top_k, apply_top_p, choose, process_logits
+from gptlab.generation import Decoder, TextStream, beam_search, generate, stream, token_logprobs
+from gptlab.hf import from_pretrained
+from gptlab.model import GPT
 from gptlab.tokenizers import CharTokenizer
+from tests.conftest import tiny_gpt
 from tests.test_hf import hf_model
 
 transformers.logging.set_verbosity_error()
@@ -40,7 +33,7 @@ def twins(request, tmp_path_factory):
     hf = hf_model(seed=request.param, **cfg)
     folder = tmp_path_factory.mktemp("hf")
     hf.save_pretrained(folder)
-    ours = GPT.from_pretrained(folder).eval()
+    ours = from_pretrained(folder).eval()
     idx = torch.randint(0, cfg["vocab_size"], (2, 5), generator=torch.Generator().manual_seed(request.param))
     return hf, ours, idx
 
@@ -103,11 +96,11 @@ def test_top_p_never_samples_outside_the_nucleus():
 def test_greedy_equals_transformers(twins):
     hf, ours, idx = twins
     expected = hf_generate(hf, idx, 20, do_sample=False)
-    assert torch.equal(ours.generate(idx, 20, strategy="greedy"), expected)
-    assert torch.equal(ours.generate(idx, 20, temperature=0.0), expected)  # temperature 0 is greedy
+    assert torch.equal(generate(ours, idx, Decoding("greedy", 20)), expected)
+    assert torch.equal(generate(ours, idx, Decoding(temperature=0.0, max_new_tokens=20)), expected)  # T=0 is greedy
     eos = int(expected[1, 12])
     expected = hf_generate(hf, idx, 20, do_sample=False, eos_token_id=eos)
-    assert torch.equal(ours.generate(idx, 20, strategy="greedy", eos_token_id=eos), expected)
+    assert torch.equal(generate(ours, idx, Decoding("greedy", 20, eos_token_id=eos)), expected)
 
 
 @pytest.mark.parametrize("num_beams", [2, 3, 5])
@@ -117,7 +110,7 @@ def test_beam_search_equals_transformers(twins, num_beams, with_eos):
     no_eos = hf_generate(hf, idx, 16, do_sample=False, num_beams=num_beams)
     eos = int(no_eos[0, 12]) if with_eos else None  # a token the best beam meets: the search must change
     expected = hf_generate(hf, idx, 16, do_sample=False, num_beams=num_beams, eos_token_id=eos)
-    assert torch.equal(ours.generate(idx, 16, strategy="beam", num_beams=num_beams, eos_token_id=eos), expected)
+    assert torch.equal(generate(ours, idx, Decoding("beam", 16, num_beams=num_beams, eos_token_id=eos)), expected)
     assert torch.equal(expected, no_eos) != with_eos
 
 
@@ -129,8 +122,8 @@ def test_all_beams_and_scores_equal_transformers(twins, length_penalty, early_st
     expected = hf_generate(hf, idx, 16, do_sample=False, num_beams=k, eos_token_id=eos, num_return_sequences=k,
                            length_penalty=length_penalty, early_stopping=early_stopping,
                            return_dict_in_generate=True, output_scores=True)
-    got = ours.generate(idx, 16, strategy="beam", num_beams=k, eos_token_id=eos, length_penalty=length_penalty,
-                        early_stopping=early_stopping, return_beams=True)
+    got = beam_search(ours, idx, Decoding("beam", 16, num_beams=k, eos_token_id=eos, length_penalty=length_penalty,
+                                          early_stopping=early_stopping))
     assert torch.equal(got.sequences.flatten(0, 1), expected.sequences)
     torch.testing.assert_close(got.scores.flatten(), expected.sequences_scores, atol=1e-4, rtol=1e-5)
 
@@ -142,15 +135,17 @@ def test_seeded_sampling_equals_transformers_and_repeats(twins):
     torch.manual_seed(7)
     expected = hf_generate(hf, idx, 20, do_sample=True, **kw)
     torch.manual_seed(7)
-    assert torch.equal(ours.generate(idx, 20, **kw), expected)
-    a, b, c = (ours.generate(idx, 20, generator=torch.Generator().manual_seed(s), **kw) for s in (1, 1, 2))
+    assert torch.equal(generate(ours, idx, Decoding(max_new_tokens=20, **kw)), expected)  # seed None: global RNG
+    a, b, c = (generate(ours, idx, Decoding(max_new_tokens=20, seed=s, **kw)) for s in (1, 1, 2))
     assert torch.equal(a, b) and not torch.equal(a, c)
+    g = torch.Generator().manual_seed(1)  # an explicit generator wins over the seed
+    assert torch.equal(generate(ours, idx, Decoding(max_new_tokens=20, seed=2, **kw), generator=g), a)
 
 
 # ---- KV cache and long contexts ---------------------------------------------------------------------------
 def small_gpt(block_size=16, vocab_size=37, seed=0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(block_size=block_size, vocab_size=vocab_size, n_layer=2, n_head=2, n_embd=32)).eval()
+    return tiny_gpt(block_size=block_size, vocab_size=vocab_size).eval()
 
 
 @torch.no_grad()
@@ -179,15 +174,14 @@ def test_cached_and_uncached_logits_match_every_step_past_block_size():
     for t in steps:
         a, b = cached(seq[:, :t]), recomputed[t]
         assert (a - references[t]).abs().max() <= 1e-5 and (b - references[t]).abs().max() <= 1e-5
-    cached.close()
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "beam"])
 def test_cache_does_not_change_outputs(strategy):
     model = small_gpt()
     idx = torch.randint(0, 37, (2, 6), generator=torch.Generator().manual_seed(2))
-    kw = dict(strategy=strategy, num_beams=3 if strategy == "beam" else 1)
-    assert torch.equal(generate(model, idx, 30, **kw), generate(model, idx, 30, use_cache=False, **kw))
+    d = Decoding(strategy, 30, num_beams=3 if strategy == "beam" else 1)
+    assert torch.equal(generate(model, idx, d), generate(model, idx, d.replace(use_cache=False)))
 
 
 @pytest.mark.slow  # ~45 s: two inductor compiles (batch 2, then 4 beams' rows)
@@ -204,10 +198,9 @@ def test_compiled_steps_match_eager():
         with torch.no_grad():
             reference = model(seq[:, :t])[0][:, -1]
         assert (compiled(seq[:, :t]) - reference).abs().max() <= 1e-5
-    compiled.close()
     assert counters["stats"]["unique_graphs"] >= 1  # the steps did go through torch.compile
-    for kw in (dict(strategy="greedy"), dict(strategy="beam", num_beams=2)):
-        assert torch.equal(generate(model, seq[:, :6], 20, compile=True, **kw), generate(model, seq[:, :6], 20, **kw))
+    for d in (Decoding("greedy", 20), Decoding("beam", 20, num_beams=2)):
+        assert torch.equal(generate(model, seq[:, :6], d.replace(compile=True)), generate(model, seq[:, :6], d))
 
 
 def test_bidirectional_model_rereads_the_window_whatever_use_cache_says():
@@ -217,42 +210,42 @@ def test_bidirectional_model_rereads_the_window_whatever_use_cache_says():
     from tests.test_hf import randomize_
 
     torch.manual_seed(0)
-    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=False)), 0)
+    model = randomize_(tiny_gpt(vocab_size=37, causal=False), 0)
     idx = torch.randint(0, 37, (2, 5), generator=torch.Generator().manual_seed(1))
     expected = nanogpt_greedy(model, idx, 8)
-    for kw in (dict(strategy="greedy"), dict(strategy="beam", num_beams=1)):
-        assert torch.equal(generate(model, idx, 8, **kw), expected)
-    assert all(b.attn.kv_cache is None for b in model.transformer.h)  # no cache set up, none left behind
+    for d in (Decoding("greedy", 8), Decoding("beam", 8, num_beams=1)):
+        assert torch.equal(generate(model, idx, d), expected)
+    assert Decoder(model, 2).cache is None  # no cache is ever set up
 
 
 def test_prompt_longer_than_block_size_is_cropped_from_the_left():
     """nanoGPT's loop is the reference."""
     model = small_gpt()
     idx = torch.randint(0, 37, (1, 25), generator=torch.Generator().manual_seed(3))
-    assert torch.equal(generate(model, idx, 10, strategy="greedy"), nanogpt_greedy(model, idx, 10))
+    assert torch.equal(generate(model, idx, Decoding("greedy", 10)), nanogpt_greedy(model, idx, 10))
 
 
 def test_equal_length_prompts_batch_without_padding():
     model = small_gpt()
     idx = torch.randint(0, 37, (3, 5), generator=torch.Generator().manual_seed(4))
-    together = generate(model, idx, 12, strategy="greedy")
-    assert all(torch.equal(together[i : i + 1], generate(model, idx[i : i + 1], 12, strategy="greedy"))
+    together = generate(model, idx, Decoding("greedy", 12))
+    assert all(torch.equal(together[i : i + 1], generate(model, idx[i : i + 1], Decoding("greedy", 12)))
                for i in range(3))
 
 
 def test_stream_yields_what_generate_returns_and_zero_tokens():
     model = small_gpt()
     idx = torch.randint(0, 37, (2, 5))
-    tokens = torch.stack(list(stream(model, idx, 7, strategy="greedy")), dim=1)
-    assert torch.equal(torch.cat([idx, tokens], 1), generate(model, idx, 7, strategy="greedy"))
-    assert torch.equal(generate(model, idx, 0), idx)
-    assert torch.equal(generate(model, idx, 0, strategy="beam", num_beams=2), idx)
+    tokens = torch.stack(list(stream(model, idx, Decoding("greedy", 7))), dim=1)
+    assert torch.equal(torch.cat([idx, tokens], 1), generate(model, idx, Decoding("greedy", 7)))
+    assert torch.equal(generate(model, idx, Decoding(max_new_tokens=0)), idx)
+    assert torch.equal(generate(model, idx, Decoding("beam", 0, num_beams=2)), idx)
 
 
 def test_generation_leaves_the_model_as_it_was():
     model = small_gpt().train()
-    generate(model, torch.zeros(1, 3, dtype=torch.long), 4, strategy="beam", num_beams=2)
-    assert model.training and all(b.attn.kv_cache is None for b in model.transformer.h)
+    generate(model, torch.zeros(1, 3, dtype=torch.long), Decoding("beam", 4, num_beams=2))
+    assert model.training and not any(torch.is_tensor(v) for m in model.modules() for v in vars(m).values())
 
 
 @pytest.mark.parametrize("causal", [True, False])
@@ -262,7 +255,7 @@ def test_token_logprobs_match_the_model(causal):
     from tests.test_hf import randomize_
 
     torch.manual_seed(0)
-    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=37, n_layer=2, n_head=2, n_embd=32, causal=causal)), 0)
+    model = randomize_(tiny_gpt(vocab_size=37, causal=causal), 0)
     seq = torch.randint(0, 37, (2, 24), generator=torch.Generator().manual_seed(5))
     got = token_logprobs(model, seq, 3)
     with torch.no_grad():
@@ -286,9 +279,9 @@ def test_token_logprobs_match_the_model(causal):
 def test_bad_parameters_are_rejected(kwargs, match):
     kwargs = {"max_new_tokens": 5, **kwargs}
     with pytest.raises(ValueError, match=match):
-        validate(**kwargs)
+        Decoding(**kwargs)
     with pytest.raises(ValueError, match=match):
-        small_gpt().generate(torch.zeros(1, 2, dtype=torch.long), **kwargs)
+        Decoding.from_dict(kwargs)
 
 
 @pytest.mark.parametrize("idx,match", [
@@ -300,7 +293,7 @@ def test_bad_parameters_are_rejected(kwargs, match):
 def test_bad_prompts_are_rejected_with_their_shape_or_ids(idx, match, strategy):
     """An empty or 1-D prompt and out-of-vocabulary ids name themselves, not an IndexError deep in the model."""
     with pytest.raises(ValueError, match=match):
-        small_gpt().generate(idx, 3, strategy=strategy, num_beams=2 if strategy == "beam" else 1)
+        generate(small_gpt(), idx, Decoding(strategy, 3, num_beams=2 if strategy == "beam" else 1))
 
 
 # ---- generate.py ------------------------------------------------------------------------------------------
@@ -339,11 +332,11 @@ def test_cli_decodings_match_the_library(char_ckpt, capsys):
         (["decoding=greedy"], dict(strategy="greedy")),
         (["decoding=beam", "decoding.num_beams=3", "decoding.length_penalty=0.5"],
          dict(strategy="beam", num_beams=3, length_penalty=0.5)),
-        (["decoding=top_p", "decoding.p=0.5", "decoding.temperature=0.7"], dict(top_p=0.5, temperature=0.7)),
-        (["decoding=top_k", "decoding.k=5", "top_k=3"], dict(top_k=3, temperature=0.8)),  # shortcut wins
+        (["decoding=top_p", "decoding.top_p=0.5", "decoding.temperature=0.7"], dict(top_p=0.5, temperature=0.7)),
+        (["decoding=top_k", "decoding.top_k=5", "top_k=3"], dict(top_k=3, temperature=0.8)),  # shortcut wins
     ]:
         texts = run_cli(char_ckpt, 'prompt="ROMEO:"', "max_new_tokens=40", "seed=5", *overrides)
-        expected = generate(model, idx, 40, generator=torch.Generator().manual_seed(5), **kw)
+        expected = generate(model, idx, Decoding(max_new_tokens=40, seed=5, **kw))
         assert texts == [tok.decode(expected[0].tolist())]
     assert "tokens/s" in capsys.readouterr().out
 
@@ -399,7 +392,6 @@ def test_cli_compare_prints_every_decoding(char_ckpt, capsys):
 def test_text_stream_holds_back_partial_utf8_and_stop_prefixes(stop):
     """Fed one GPT-2 token at a time, the pieces join to the full text (cut at the stop string) and no
     piece shows a half character or the first half of a stop string."""
-    from gptlab.entrypoints.generate import TextStream
     from gptlab.tokenizers import TiktokenTokenizer
 
     tok = TiktokenTokenizer("gpt2")
@@ -420,25 +412,27 @@ def test_generate_text_is_seeded_keeps_the_global_rng_and_starts_an_empty_prompt
 
     tok = TiktokenTokenizer("gpt2")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(block_size=16, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=8))
+    model = tiny_gpt(vocab_size=tok.vocab_size, n_layer=1, n_embd=8)
     state = torch.get_rng_state()
-    text = generate_text(model, tok, "", 6, seed=3, temperature=0.8)
+    d = Decoding(max_new_tokens=6, temperature=0.8, seed=3)
+    text = generate_text(model, tok, "", d)
     assert torch.equal(torch.get_rng_state(), state)
-    expected = model.generate(torch.tensor([[tok.eot_token_id]]), 6, temperature=0.8,
-                              generator=torch.Generator().manual_seed(3))
-    assert text == tok.decode(expected[0, 1:].tolist()) == generate_text(model, tok, "", 6, seed=3, temperature=0.8)
+    expected = generate(model, torch.tensor([[tok.eot_token_id]]), d.replace(seed=None),
+                        generator=torch.Generator().manual_seed(3))
+    assert text == tok.decode(expected[0, 1:].tolist()) == generate_text(model, tok, "", d)
+    assert torch.equal(torch.get_rng_state(), state)  # seed None draws from a generator seeded 0, not the global RNG
+    assert generate_text(model, tok, "", d.replace(seed=None)) == generate_text(model, tok, "", d.replace(seed=0))
+    assert torch.equal(torch.get_rng_state(), state)
     with pytest.raises(ValueError, match="encodes to no tokens"):
-        generate_text(small_gpt(), CharTokenizer("ab"), "", 3)
+        generate_text(small_gpt(), CharTokenizer("ab"), "", Decoding(max_new_tokens=3))
 
 
 def test_cli_label_names_temperature_zero_greedy():
     """`decoding=temperature decoding.temperature=0` decodes greedily; its label must not say "sample"."""
-    from gptlab.entrypoints.generate import describe
-
-    assert describe({"strategy": "sample", "temperature": 0}) == "greedy (T=0)"
-    assert describe({"strategy": "sample", "temperature": 0.8, "top_k": 200}) == "sample T=0.8 top_k=200"
-    assert describe({"strategy": "greedy"}) == "greedy"
-    assert describe({"strategy": "beam", "num_beams": 4}) == "beam k=4"
+    assert Decoding(temperature=0).label() == "greedy (T=0)"
+    assert Decoding(temperature=0.8, top_k=200).label() == "sample T=0.8 top_k=200"
+    assert Decoding("greedy").label() == "greedy"
+    assert Decoding("beam", num_beams=4).label() == "beam k=4"
 
 
 @pytest.mark.parametrize("override,expected", [
@@ -454,3 +448,26 @@ def test_cli_stop_given_as_one_string_is_one_stop_string(override, expected):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         assert stop_strings(compose("generate", overrides=[override])) == expected
+
+
+def test_decoding_from_a_mapping_names_unknown_keys_and_wrong_types():
+    """conf/decoding entries become a Decoding; a key that is not a field (e.g. the old short `k`) and
+    a value of the wrong type are refused with the field's name, before any model runs."""
+    assert Decoding.from_dict({"strategy": "sample", "top_k": 5, "stop": "END"}) == Decoding(top_k=5, stop=("END",))
+    with pytest.raises(ValueError, match=r"decoding: unknown keys \['k'\]; allowed: \['strategy', 'max_new_tokens'"):
+        Decoding.from_dict({"strategy": "sample", "k": 5})
+    for field, value in (("temperature", "hot"), ("top_p", "0.9"), ("seed", 1.5), ("eos_token_id", -1),
+                         ("length_penalty", True)):
+        with pytest.raises(ValueError, match=f"^{field} must be"):
+            Decoding(**{field: value})
+
+
+def test_two_interleaved_decodes_on_one_model_equal_each_alone():
+    """Each decode owns its KV cache: two streams advanced in turn on one model (what a server that
+    answers two requests at once does) give what each gives alone."""
+    model = small_gpt()
+    a, b = torch.randint(0, 37, (2, 1, 5), generator=torch.Generator().manual_seed(6))
+    d = Decoding("greedy", 10)
+    together = list(zip(stream(model, a, d), stream(model, b[:, :3], d)))
+    assert torch.equal(torch.stack([x for x, _ in together], 1), generate(model, a, d)[:, 5:])
+    assert torch.equal(torch.stack([y for _, y in together], 1), generate(model, b[:, :3], d)[:, 3:])

@@ -16,7 +16,9 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.export import main as export_main
+from gptlab.hf import from_pretrained, save_pretrained
 from gptlab.model import GPT, GPTConfig
+from tests.conftest import tiny_gpt
 
 CONFIGS = [
     dict(vocab_size=101, n_positions=32, n_embd=48, n_layer=2, n_head=3, activation_function="gelu_new"),
@@ -90,7 +92,7 @@ def test_hf_to_gptlab_logits_match(tmp_path, i, layout):
         hf.save_pretrained(tmp_path)
     else:
         write_bin(hf, tmp_path, prefix="transformer." if layout == "bin" else "")
-    model = GPT.from_pretrained(tmp_path).eval()
+    model = from_pretrained(tmp_path).eval()
     assert model.config.block_size == cfg["n_positions"] and model.config.vocab_size == cfg["vocab_size"]
     assert max_diff(model, hf, tokens(cfg["vocab_size"], cfg["n_positions"])) < 1e-5
 
@@ -109,22 +111,22 @@ def test_gptlab_to_hf_logits_match(tmp_path, i):
         gelu_approximate=gelu,
     )
     model = randomize_(GPT(config), seed=10 + i)
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["GPT2LMHeadModel"]
     hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     idx = tokens(config.vocab_size, config.block_size)
     assert max_diff(model, hf, idx) < 1e-5
-    back = GPT.from_pretrained(tmp_path).eval()  # and round trip exactly
+    back = from_pretrained(tmp_path).eval()  # and round trip exactly
     with torch.no_grad():
         assert torch.equal(back(idx)[0], model(idx)[0])
 
 
 def test_bias_free_model_exports_with_zero_biases(tmp_path):
     model = randomize_(
-        GPT(GPTConfig(block_size=16, vocab_size=70, n_layer=2, n_head=2, n_embd=32, bias=False)), 3
+        tiny_gpt(vocab_size=70, bias=False), 3
     )
-    model.save_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
     hf = GPT2LMHeadModel.from_pretrained(tmp_path).eval()
     assert max_diff(model, hf, tokens(70, 16)) < 1e-5
 
@@ -132,14 +134,14 @@ def test_bias_free_model_exports_with_zero_biases(tmp_path):
 def test_vocab_padding_keeps_logits_and_is_not_exported(tmp_path):
     hf = hf_model(seed=5, **CONFIGS[0])  # vocab 101
     hf.save_pretrained(tmp_path / "hf")
-    model = GPT.from_pretrained(tmp_path / "hf", vocab_multiple=64).eval()
+    model = from_pretrained(tmp_path / "hf", vocab_multiple=64).eval()
     wte = model.transformer.wte.weight
     assert wte.shape[0] == 128 and torch.count_nonzero(wte[101:]) == 0
     assert model.lm_head.weight is wte
     idx = tokens(101, 32)
     assert model(idx)[0].shape[-1] == 101
     assert max_diff(model, hf, idx) < 1e-5
-    model.save_pretrained(tmp_path / "out")
+    save_pretrained(model, tmp_path / "out")
     back = GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     assert back.transformer.wte.weight.shape[0] == 101
     assert max_diff(model, back, idx) < 1e-5
@@ -151,10 +153,10 @@ def test_crop_block_size_keeps_first_positions(tmp_path):
     idx = tokens(101, 32)
     with torch.no_grad():
         full = hf(idx).logits
-        cropped = GPT.from_pretrained(tmp_path, block_size=8).eval()
+        cropped = from_pretrained(tmp_path, block_size=8).eval()
         assert cropped.config.block_size == 8 and cropped.transformer.wpe.weight.shape[0] == 8
         assert (cropped(idx[:, :8])[0] - full[:, :8]).abs().max() < 1e-5
-        model = GPT.from_pretrained(tmp_path).eval()
+        model = from_pretrained(tmp_path).eval()
         model.crop_block_size(12)
         assert (model(idx[:, :12])[0] - full[:, :12]).abs().max() < 1e-5
 
@@ -167,7 +169,7 @@ def test_name_in_local_hf_cache(tmp_path):
     hf.save_pretrained(repo / "snapshots" / commit)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
-    model = GPT.from_pretrained("someone/tiny-gpt2").eval()
+    model = from_pretrained("someone/tiny-gpt2").eval()
     assert max_diff(model, hf, tokens(50, 64)) < 1e-5
 
 
@@ -190,33 +192,33 @@ def test_name_downloads_when_online(tmp_path, monkeypatch):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
-    model = GPT.from_pretrained("someone/gpt2").eval()
+    model = from_pretrained("someone/gpt2").eval()
     assert max_diff(model, hf, tokens(101, 32)) < 1e-5
     assert [c[1] for c in calls] == [True, False] and "pytorch_model.bin" not in calls[1][2]
     with pytest.raises(FileNotFoundError, match="'broken/repo'.*downloading it failed: ConnectionError"):
-        GPT.from_pretrained("broken/repo")
+        from_pretrained("broken/repo")
 
 
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="no folder .*nonexistent.*not a valid hub model name"):
-        GPT.from_pretrained(tmp_path / "nonexistent")
+        from_pretrained(tmp_path / "nonexistent")
     with pytest.raises(
         FileNotFoundError, match=r"'gpt2-nope' with weights in the HF cache .*hub-cache.*HF_HUB_OFFLINE"
     ):
-        GPT.from_pretrained("gpt2-nope")
+        from_pretrained("gpt2-nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json"):
-        GPT.from_pretrained(tmp_path / "empty")
+        from_pretrained(tmp_path / "empty")
 
     hf = hf_model(seed=8, **CONFIGS[0])
     hf.save_pretrained(tmp_path / "ok")
     with pytest.raises(ValueError, match=r"block_size=40 .*n_positions=32"):
-        GPT.from_pretrained(tmp_path / "ok", block_size=40)
+        from_pretrained(tmp_path / "ok", block_size=40)
     with pytest.raises(ValueError, match=r"cannot override \['n_layer'\]"):
-        GPT.from_pretrained(tmp_path / "ok", n_layer=3)
+        from_pretrained(tmp_path / "ok", n_layer=3)
     (tmp_path / "ok" / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="no weights in"):
-        GPT.from_pretrained(tmp_path / "ok")
+        from_pretrained(tmp_path / "ok")
 
     for key, value, message in [
         ("activation_function", "relu", "activation_function='relu' is not supported"),
@@ -229,7 +231,7 @@ def test_clear_errors(tmp_path):
         config = json.loads((folder / "config.json").read_text())
         (folder / "config.json").write_text(json.dumps({**config, key: value}))
         with pytest.raises(ValueError, match=message):
-            GPT.from_pretrained(folder)
+            from_pretrained(folder)
 
 
 def test_shape_mismatch_names_the_tensor(tmp_path):
@@ -237,7 +239,7 @@ def test_shape_mismatch_names_the_tensor(tmp_path):
     config = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**config, "n_positions": 31}))
     with pytest.raises(ValueError, match=r"transformer.wpe.weight has shape \(32, 48\)"):
-        GPT.from_pretrained(tmp_path)
+        from_pretrained(tmp_path)
 
 
 def fake_lightning_ckpt(path: Path, model: GPT) -> None:
@@ -248,7 +250,7 @@ def fake_lightning_ckpt(path: Path, model: GPT) -> None:
 
 
 def test_lightning_checkpoint_and_export_cli(tmp_path):
-    model = randomize_(GPT(GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=32)), 4)
+    model = randomize_(tiny_gpt(vocab_size=65), 4)
     fake_lightning_ckpt(tmp_path / "last.ckpt", model)
     loaded, _ = load_gpt_from_lightning_ckpt(tmp_path / "last.ckpt")
     idx = tokens(65, 16)
@@ -268,7 +270,7 @@ def test_checkpoint_errors(tmp_path):
     with pytest.raises(ValueError, match="garbage.ckpt is not a readable PyTorch checkpoint"):
         load_gpt_from_lightning_ckpt(tmp_path / "garbage.ckpt")
     fake_lightning_ckpt(
-        tmp_path / "good.ckpt", GPT(GPTConfig(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8))
+        tmp_path / "good.ckpt", tiny_gpt(block_size=8, vocab_size=10, n_layer=1, n_head=1, n_embd=8)
     )
     data = (tmp_path / "good.ckpt").read_bytes()
     (tmp_path / "truncated.ckpt").write_bytes(data[: len(data) // 2])

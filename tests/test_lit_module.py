@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from gptlab.lit_module import GPTLitModule, get_lr, param_groups
-from gptlab.model import GPT, GPTConfig
+from gptlab.model import GPTConfig
+from tests.conftest import tiny_gpt
 
 SCHEDULE = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, lr_decay_steps=2000)
 
@@ -24,7 +25,7 @@ def test_lr_schedule_warmup_cosine_constant():
 
 
 def test_weight_decay_groups_cover_every_parameter_exactly_once():
-    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, block_size=8, vocab_size=20, bias=True))
+    model = tiny_gpt(n_embd=16, block_size=8, vocab_size=20)
     decay, no_decay = param_groups(model, 0.1)
     ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gptlab.model import GPT, GPTConfig
+from tests.conftest import tiny_gpt
 
 PRESETS = {  # the GPT-2 table: (n_layer, n_head, n_embd) → parameters, tied embedding counted once
     "gpt2_small": ((12, 12, 768), 124_439_808),
@@ -12,18 +13,17 @@ PRESETS = {  # the GPT-2 table: (n_layer, n_head, n_embd) → parameters, tied e
 
 
 def tiny(**kw) -> GPT:
-    torch.manual_seed(0)
-    cfg = dict(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=50, dropout=0.0)
-    return GPT(GPTConfig(**{**cfg, **kw})).eval()
+    return tiny_gpt(**{"seed": 0, "n_head": 4, **kw}).eval()
 
 
 @pytest.mark.parametrize("name", PRESETS)
-def test_gpt2_preset_parameter_counts(name):
+def test_gpt2_preset_parameter_counts(name, tmp_path):
     from omegaconf import OmegaConf
 
-    from tests.conftest import ROOT
+    from tests.conftest import compose_train_cfg
 
-    cfg = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / f"{name}.yaml"))
+    # composed as train.py does: each preset states only what differs from conf/model/gpt2_base.yaml
+    cfg = OmegaConf.to_container(compose_train_cfg(tmp_path, tmp_path, [f"model={name}"]).model)
     (n_layer, n_head, n_embd), expected = PRESETS[name]
     assert (cfg["n_layer"], cfg["n_head"], cfg["n_embd"]) == (n_layer, n_head, n_embd)
     with torch.device("meta"):
@@ -84,10 +84,9 @@ def test_kv_cache_logits_equal_full_forward_at_every_step():
     model = tiny()
     idx = torch.randint(0, 50, (2, 16))
     full, _ = model(idx)
-    model.setup_kv_cache(2)
-    first, _ = model(idx[:, :5], pos=0)
-    steps = [first] + [model(idx[:, t : t + 1], pos=t)[0] for t in range(5, 16)]
-    model.clear_kv_cache()
+    cache = model.new_kv_cache(2)
+    first, _ = model(idx[:, :5], pos=0, cache=cache)
+    steps = [first] + [model(idx[:, t : t + 1], pos=t, cache=cache)[0] for t in range(5, 16)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
@@ -97,21 +96,21 @@ def test_kv_cache_reorder_fans_out_and_drops_rows():
     model = tiny()
     prompt = torch.randint(0, 50, (1, 6))
     cont = torch.randint(0, 50, (3, 4))
-    model.setup_kv_cache(1, max_len=12)
-    model(prompt, pos=0)
-    model.reorder_kv_cache(torch.zeros(3, dtype=torch.long), 6)
-    first, _ = model(cont[:, :1], pos=6)
+    cache = model.new_kv_cache(1, max_len=12)
+    model(prompt, pos=0, cache=cache)
+    cache.reorder(torch.zeros(3, dtype=torch.long), 6)
+    first, _ = model(cont[:, :1], pos=6, cache=cache)
     keep = torch.tensor([0, 2])
-    model.reorder_kv_cache(keep, 7)
-    rest = [model(cont[keep, t : t + 1], pos=6 + t)[0] for t in range(1, 4)]
-    model.clear_kv_cache()
+    cache.reorder(keep, 7)
+    assert cache.batch_size == 2 and cache.max_len == 12
+    rest = [model(cont[keep, t : t + 1], pos=6 + t, cache=cache)[0] for t in range(1, 4)]
     full, _ = model(torch.cat([prompt.expand(3, -1), cont], dim=1))
     torch.testing.assert_close(first[:, 0], full[:, 6], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(torch.cat(rest, dim=1), full[keep, 7:], atol=1e-5, rtol=1e-5)
 
 
 def test_weight_tying_and_scaled_init():
-    model = GPT(GPTConfig(n_layer=8, n_head=4, n_embd=64, block_size=8, vocab_size=100))
+    model = tiny_gpt(n_layer=8, n_head=4, n_embd=64, block_size=8, vocab_size=100)
     assert model.lm_head.weight is model.transformer.wte.weight
     proj = model.transformer.h[0].attn.c_proj.weight
     fc = model.transformer.h[0].mlp.c_fc.weight
@@ -145,3 +144,20 @@ def test_crop_block_size_keeps_first_positions():
 def test_config_errors_name_the_field(bad, match):
     with pytest.raises(ValueError, match=match):
         GPTConfig(**{**dict(n_layer=2, n_head=4, n_embd=32), **bad})
+
+
+def test_two_caches_on_one_model_do_not_share_state():
+    """The cache is the caller's: two decodes of different sequences interleaved step by step on one
+    model each get the logits of their own sequence, and the model holds no decoding state."""
+    model = tiny()
+    a, b = torch.randint(0, 50, (2, 1, 12), generator=torch.Generator().manual_seed(3))
+    cache_a, cache_b = model.new_kv_cache(1), model.new_kv_cache(1)
+    model(a[:, :4], pos=0, cache=cache_a)
+    model(b[:, :6], pos=0, cache=cache_b)
+    got_a, got_b = [], []
+    for t in range(6, 12):
+        got_a.append(model(a[:, t - 2 : t - 1], pos=t - 2, cache=cache_a)[0])
+        got_b.append(model(b[:, t : t + 1], pos=t, cache=cache_b)[0])
+    torch.testing.assert_close(torch.cat(got_a, 1), model(a[:, :10])[0][:, 4:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.cat(got_b, 1), model(b)[0][:, 6:], atol=1e-5, rtol=1e-5)
+    assert not [name for name, _ in model.named_buffers()]  # no cache (or other state) lives in the model

@@ -6,7 +6,6 @@ pauses the run at a known step so that the signal lands mid-step at the same pla
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import signal
@@ -22,9 +21,10 @@ from gptlab.callbacks.safety import AtomicCheckpointIO, NonFiniteLossError
 from gptlab.checkpoint import load_checkpoint, load_gpt_from_lightning_ckpt, safe_torch_load, save_atomic
 from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
+from gptlab.hf import from_pretrained, save_pretrained
 from gptlab.lit_module import GPTLitModule
-from gptlab.model import GPT, GPTConfig
-from tests.conftest import ROOT, TINY_RUN, compose_generate_cfg, compose_train_cfg
+from gptlab.model import GPT
+from tests.conftest import ROOT, TINY_RUN, compose_generate_cfg, compose_train_cfg, read_metrics, tiny_gpt
 
 # 30 steps, a checkpoint every 10; dropout on, so a resume must also restore the torch RNG
 RUN = (
@@ -39,12 +39,6 @@ RUN = (
 )
 
 
-def metric(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    """(step, value) rows of one metric in a run's metrics.csv."""
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
@@ -55,7 +49,7 @@ def reference(tmp_path_factory, data_dir) -> dict:
     """One uninterrupted run of RUN, in-process: what every interrupted run must reproduce."""
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     result = train(compose_train_cfg(run_dir, data_dir, RUN))
-    return {**result, "train": metric(run_dir, "train/loss"), "val": metric(run_dir, "val/loss")}
+    return {**result, "train": read_metrics(run_dir, "train/loss"), "val": read_metrics(run_dir, "val/loss")}
 
 
 def same_losses(rows: list[tuple[int, float]], reference_rows: list[tuple[int, float]]) -> bool:
@@ -111,13 +105,13 @@ def pause_at(step: int, marker: Path, release: Path | None = None) -> list[str]:
 
 def test_same_seed_gives_bitwise_identical_cpu_losses(reference, tmp_path, data_dir):
     again = train(compose_train_cfg(tmp_path / "run", data_dir, RUN))
-    assert metric(tmp_path / "run", "train/loss") == reference["train"]  # exact float equality, all 30 steps
-    assert metric(tmp_path / "run", "val/loss") == reference["val"]
+    assert read_metrics(tmp_path / "run", "train/loss") == reference["train"]  # exact float equality, all 30 steps
+    assert read_metrics(tmp_path / "run", "val/loss") == reference["val"]
     assert again["final_val_loss"] == reference["final_val_loss"]
     other_seed = train(
         compose_train_cfg(tmp_path / "seed2", data_dir, [*RUN, "seed=2", "trainer.max_steps=2"])
     )
-    assert metric(tmp_path / "seed2", "train/loss")[1] != reference["train"][1]  # the seed matters
+    assert read_metrics(tmp_path / "seed2", "train/loss")[1] != reference["train"][1]  # the seed matters
     assert other_seed["steps"] == 2
 
 
@@ -148,9 +142,9 @@ def test_sigkill_mid_step_then_resume_auto_matches_an_uninterrupted_run(referenc
     assert f"resuming from {runs / 'first' / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
     assert load_checkpoint(runs / "second" / "checkpoints" / "last.ckpt")["global_step"] == 30
     # steps 10..29 again, the same batches and dropout masks: same losses as the uninterrupted run
-    assert same_losses(metric(runs / "second", "train/loss"), reference["train"][10:])
-    assert same_losses(metric(runs / "second", "val/loss"), reference["val"][1:])  # after steps 20 and 30
-    assert metric(runs / "second", "val/loss")[-1][1] == pytest.approx(reference["final_val_loss"], abs=1e-4)
+    assert same_losses(read_metrics(runs / "second", "train/loss"), reference["train"][10:])
+    assert same_losses(read_metrics(runs / "second", "val/loss"), reference["val"][1:])  # after steps 20 and 30
+    assert read_metrics(runs / "second", "val/loss")[-1][1] == pytest.approx(reference["final_val_loss"], abs=1e-4)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -171,7 +165,7 @@ def test_sigint_or_sigterm_saves_a_checkpoint_after_the_current_step_and_it_resu
 
     resumed = train(compose_train_cfg(tmp_path / "resumed", data_dir, [*RUN, f"ckpt_path={last}"]))
     assert resumed["steps"] == 30
-    assert same_losses(metric(tmp_path / "resumed", "train/loss"), reference["train"][16:])
+    assert same_losses(read_metrics(tmp_path / "resumed", "train/loss"), reference["train"][16:])
     assert resumed["final_val_loss"] == pytest.approx(reference["final_val_loss"], abs=1e-4)
 
 
@@ -376,7 +370,7 @@ def booby_trapped(path: Path, marker: Path, real_ckpt: str) -> Path:
 
 
 def hf_folder_with(weights: Path, folder: Path) -> Path:
-    GPT(GPTConfig(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8)).save_pretrained(folder)
+    save_pretrained(tiny_gpt(block_size=8, vocab_size=20, n_layer=1, n_head=1, n_embd=8), folder)
     (folder / "model.safetensors").unlink()
     shutil.copy(weights, folder / "pytorch_model.bin")
     return folder
@@ -391,7 +385,7 @@ LOADERS = {
         compose_train_cfg(tmp / "run", data_dir, [*RUN, f"ckpt_path={path}"])
     ),
     "Lightning CheckpointIO": lambda path, tmp, data_dir: AtomicCheckpointIO().load_checkpoint(path),
-    "GPT.from_pretrained": lambda path, tmp, data_dir: GPT.from_pretrained(hf_folder_with(path, tmp / "hf")),
+    "hf.from_pretrained": lambda path, tmp, data_dir: from_pretrained(hf_folder_with(path, tmp / "hf")),
 }
 
 

@@ -23,6 +23,7 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 openai = pytest.importorskip("openai")
 
+from gptlab.decoding import Decoding  # noqa: E402
 from gptlab.generation import generate  # noqa: E402
 from gptlab.model import GPT, GPTConfig  # noqa: E402
 from gptlab.tokenizers import CharTokenizer  # noqa: E402
@@ -118,10 +119,11 @@ def model_and_tok(ckpt):
     return model.eval(), tokenizer_from_spec(raw["tokenizer"])
 
 
-def alone(model, tok, prompt: str, n: int, **kw) -> str:
+def alone(model, tok, prompt: str, n: int, generator=None, **kw) -> str:
     """The continuation gptlab.generation decodes for the prompt alone, as text."""
     idx = torch.tensor([tok.encode(prompt)])
-    return tok.decode(generate(model, idx, n, **kw)[0, idx.size(1):].tolist())
+    out = generate(model, idx, Decoding(max_new_tokens=n, **kw), generator=generator)
+    return tok.decode(out[0, idx.size(1):].tolist())
 
 
 # ---- the openai client -----------------------------------------------------------------------------
@@ -187,7 +189,7 @@ def test_beam_extra_fields_equal_beam_search(client, model_and_tok):
     model, tok = model_and_tok
     r = client.completions.create(model="tiny", prompt="To be", max_tokens=12, n=2,
                                   extra_body={"strategy": "beam", "num_beams": 3})
-    out = beam_search(model, torch.tensor([tok.encode("To be")]), 12, 3)
+    out = beam_search(model, torch.tensor([tok.encode("To be")]), Decoding("beam", 12, num_beams=3))
     want = [tok.decode(out.sequences[0, i, 5 : 5 + int(out.lengths[0, i])].tolist()) for i in range(2)]
     assert [c.text for c in r.choices] == want
 

@@ -1,6 +1,5 @@
 """The whole path through the real Hydra configs: prepare → train → checkpoint → generate."""
 
-import csv
 import subprocess
 import sys
 
@@ -10,12 +9,12 @@ from omegaconf import OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.entrypoints.train import train
-from tests.conftest import ROOT
+from gptlab.generation import Decoding, generate
+from tests.conftest import ROOT, read_metrics
 
 
 def read_metric(run_dir, key):
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [float(r[key]) for r in csv.DictReader(f) if r.get(key)]
+    return [value for _, value in read_metrics(run_dir, key)]
 
 
 def test_tiny_run_learns_checkpoints_and_generates(tiny_cfg, tmp_path):
@@ -39,7 +38,7 @@ def test_tiny_run_learns_checkpoints_and_generates(tiny_cfg, tmp_path):
     from gptlab.tokenizers import tokenizer_from_spec
 
     tok = tokenizer_from_spec(ckpt["tokenizer"])
-    out = model.generate(torch.tensor([tok.encode("ROMEO:")]), 20, temperature=0.8, top_k=10)
+    out = generate(model, torch.tensor([tok.encode("ROMEO:")]), Decoding(max_new_tokens=20, temperature=0.8, top_k=10))
     assert out.shape == (1, 26) and tok.decode(out[0].tolist()).startswith("ROMEO:")
 
 
@@ -77,7 +76,7 @@ def test_train_script_help_and_cfg_show_the_config():
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.model.n_embd == 768 and cfg.data.tokenizer.kind == "tiktoken"
     help_ = run_script("train.py", "--help", timeout=60)
-    assert help_.returncode == 0 and "model: baby, baby_cpu, gpt2_large" in help_.stdout
+    assert help_.returncode == 0 and "model: baby, baby_cpu, gpt2_base, gpt2_large" in help_.stdout
 
 
 def test_default_config_is_the_nanogpt_cpu_recipe():

@@ -3,7 +3,6 @@ accumulation, exact resume, DDP, precision, loggers, callbacks, sweeps and debug
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import subprocess
@@ -16,20 +15,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from gptlab.data import read_meta
+from gptlab.data.build import build_datamodule
 from gptlab.data.datamodule import RandomWindows
 from gptlab.entrypoints.config import to_plain
-from gptlab.entrypoints.train import build_datamodule, train
+from gptlab.entrypoints.train import train
 from gptlab.lit_module import GPTLitModule
-from tests.conftest import ROOT, compose_train_cfg
+from tests.conftest import ROOT, compose_train_cfg, read_metrics
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, dropout=0.0, bias=True)
 OPTIM = dict(lr=1e-3, min_lr=1e-4, warmup_steps=0, lr_decay_steps=10, weight_decay=0.1, betas=[0.9, 0.95])
-
-
-def metrics(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    """(step, value) rows of one metric in a run's CSV log."""
-    with open(run_dir / "logs" / "metrics.csv") as f:
-        return [(int(r["step"]), float(r[key])) for r in csv.DictReader(f) if r.get(key)]
 
 
 # ---- accumulation -------------------------------------------------------------------------------
@@ -50,7 +44,7 @@ def one_step_grads(chunks: list[tuple[torch.Tensor, torch.Tensor]], accumulate: 
                         callbacks=[grads], enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, log_every_n_steps=1)
     trainer.fit(module, train_dataloaders=DataLoader(chunks, batch_size=None))
-    return grads.grads, metrics(tmp_path, "train/loss")
+    return grads.grads, read_metrics(tmp_path, "train/loss")
 
 
 def test_accumulation_k_micro_batches_equals_one_big_batch(tmp_path):
@@ -88,11 +82,11 @@ def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_pa
     resumed = train(compose_train_cfg(tmp_path / "resumed", data, [*RESUME_RUN, "trainer.max_steps=8",
                                                                     f"ckpt_path={half['last_ckpt']}"]))
     assert straight["steps"] == resumed["steps"] == 8
-    losses_straight = metrics(tmp_path / "straight", "train/loss")
-    losses_split = metrics(tmp_path / "half", "train/loss") + metrics(tmp_path / "resumed", "train/loss")
+    losses_straight = read_metrics(tmp_path / "straight", "train/loss")
+    losses_split = read_metrics(tmp_path / "half", "train/loss") + read_metrics(tmp_path / "resumed", "train/loss")
     assert [s for s, _ in losses_straight] == list(range(8))
     assert losses_split == losses_straight  # bitwise
-    assert metrics(tmp_path / "resumed", "val/loss") == metrics(tmp_path / "straight", "val/loss")[1:]
+    assert read_metrics(tmp_path / "resumed", "val/loss") == read_metrics(tmp_path / "straight", "val/loss")[1:]
     assert resumed["best_val_loss"] == straight["best_val_loss"]
 
     # the best val loss survives a resume into a new run folder, even before the next validation
@@ -121,13 +115,13 @@ def test_a_resume_takes_this_runs_lr_and_accumulation(tmp_path):
                                                              "optim.min_lr=1e-4", f"ckpt_path={half['last_ckpt']}"]))
     assert new_lr["steps"] == 7
     schedule = dict(lr=1e-3, min_lr=1e-4, warmup_steps=2, lr_decay_steps=8)
-    assert metrics(tmp_path / "lr", "lr/decay") == [(s, pytest.approx(get_lr(s, **schedule))) for s in (5, 6)]
+    assert read_metrics(tmp_path / "lr", "lr/decay") == [(s, pytest.approx(get_lr(s, **schedule))) for s in (5, 6)]
 
     acc = train(compose_train_cfg(tmp_path / "acc", data, [*RESUME_RUN, "trainer.max_steps=9",
                                                            "trainer.accumulate_grad_batches=2",
                                                            f"ckpt_path={half['last_ckpt']}"]))
     assert load_checkpoint(acc["last_ckpt"])["GPTDataModule"]["train_batches_consumed"] == 5 + 4 * 2
-    assert [s for s, _ in metrics(tmp_path / "acc", "train/loss")] == [5, 6, 7, 8]
+    assert [s for s, _ in read_metrics(tmp_path / "acc", "train/loss")] == [5, 6, 7, 8]
     assert "step8" in Path(acc["best_ckpt"]).name  # the validation at step 8 = 2 × eval_interval
 
 
@@ -150,7 +144,7 @@ def test_ddp_cpu_two_ranks(tmp_path):
     assert "× devices 2 = 768" in proc.stdout and proc.stdout.count("[gptlab] done") == 1
     run_dir = tmp_path / "run"
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best-step1-val" + \
-        f"{metrics(run_dir, 'val/loss')[0][1]:.4f}.ckpt", "last.ckpt"]
+        f"{read_metrics(run_dir, 'val/loss')[0][1]:.4f}.ckpt", "last.ckpt"]
     ddp = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
 
     cfg = compose_train_cfg(tmp_path / "ref", tmp_path / "data", [*overrides[:1], *overrides[3:]])
@@ -171,7 +165,7 @@ def test_ddp_cpu_two_ranks(tmp_path):
     module.eval()
     with torch.no_grad():
         full_val = torch.stack([module.model(x, y)[1] for x, y in dm.val_dataloader()]).mean()
-    assert metrics(run_dir, "val/loss")[0][1] == pytest.approx(full_val.item(), abs=1e-5)
+    assert read_metrics(run_dir, "val/loss")[0][1] == pytest.approx(full_val.item(), abs=1e-5)
 
 
 def test_train_loss_rows_follow_log_every_n_steps(tmp_path):
@@ -182,9 +176,9 @@ def test_train_loss_rows_follow_log_every_n_steps(tmp_path):
     sparse = train(compose_train_cfg(tmp_path / "sparse", data, [*RESUME_RUN, "trainer.max_steps=9",
                                                                   "trainer.log_every_n_steps=3"]))
     assert every["steps"] == sparse["steps"] == 9
-    rows = metrics(tmp_path / "sparse", "train/loss")
+    rows = read_metrics(tmp_path / "sparse", "train/loss")
     assert [s for s, _ in rows] == [2, 5, 8]
-    assert rows == [r for r in metrics(tmp_path / "every", "train/loss") if r[0] in (2, 5, 8)]
+    assert rows == [r for r in read_metrics(tmp_path / "every", "train/loss") if r[0] in (2, 5, 8)]
 
 
 # ---- callbacks, loggers, precision, debug configs -------------------------------------------------
@@ -203,11 +197,11 @@ def test_default_callbacks_log_throughput_lr_and_samples(tmp_path):
                 "callbacks.throughput.skip=1", "callbacks.sampler.every_n_steps=5",
                 "callbacks.sampler.max_new_tokens=12", "callbacks.sampler.prompt=ROMEO:")
     run_dir = tmp_path / "run"
-    tokens_per_s = metrics(run_dir, "perf/tokens_per_s")
+    tokens_per_s = read_metrics(run_dir, "perf/tokens_per_s")
     # windows of 4 steps from step 1 (skip); validation after step 6 restarts the window one step later
     assert [s for s, _ in tokens_per_s] == [4, 10] and all(v > 0 for _, v in tokens_per_s)
-    assert all(0 < v < 1 for _, v in metrics(run_dir, "perf/mfu"))
-    assert [s for s, _ in metrics(run_dir, "lr/decay")] == list(range(12))
+    assert all(0 < v < 1 for _, v in read_metrics(run_dir, "perf/mfu"))
+    assert [s for s, _ in read_metrics(run_dir, "lr/decay")] == list(range(12))
     samples = (run_dir / "logs" / "samples.txt").read_text()
     assert samples.count("=== step") == 2 and "=== step 5\nROMEO:" in samples and "=== step 10\n" in samples
 
@@ -260,7 +254,7 @@ def test_loggers(tmp_path, logger):
                 "callbacks.sampler.every_n_steps=2", "callbacks.sampler.max_new_tokens=4")
     run_dir = tmp_path / "run"
     if "csv" in logger:
-        assert metrics(run_dir, "train/loss")
+        assert read_metrics(run_dir, "train/loss")
     if "tensorboard" in logger:
         assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     if "wandb" in logger:
@@ -272,7 +266,7 @@ def test_loggers(tmp_path, logger):
 def test_precisions_start_on_cpu(tmp_path, precision):
     result = quick_train(tmp_path, f"trainer.precision={precision}", "trainer.max_steps=2", "eval_interval=2")
     assert result["steps"] == 2 and all(torch.isfinite(torch.tensor(v)) for _, v in
-                                        metrics(tmp_path / "run", "train/loss"))
+                                        read_metrics(tmp_path / "run", "train/loss"))
 
 
 @pytest.mark.slow

@@ -48,7 +48,7 @@ def main() -> None:
     def ours_run(on: bool):
         use_in_out(on)
         try:
-            return ours.generate(prompt, n, strategy="greedy")
+            return bench.generate(ours, prompt, bench.Decoding("greedy", n))
         finally:
             use_in_out(False)
 

@@ -35,6 +35,8 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import CompileConfig, GPT2LMHeadModel  # noqa: E402
 
+from gptlab.generation import Decoding, generate  # noqa: E402
+from gptlab.hf import save_pretrained  # noqa: E402
 from gptlab.model import GPT, GPTConfig  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -54,7 +56,7 @@ def twins(config: GPTConfig, dtype: torch.dtype = torch.float32) -> tuple[GPT, G
     torch.manual_seed(0)
     ours = GPT(config).eval()
     with tempfile.TemporaryDirectory() as folder:
-        ours.save_pretrained(folder)
+        save_pretrained(ours, folder)
         hf = GPT2LMHeadModel.from_pretrained(folder).eval()
     return ours.to(dtype), hf.to(dtype)
 
@@ -71,7 +73,8 @@ def contenders(ours: GPT, hf: GPT2LMHeadModel, prompt: torch.Tensor, args) -> di
     static["compile_config"]._compile_all_devices = True
 
     def ours_run(n, **kw):
-        return lambda: ours.generate(prompt, n, **{"strategy": "greedy", **kw})
+        decoding = Decoding(**{"strategy": "greedy", "max_new_tokens": n, **kw})
+        return lambda: generate(ours, prompt, decoding)
 
     def hf_run(n, **kw):
         return lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0, **kw)

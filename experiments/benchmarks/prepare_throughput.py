@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from gptlab.data import prepare_hf, prepare_text
-from gptlab.data.prepare import SHIPPED_SHAKESPEARE
+from gptlab.paths import SHIPPED_SHAKESPEARE
 
 
 def main() -> None:

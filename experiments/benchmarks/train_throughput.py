@@ -32,9 +32,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from gptlab.data import read_meta  # noqa: E402
+from gptlab.data.build import build_datamodule  # noqa: E402
 from gptlab.data.datamodule import RandomWindows, open_memmap  # noqa: E402
 from gptlab.entrypoints.config import to_plain  # noqa: E402
-from gptlab.entrypoints.train import build_datamodule, train  # noqa: E402
+from gptlab.entrypoints.train import train  # noqa: E402
 from gptlab.lit_module import GPTLitModule  # noqa: E402
 from tests.conftest import compose_train_cfg  # noqa: E402
 

@@ -31,7 +31,7 @@ from gptlab.analysis.report import pick_checkpoint  # noqa: E402
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt  # noqa: E402
 from gptlab.data.datamodule import FixedWindows  # noqa: E402
 from gptlab.entrypoints.analyze import run_datamodule  # noqa: E402
-from gptlab.generation import generate_text  # noqa: E402
+from gptlab.generation import Decoding, generate_text  # noqa: E402
 from gptlab.lit_module import mask_tokens  # noqa: E402
 from gptlab.tokenizers import tokenizer_from_spec  # noqa: E402
 
@@ -118,7 +118,7 @@ def main(out: str, causal: str, bidir: str, mlm: str, *more: str) -> None:
              "whole window at every step, as it was trained).", ""]
     for name in names[:2]:
         model, _, tok, _ = loaded[name]
-        text = "ROMEO:" + generate_text(model, tok, "ROMEO:", 200, seed=1337, strategy="sample", temperature=0.8)
+        text = "ROMEO:" + generate_text(model, tok, "ROMEO:", Decoding(max_new_tokens=200, seed=1337, temperature=0.8))
         texts += [f"## {name}", "", "```", text, "```", ""]
     (out_dir / "samples.md").write_text("\n".join(texts))
     print(json.dumps(scores, indent=1))

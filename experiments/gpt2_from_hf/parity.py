@@ -3,7 +3,7 @@
     python experiments/gpt2_from_hf/parity.py --configs 20 --seed 0
 
 For random GPT-2 shapes with random weights (random biases and LayerNorm gains too) it prints the
-max |logit difference| for: HF → gptlab (save_pretrained → GPT.from_pretrained), the same with the
+max |logit difference| for: HF → gptlab (save_pretrained → from_pretrained), the same with the
 vocabulary padded to a multiple of 64, and gptlab → HF (GPT.save_pretrained →
 GPT2LMHeadModel.from_pretrained). Last come GPT-2 124M-shaped models (12×12×768, 50257×1024) with
 GPT-2's gelu_new and with gelu_pytorch_tanh (the same function computed by torch's fused kernel).
@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from gptlab.hf import gpt_config_from_hf
+from gptlab.hf import from_pretrained, gpt_config_from_hf, save_pretrained
 from gptlab.model import GPT
 
 
@@ -57,12 +57,12 @@ def measure(cfg: dict, seed: int, batch: int = 2) -> tuple[float, float, float, 
     ref = hf(idx).logits
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
-        to_ours = (GPT.from_pretrained(tmp).eval()(idx)[0] - ref).abs().max().item()
-        padded = (GPT.from_pretrained(tmp, vocab_multiple=64).eval()(idx)[0] - ref).abs().max().item()
+        to_ours = (from_pretrained(tmp).eval()(idx)[0] - ref).abs().max().item()
+        padded = (from_pretrained(tmp, vocab_multiple=64).eval()(idx)[0] - ref).abs().max().item()
     # the other direction: a gptlab model with its own random weights, exported
     ours = randomize_(GPT(gpt_config_from_hf(cfg)), gen)
     with tempfile.TemporaryDirectory() as tmp:
-        ours.save_pretrained(tmp)
+        save_pretrained(ours, tmp)
         back = GPT2LMHeadModel.from_pretrained(tmp).eval()
         to_hf = (back(idx).logits - ours(idx)[0]).abs().max().item()
     return ref.abs().max().item(), to_ours, padded, to_hf

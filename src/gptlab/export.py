@@ -3,7 +3,7 @@
     python -m gptlab.export ckpt_path=outputs/.../last.ckpt out=exported/gpt2-shakespeare
 
 The folder (config.json + model.safetensors) loads with transformers.GPT2LMHeadModel.from_pretrained
-and back into gptlab with GPT.from_pretrained. Arguments are key=value like the Hydra entry points
+and back into gptlab with gptlab.hf.from_pretrained. Arguments are key=value like the Hydra entry points
 (--key value also works).
 """
 
@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
-from gptlab.hf import save_hf_gpt2
+from gptlab.hf import save_pretrained
 
 
 def export(ckpt_path: str | Path, out: str | Path) -> Path:
     """Write the GPT of a Lightning checkpoint to `out` as a HF GPT-2 folder; returns the folder."""
     model, _ = load_gpt_from_lightning_ckpt(ckpt_path)
-    save_hf_gpt2(model, out)
+    save_pretrained(model, out)
     return Path(out)
 
 

@@ -39,7 +39,7 @@ WEIGHT_FILES = (
 
 
 # ---- loading ---------------------------------------------------------------------------------------
-def load_hf_gpt2(path_or_name: str | Path, **overrides: Any) -> GPT:
+def from_pretrained(path_or_name: str | Path, **overrides: Any) -> GPT:
     """A GPT with the weights of a HF GPT-2 folder or hub name; logits equal GPT2LMHeadModel's.
 
     overrides: `dropout` (default 0.0, as for inference), `block_size` (crop the position table to a
@@ -47,7 +47,7 @@ def load_hf_gpt2(path_or_name: str | Path, **overrides: Any) -> GPT:
     """
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
-        raise ValueError(f"load_hf_gpt2: cannot override {unknown}; allowed: {list(OVERRIDABLE)}")
+        raise ValueError(f"from_pretrained: cannot override {unknown}; allowed: {list(OVERRIDABLE)}")
     folder = resolve_hf_folder(path_or_name)
     hf_config = _read_json(folder / "config.json")
     config = gpt_config_from_hf(hf_config, folder / "config.json")
@@ -270,7 +270,7 @@ def gpt_state_to_hf(model: GPT) -> dict[str, torch.Tensor]:
     }
 
 
-def save_hf_gpt2(model: GPT, folder: str | Path) -> None:
+def save_pretrained(model: GPT, folder: str | Path) -> None:
     """Write config.json + model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads.
 
     Each file is written to a temporary name beside it and renamed, so an interrupted save never

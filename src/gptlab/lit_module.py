@@ -13,9 +13,11 @@ import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy
 
+from gptlab.callbacks.accumulation import optimizer_stepped
 from gptlab.callbacks.safety import NonFiniteGuard
 from gptlab.checkpoint import strip_wrapper_prefixes
-from gptlab.model import GPT, GPTConfig
+from gptlab.hf import from_pretrained
+from gptlab.model import GPT, IGNORE_INDEX, GPTConfig
 
 
 def get_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, lr_decay_steps: int) -> float:
@@ -48,7 +50,7 @@ def mask_tokens(x: torch.Tensor, mask_prob: float, mask_token_id: int, vocab_siz
 
     Each position is chosen with probability mask_prob; a chosen token becomes [MASK] 80% of the
     time, a random token 10%, and stays itself 10% (so the model cannot trust unmasked inputs
-    blindly). Targets hold the original token at chosen positions and -1 (ignored) elsewhere.
+    blindly). Targets hold the original token at chosen positions and IGNORE_INDEX elsewhere.
     """
     u = torch.rand(x.shape, generator=generator, device=x.device)
     chosen = u < mask_prob
@@ -56,7 +58,7 @@ def mask_tokens(x: torch.Tensor, mask_prob: float, mask_token_id: int, vocab_siz
     random_ids = torch.randint(0, vocab_size, x.shape, generator=generator, device=x.device)
     inputs = torch.where(chosen & (r < 0.8), torch.full_like(x, mask_token_id), x)
     inputs = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_ids, inputs)
-    return inputs, torch.where(chosen, x, torch.full_like(x, -1))
+    return inputs, torch.where(chosen, x, torch.full_like(x, IGNORE_INDEX))
 
 
 class GPTLitModule(L.LightningModule):
@@ -88,7 +90,7 @@ class GPTLitModule(L.LightningModule):
             self.model = GPT(GPTConfig.from_dict(model))
         else:
             overrides = {k: model[k] for k in ("dropout", "block_size", "vocab_multiple") if model.get(k) is not None}
-            self.model = GPT.from_pretrained(init_from, **overrides)
+            self.model = from_pretrained(init_from, **overrides)
             model = {**model, **self.model.config.to_dict()}
         self.tokenizer_spec = tokenizer
         # hparams hold the model's real config, so a checkpoint alone rebuilds the GPT
@@ -112,11 +114,13 @@ class GPTLitModule(L.LightningModule):
         if self.objective == "mlm":
             x, y = self._mlm_batch(x)
         _, loss = self.model(x, y)
-        # Under gradient accumulation one optimizer step spans k micro-batches: log their mean once.
+        # One train/loss row per optimizer step: the mean of its accumulation window's micro-batches.
         self._micro_losses.append(loss.detach())
-        if len(self._micro_losses) == self.trainer.accumulate_grad_batches:
-            # self.log costs ~0.7 ms (3% of a CPU-recipe step), so it is called only on the steps whose
-            # row Lightning writes: every trainer.log_every_n_steps optimizer steps, as its loggers do.
+        if optimizer_stepped(self.trainer, batch_idx):
+            # self.log runs only on the steps whose row Lightning writes (every trainer.log_every_n_steps
+            # optimizer steps, as its loggers do): a call on any other step is time spent for no row.
+            # Rows: tests/test_training.py::test_train_loss_rows_follow_log_every_n_steps; the cost per
+            # call: experiments/benchmarks/train_sections.py.
             if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
                 mean = torch.stack(self._micro_losses).mean()
                 self.log("train/loss", mean, on_step=True, on_epoch=False, prog_bar=True)
@@ -124,16 +128,17 @@ class GPTLitModule(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Free the gradients as soon as the optimizer step has used them. Lightning frees them just
-        # before the next backward, so the next forward would allocate its activations beside them;
-        # freed here, it reuses their memory (CPU recipe: ~0.5 ms a step faster; a lower peak on GPUs).
-        if (batch_idx + 1) % self.trainer.accumulate_grad_batches == 0:
+        # Gradients live only from a backward to the optimizer step that uses them: freed here, the next
+        # forward's activations reuse their memory instead of being allocated beside them (a lower peak;
+        # the per-step time is in experiments/benchmarks/train_sections.py, row "zero_grad").
+        if optimizer_stepped(self.trainer, batch_idx):
             for optimizer in self.trainer.optimizers:
                 optimizer.zero_grad(set_to_none=True)
 
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
-        # on_train_batch_end has already freed the gradients of the last optimizer step, so Lightning's
-        # zero_grad before the next backward would only walk the parameters again (~0.1 ms a CPU step).
+        # Zero only what is there: on_train_batch_end frees the gradients after every optimizer step, so
+        # this walks the parameters again only when something else left gradients behind
+        # (experiments/benchmarks/train_sections.py, row "zero_grad").
         if any(p.grad is not None for group in optimizer.param_groups for p in group["params"]):
             optimizer.zero_grad(set_to_none=True)  # something else left gradients behind
 
@@ -164,7 +169,7 @@ class GPTLitModule(L.LightningModule):
         logits, loss = self.model(x, y)
         self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         if self.objective == "mlm":
-            scored = y != -1
+            scored = y != IGNORE_INDEX
             acc = (logits.argmax(-1)[scored] == y[scored]).float().mean()
             self.log("val/masked_acc", acc, on_step=False, on_epoch=True, sync_dist=True)
         return loss
@@ -172,9 +177,10 @@ class GPTLitModule(L.LightningModule):
     def configure_optimizers(self):
         o = self.hparams.optim
         betas = tuple(o.get("betas", (0.9, 0.95)))
-        # The fused kernels (CUDA; CPU since torch 2.4) are fastest: 3× the default's speed on the CPU
-        # recipe. Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimizer
-        # (it assumes the optimizer unscales them itself), so mixed precision keeps the default kernel.
+        # Fused AdamW (CUDA; CPU since torch 2.4) wherever Lightning allows it: it is the fastest kernel
+        # (experiments/benchmarks/README.md, train_throughput.py). Lightning's mixed-precision plugin refuses
+        # to clip the gradients of a fused optimizer (it assumes the optimizer unscales them itself), so
+        # mixed precision keeps the default kernel.
         mixed = self._trainer is not None and "mixed" in str(self._trainer.precision)
         fused = self.device.type in ("cuda", "cpu") and not mixed
         optimizer = torch.optim.AdamW(param_groups(self.model, o.get("weight_decay", 0.1)), lr=o["lr"],
@@ -205,13 +211,14 @@ class GPTLitModule(L.LightningModule):
 
     def _continue_with_this_config(self, checkpoint: dict[str, Any]) -> None:
         """Resume with this run's optim.lr and accumulate_grad_batches where they differ from the
-        checkpoint's (a no-op where they do not).
+        checkpoint's (a no-op, bitwise, where they do not).
 
-        LambdaLR multiplies the config's get_lr / optim.lr by the base LRs it saved, so a new optim.lr
-        kept the old peak. Lightning counts accumulation windows and validations in micro-batches since
-        the start, so a new accumulate_grad_batches (devices sets it in gpt2_124m) cut the first window
-        short, moved validations off multiples of eval_interval and logged each row one step early:
-        the micro-batches done are counted as global_step × accumulate_grad_batches instead.
+        Invariants after a resume: the LR at step s is get_lr(s) of *this* config (LambdaLR scales
+        get_lr / optim.lr by the base LRs it saved, so those are set to this optim.lr); and the
+        micro-batches done count as global_step × this accumulate_grad_batches, because Lightning
+        places accumulation windows and validations by micro-batches since the start — so the first
+        window is whole, validations stay on multiples of eval_interval and each row keeps its step.
+        Tested by tests/test_training.py::test_a_resume_takes_this_runs_lr_and_accumulation.
         """
         o, step = self.hparams.optim, checkpoint["global_step"]
         lr = o["lr"] * (get_lr(step, **self._schedule()) / o["lr"])  # LambdaLR's arithmetic: bitwise if unchanged

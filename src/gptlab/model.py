@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+# A target equal to this id is left out of the loss (padding, unscored positions); every module that
+# builds targets imports it from here.
+IGNORE_INDEX = -1
 
 
 @dataclass
@@ -62,18 +65,17 @@ class GPTConfig:
         return asdict(self)
 
 
-class KVCache(nn.Module):
-    """Preallocated key/value buffers for one attention layer (litgpt style).
+class LayerKVCache:
+    """Preallocated keys/values of one attention layer (litgpt style).
 
     New keys and values are written at their absolute positions, so decoding one token costs one
     attention row instead of recomputing the whole prefix.
     """
 
     def __init__(self, batch_size: int, n_head: int, max_len: int, head_dim: int, *, device=None, dtype=None):
-        super().__init__()
         shape = (batch_size, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
 
     def update(self, pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k, v (B, nh, T, hs) at positions pos..pos+T-1; return all keys/values up to there."""
@@ -100,6 +102,30 @@ class KVCache(nn.Module):
         self.v[:, :, :length] = v
 
 
+class KVCache:
+    """The key/value state of one decode: a `LayerKVCache` per layer, owned by the caller.
+
+    The model holds no decoding state: a cache is made by `GPT.new_kv_cache` and passed to every
+    forward of that decode, so two decodes on one model (two threads, two requests) each write only
+    their own buffers."""
+
+    def __init__(self, layers: list[LayerKVCache]):
+        self.layers = layers
+
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].k.size(0)
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].k.size(2)
+
+    def reorder(self, index: torch.Tensor, length: int) -> None:
+        """Reorder the batch rows of every layer over the first `length` positions (see LayerKVCache)."""
+        for layer in self.layers:
+            layer.reorder(index, length)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -113,33 +139,39 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.causal = config.causal
         self.use_sdpa = config.use_sdpa
-        self.kv_cache: KVCache | None = None
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False
+        self, x: torch.Tensor, pos: int | torch.Tensor = 0, need_weights: bool = False,
+        cache: LayerKVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.size()
         # (B, T, 3C) -> q, k, v, each (B, nh, T, hs): each head attends independently. The same views
         # as split + view + transpose per tensor, in 3 ops instead of 7 (decoding is op-bound at batch 1)
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.kv_cache is not None:
-            k, v = self.kv_cache.update(pos, k, v)
+        if cache is not None:
+            k, v = cache.update(pos, k, v)
         S = k.size(2)  # number of keys: the cached prefix plus the new tokens
 
         # Query i sits at absolute position pos+i and may see keys 0..pos+i. With no prefix
         # (S == T) that is the plain lower triangle; one new token with a cache sees everything.
+        # A tensor pos (B,) puts each row at its own position (rows of a serving batch): row b's keys
+        # past pos[b]+i belong to longer rows or to nobody, so its mask ends there.
         mask = None
-        if self.causal and T > 1:
+        if isinstance(pos, torch.Tensor):
+            ends = pos[:, None] + torch.arange(T, device=x.device)  # (B, T) each query's position
+            mask = (torch.arange(S, device=x.device) <= ends[..., None])[:, None]  # (B, 1, T, S)
+        elif self.causal and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        square = S == T and not isinstance(pos, torch.Tensor)  # the plain causal triangle
 
         att = None
         if self.use_sdpa and not need_weights:
             y = F.scaled_dot_product_attention(
                 q, k, v,
-                attn_mask=None if S == T else mask,
+                attn_mask=None if square else mask,
                 dropout_p=self.dropout if self.training else 0.0,
-                is_causal=mask is not None and S == T,
+                is_causal=mask is not None and square,
             )
         else:
             # explicit path: the same computation written out, so the weights can be returned
@@ -176,9 +208,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False
+        self, x: torch.Tensor, pos: int | torch.Tensor = 0, need_weights: bool = False,
+        cache: LayerKVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, att = self.attn(self.ln_1(x), pos, need_weights)
+        a, att = self.attn(self.ln_1(x), pos, need_weights, cache)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, att
@@ -225,30 +258,42 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, pos: int = 0
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, pos: int | torch.Tensor = 0,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for every position; loss when targets are given.
 
         `pos` is the absolute position of idx[:, 0]; it is non-zero only while decoding with a
-        KV cache (see `setup_kv_cache`). Targets equal to -1 are ignored in the loss.
+        KV `cache` (see `new_kv_cache`), which then holds positions 0..pos-1 and receives these
+        keys and values. A (B,) tensor gives each row its own position, with a cache that writes each
+        row there (gptlab.serving.batch). Targets equal to IGNORE_INDEX (-1) are ignored in the loss.
         """
-        x = self._embed(idx, pos)
-        for block in self.transformer.h:
-            x, _ = block(x, pos)
-        logits = self._head(x)
+        logits = self._head(self._blocks(idx, pos, cache))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    def _embed(self, idx: torch.Tensor, pos: int) -> torch.Tensor:
+    def _blocks(self, idx: torch.Tensor, pos: int | torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+        """The residual stream after the last block, (B, T, n_embd)."""
+        x = self._embed(idx, pos)
+        layers = cache.layers if cache is not None else [None] * len(self.transformer.h)
+        for block, layer_cache in zip(self.transformer.h, layers):
+            x, _ = block(x, pos, False, layer_cache)
+        return x
+
+    def _embed(self, idx: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
         T = idx.size(1)
-        if pos + T > self.config.block_size:
+        start = int(pos.max()) if isinstance(pos, torch.Tensor) else pos  # per-row positions: the furthest row
+        if start + T > self.config.block_size:
             raise ValueError(
-                f"cannot forward positions {pos}..{pos + T - 1}: block_size is {self.config.block_size} "
+                f"cannot forward positions {start}..{start + T - 1}: block_size is {self.config.block_size} "
                 f"(crop the input to its last {self.config.block_size} tokens)"
             )
-        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
+        if isinstance(pos, torch.Tensor):
+            positions = pos[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        else:
+            positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
         return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -267,33 +312,24 @@ class GPT(nn.Module):
             maps.append(att)
         return self._head(x), maps
 
-    # ---- KV cache -------------------------------------------------------------------------------
-    def setup_kv_cache(self, batch_size: int, max_len: int | None = None) -> None:
-        """Allocate a cache per layer; afterwards forward(idx, pos=...) appends to it."""
+    # ---- decoding -------------------------------------------------------------------------------
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty cache for one decode of batch_size rows, up to max_len (default block_size) positions,
+        on the model's device and dtype; pass it to forward / forward_last as `cache=`."""
         max_len = max_len or self.config.block_size
         head_dim = self.config.n_embd // self.config.n_head
         p = self.lm_head.weight
-        for block in self.transformer.h:
-            block.attn.kv_cache = KVCache(
-                batch_size, self.config.n_head, max_len, head_dim, device=p.device, dtype=p.dtype
-            )
+        return KVCache([
+            LayerKVCache(batch_size, self.config.n_head, max_len, head_dim, device=p.device, dtype=p.dtype)
+            for _ in self.transformer.h
+        ])
 
-    def reorder_kv_cache(self, index: torch.Tensor, length: int) -> None:
-        """Reorder the batch rows of every layer's cache over its first `length` positions."""
-        for block in self.transformer.h:
-            block.attn.kv_cache.reorder(index, length)
-
-    def forward_last(self, idx: torch.Tensor, pos: int = 0) -> torch.Tensor:
+    def forward_last(
+        self, idx: torch.Tensor, pos: int | torch.Tensor = 0, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """Logits (B, vocab_size) of the last position only: all that decoding needs, so the
         LM head (the largest matmul of a small GPT-2) skips the rest of a prompt or window."""
-        x = self._embed(idx, pos)
-        for block in self.transformer.h:
-            x, _ = block(x, pos)
-        return self._head(x[:, -1, :])
-
-    def clear_kv_cache(self) -> None:
-        for block in self.transformer.h:
-            block.attn.kv_cache = None
+        return self._head(self._blocks(idx, pos, cache)[:, -1, :])
 
     # ---- surgery and I/O --------------------------------------------------------------------------
     def crop_block_size(self, block_size: int) -> None:
@@ -302,22 +338,3 @@ class GPT(nn.Module):
             raise ValueError(f"crop_block_size: {block_size} must be in 1..{self.config.block_size}")
         self.config.block_size = block_size
         self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
-
-    @classmethod
-    def from_pretrained(cls, path_or_name: str | Path, **overrides: Any) -> GPT:
-        """Load a Hugging Face GPT-2 checkpoint (folder or cached name); see gptlab.hf."""
-        from gptlab.hf import load_hf_gpt2
-
-        return load_hf_gpt2(path_or_name, **overrides)
-
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write a folder that transformers.GPT2LMHeadModel.from_pretrained loads; see gptlab.hf."""
-        from gptlab.hf import save_hf_gpt2
-
-        save_hf_gpt2(self, folder)
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, **kwargs: Any) -> torch.Tensor:
-        """Continue idx (B, T) by max_new_tokens; see gptlab.generation.generate for the options."""
-        from gptlab.generation import generate
-
-        return generate(self, idx, max_new_tokens, **kwargs)

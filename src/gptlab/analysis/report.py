@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,31 +74,48 @@ def _load(run_dir: Path, which: str) -> Loaded:
     return Loaded(run_dir, model, tokenizer_from_spec(ckpt["tokenizer"]), ckpt.get("hyper_parameters", {}), path)
 
 
+@dataclass
+class ReportOptions:
+    """What goes into a run report (conf/analyze.yaml names the same settings).
+
+    labels: legend labels, one per run (default: the overrides that tell runs apart).
+    train_text: training text for the samples' "known words" statistic (None: not computed).
+    strategies: named decoding settings for the samples (None: samples.STRATEGIES).
+    attention_layer/attention_head: the head enlarged (None, None: the most focused one).
+    neighbour_queries: how many frequent tokens are listed with their embedding neighbours.
+    position_windows: validation windows averaged for the loss by position.
+    log_scale: also draw the curves on log-log axes.
+    """
+
+    labels: list[str] | None = None
+    train_text: str | None = None
+    prompt: str = "ROMEO:\nBut soft, what light through yonder window breaks?"
+    max_new_tokens: int = 300
+    temperatures: Sequence[float] = field(default_factory=lambda: list(samples.TEMPERATURES))
+    strategies: dict[str, dict[str, Any]] | None = None
+    attention_layer: int | None = None
+    attention_head: int | None = None
+    neighbour_queries: int = 16
+    position_windows: int = 1600
+    log_scale: bool = False
+    seed: int = 1337
+
+
 def write_report(
     run_dir: str | Path,
     val_ids_for: Callable[[Path], np.ndarray],
     *,
     compare: Sequence[str | Path] = (),
-    labels: list[str] | None = None,
-    train_text: str | None = None,
     out_dir: str | Path | None = None,
     ckpt: str = "best",
-    prompt: str = "ROMEO:\nBut soft, what light through yonder window breaks?",
-    max_new_tokens: int = 300,
-    temperatures: Sequence[float] = samples.TEMPERATURES,
-    strategies: dict[str, dict[str, Any]] | None = None,
-    attention_layer: int | None = None,
-    attention_head: int | None = None,
-    neighbour_queries: int = 16,
-    position_windows: int = 1600,
-    log_scale: bool = False,
-    seed: int = 1337,
+    options: ReportOptions | None = None,
 ) -> Path:
     """Analyse the run in run_dir (its logs and a checkpoint); returns the report folder.
 
     val_ids_for(run_dir) gives that run's validation token ids. compare: more runs (or folders of
     runs, e.g. a Hydra multirun) whose curves and per-position losses are overlaid on this one's.
     """
+    o = options or ReportOptions()
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "report"
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -107,14 +124,14 @@ def write_report(
     try:
         main = _load(run_dir, ckpt)
         md = _header(main)
-        curve_md, runs = _curves_section(run_dir, compare, labels, log_scale, tmp)
+        curve_md, runs = _curves_section(run_dir, compare, o.labels, o.log_scale, tmp)
         md += curve_md
-        md += _attention_section(main, prompt, attention_layer, attention_head, tmp)
-        md += _samples_section(main, prompt, max_new_tokens, temperatures, strategies or samples.STRATEGIES,
-                               train_text, seed, tmp)
+        md += _attention_section(main, o.prompt, o.attention_layer, o.attention_head, tmp)
+        md += _samples_section(main, o.prompt, o.max_new_tokens, o.temperatures,
+                               o.strategies or samples.STRATEGIES, o.train_text, o.seed, tmp)
         md += _position_section(main, [(runs[0].label, main), *_loadable(runs[1:], ckpt)], val_ids_for,
-                                position_windows, tmp)
-        md += _embedding_section(main, val_ids_for(run_dir), neighbour_queries, tmp)
+                                o.position_windows, tmp)
+        md += _embedding_section(main, val_ids_for(run_dir), o.neighbour_queries, tmp)
         (tmp / "report.md").write_text("\n".join(md), encoding="utf-8")
         if out_dir.exists():  # swap: the old report is removed only once the new one is complete
             old = out_dir.with_name(f".{out_dir.name}-old-{os.getpid()}")

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from gptlab.analysis import save_figure
-from gptlab.generation import generate_text  # noqa: E402
+from gptlab.generation import Decoding, generate_text  # noqa: E402
 from gptlab.model import GPT  # noqa: E402
 from gptlab.tokenizers import Tokenizer  # noqa: E402
 
@@ -35,14 +35,14 @@ WORD = re.compile(r"[A-Za-z']+")
 
 def temperature_samples(model: GPT, tok: Tokenizer, prompt: str, max_new_tokens: int,
                         temperatures: Iterable[float] = TEMPERATURES, seed: int = 1337) -> dict[str, str]:
-    return {f"temperature {t}": prompt + generate_text(model, tok, prompt, max_new_tokens, seed=seed,
-                                                        strategy="sample", temperature=t) for t in temperatures}
+    return {f"temperature {t}": prompt + generate_text(model, tok, prompt, Decoding(
+        strategy="sample", temperature=t, max_new_tokens=max_new_tokens, seed=seed)) for t in temperatures}
 
 
 def strategy_samples(model: GPT, tok: Tokenizer, prompt: str, max_new_tokens: int,
                      strategies: dict[str, dict[str, Any]] | None = None, seed: int = 1337) -> dict[str, str]:
-    return {name: prompt + generate_text(model, tok, prompt, max_new_tokens, seed=seed, **kw)
-            for name, kw in (strategies or STRATEGIES).items()}
+    return {name: prompt + generate_text(model, tok, prompt, Decoding.from_dict(
+        {**kw, "max_new_tokens": max_new_tokens, "seed": seed})) for name, kw in (strategies or STRATEGIES).items()}
 
 
 def text_stats(text: str, known_words: set[str] | None = None) -> dict[str, float]:

@@ -11,6 +11,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -20,9 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import regex  # noqa: E402
 
 from gptlab.analysis import save_figure
+from gptlab.paths import SHIPPED_SHAKESPEARE  # noqa: E402, F401 (vocab_report.py names it here)
 from gptlab.tokenizers.bpe import BPETokenizer  # noqa: E402
-
-SHIPPED_SHAKESPEARE = Path(__file__).resolve().parent.parent / "assets" / "data" / "tinyshakespeare.txt"
 
 
 def _show(s: str) -> str:
@@ -55,6 +55,131 @@ def _plot(sizes: list[int], counts: dict[int, Counter[int]], bytes_per_token: di
     save_figure(fig, path, dpi=110)
 
 
+@dataclass
+class _Vocabs:
+    """One BPE run read at several sizes, with each size's token counts over the text."""
+
+    text: str
+    full: BPETokenizer
+    sizes: list[int]
+    tokenizers: dict[int, BPETokenizer]
+    counts: dict[int, Counter[int]]
+    train_s: float
+
+    @property
+    def big(self) -> int:
+        return self.sizes[-1]
+
+    @property
+    def n_bytes(self) -> int:
+        return len(self.text.encode("utf-8"))
+
+    @property
+    def n_words(self) -> int:
+        return len(self.text.split())
+
+    def n_tokens(self, size: int) -> int:
+        return sum(self.counts[size].values())
+
+    def bytes_per_token(self) -> dict[int, float]:
+        return {s: self.n_bytes / self.n_tokens(s) for s in self.sizes}
+
+
+def _train_vocabs(text: str, sizes: list[int], pattern: str) -> _Vocabs:
+    t0 = time.perf_counter()
+    full = BPETokenizer.train(text, sizes[-1], special_tokens=(), pattern=pattern)
+    train_s = time.perf_counter() - t0
+    sizes = [s for s in sizes if s <= full.vocab_size]  # the text may run out of pairs first
+    tokenizers = {s: BPETokenizer(full.merges[: s - 256], pattern=full.pattern) for s in sizes}
+    counts = {s: Counter(tok.encode(text)) for s, tok in tokenizers.items()}
+    return _Vocabs(text, full, sizes, tokenizers, counts, train_s)
+
+
+def _write_vocab_tsv(v: _Vocabs, path: Path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("id\ttoken\tbytes\tcount_at_largest_size\n")
+        for i in range(v.full.vocab_size):
+            f.write(f"{i}\t{_show(v.full.token_str(i))}\t{len(v.full.vocab[i])}\t{v.counts[v.big][i]}\n")
+
+
+def _compression_section(v: _Vocabs, source: str, pattern: str) -> list[str]:
+    lines = [
+        "# BPE vocabulary report",
+        "",
+        f"Text: {source or 'given string'} — {v.n_bytes:,} bytes, {len(v.text):,} characters, "
+        f"{v.n_words:,} whitespace-separated words. Split pattern: `{pattern}`. "
+        f"One training run to {v.big} tokens took {v.train_s:.2f} s; smaller vocabularies are its prefixes.",
+        "",
+        "## Compression",
+        "",
+        "| vocab size | tokens | bytes / token | tokens / word | ids used |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    bytes_per_token = v.bytes_per_token()
+    for s in v.sizes:
+        n, used = v.n_tokens(s), len(v.counts[s]) / s
+        lines.append(f"| {s} | {n:,} | {bytes_per_token[s]:.2f} | {n / v.n_words:.2f} | {used:.0%} |")
+    return lines + ["", "![Zipf plot and compression](zipf.png)", ""]
+
+
+def _token_sections(v: _Vocabs, n_show: int) -> list[str]:
+    """The first merges, the most frequent merged tokens and the longest tokens."""
+    full, big = v.full, v.big
+    lines = [f"## First {n_show} merges (the most frequent pairs at the time they were merged)", ""]
+    lines += [
+        "| id | left + right | token |",
+        "|---:|---|---|",
+        *(
+            f"| {256 + k} | {_cell(full.token_str(a))} + {_cell(full.token_str(b))} | {_cell(full.token_str(256 + k))} |"
+            for k, (a, b) in enumerate(full.merges[:n_show])
+        ),
+        "",
+    ]
+    merged = Counter({i: c for i, c in v.counts[big].items() if i >= 256})
+    lines += [f"## Most frequent merged tokens in the text (vocab {big})", ""]
+    lines += ["| id | token | count |", "|---:|---|---:|"]
+    lines += [f"| {i} | {_cell(full.token_str(i))} | {c:,} |" for i, c in merged.most_common(n_show)]
+    longest = sorted(range(256, big), key=lambda i: (-len(full.vocab[i]), i))[:n_show]
+    lines += ["", f"## Longest tokens (vocab {big})", "", "| id | token | bytes |", "|---:|---|---:|"]
+    return lines + [f"| {i} | {_cell(full.token_str(i))} | {len(full.vocab[i])} |" for i in longest]
+
+
+def _rare_words_section(v: _Vocabs, n_show: int) -> list[str]:
+    words = Counter(regex.findall(r"\p{L}+", v.text))
+    rare = sorted((w for w, c in words.items() if c == 1), key=lambda w: (-len(w), w))[:n_show]
+    lines = [
+        "",
+        "## How rare words split",
+        "",
+        f"The {len(rare)} longest words that occur once in the text, encoded after a space as in running "
+        "text; `|` separates tokens.",
+        "",
+        "| word | " + " | ".join(f"vocab {s}" for s in v.sizes) + " |",
+        "|---|" + "---|" * len(v.sizes),
+    ]
+    for w in rare:
+        toks = v.tokenizers
+        splits = ["\\|".join(toks[s].decode([i]) for i in toks[s].encode(" " + w)) for s in v.sizes]
+        lines.append(f"| {w} | " + " | ".join(f"`{sp}`" for sp in splits) + " |")
+    return lines
+
+
+def _sample_section(v: _Vocabs) -> list[str]:
+    big = v.big
+    every = max(1, (big - 256) // 40)
+    return [
+        "",
+        f"## The vocabulary as strings (vocab {big})",
+        "",
+        f"Every token with its id, byte length and count is in [vocab.tsv](vocab.tsv); the trained "
+        f"tokenizer is [bpe_{big}.json](bpe_{big}.json) (one merge per line). The vocabulary of size "
+        f"V is ids 0..V-1. A sample, every {every}th merged token:",
+        "",
+        " ".join(_show(v.full.token_str(i)) for i in range(256, big, every)),
+        "",
+    ]
+
+
 def vocab_report(
     text: str,
     vocab_sizes: Sequence[int],
@@ -74,90 +199,12 @@ def vocab_report(
         raise ValueError(f"the text to analyse is empty ({source or 'no source given'})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-
-    t0 = time.perf_counter()
-    full = BPETokenizer.train(text, sizes[-1], special_tokens=(), pattern=pattern)
-    train_s = time.perf_counter() - t0
-    sizes = [s for s in sizes if s <= full.vocab_size]  # the text may run out of pairs first
-    tokenizers = {s: BPETokenizer(full.merges[: s - 256], pattern=full.pattern) for s in sizes}
-    n_bytes = len(text.encode("utf-8"))
-    n_words = len(text.split())
-    counts = {s: Counter(tok.encode(text)) for s, tok in tokenizers.items()}
-    n_tokens = {s: sum(c.values()) for s, c in counts.items()}
-    bytes_per_token = {s: n_bytes / n_tokens[s] for s in sizes}
-
-    _plot(sizes, counts, bytes_per_token, out_dir / "zipf.png")
-    full.save(out_dir / f"bpe_{sizes[-1]}.json")
-    big = sizes[-1]
-    with open(out_dir / "vocab.tsv", "w", encoding="utf-8") as f:
-        f.write("id\ttoken\tbytes\tcount_at_largest_size\n")
-        for i in range(full.vocab_size):
-            f.write(f"{i}\t{_show(full.token_str(i))}\t{len(full.vocab[i])}\t{counts[big][i]}\n")
-
-    lines = [
-        "# BPE vocabulary report",
-        "",
-        f"Text: {source or 'given string'} — {n_bytes:,} bytes, {len(text):,} characters, "
-        f"{n_words:,} whitespace-separated words. Split pattern: `{pattern}`. "
-        f"One training run to {big} tokens took {train_s:.2f} s; smaller vocabularies are its prefixes.",
-        "",
-        "## Compression",
-        "",
-        "| vocab size | tokens | bytes / token | tokens / word | ids used |",
-        "|---:|---:|---:|---:|---:|",
-    ]
-    for s in sizes:
-        used = len(counts[s]) / s
-        lines.append(
-            f"| {s} | {n_tokens[s]:,} | {bytes_per_token[s]:.2f} | {n_tokens[s] / n_words:.2f} | {used:.0%} |"
-        )
-    lines += ["", "![Zipf plot and compression](zipf.png)", ""]
-
-    lines += [f"## First {n_show} merges (the most frequent pairs at the time they were merged)", ""]
-    lines += [
-        "| id | left + right | token |",
-        "|---:|---|---|",
-        *(
-            f"| {256 + k} | {_cell(full.token_str(a))} + {_cell(full.token_str(b))} | {_cell(full.token_str(256 + k))} |"
-            for k, (a, b) in enumerate(full.merges[:n_show])
-        ),
-        "",
-    ]
-    merged = Counter({i: c for i, c in counts[big].items() if i >= 256})
-    lines += [f"## Most frequent merged tokens in the text (vocab {big})", ""]
-    lines += ["| id | token | count |", "|---:|---|---:|"]
-    lines += [f"| {i} | {_cell(full.token_str(i))} | {c:,} |" for i, c in merged.most_common(n_show)]
-    longest = sorted(range(256, big), key=lambda i: (-len(full.vocab[i]), i))[:n_show]
-    lines += ["", f"## Longest tokens (vocab {big})", "", "| id | token | bytes |", "|---:|---|---:|"]
-    lines += [f"| {i} | {_cell(full.token_str(i))} | {len(full.vocab[i])} |" for i in longest]
-
-    words = Counter(regex.findall(r"\p{L}+", text))
-    rare = sorted((w for w, c in words.items() if c == 1), key=lambda w: (-len(w), w))[:n_show]
-    lines += [
-        "",
-        "## How rare words split",
-        "",
-        f"The {len(rare)} longest words that occur once in the text, encoded after a space as in running "
-        "text; `|` separates tokens.",
-        "",
-        "| word | " + " | ".join(f"vocab {s}" for s in sizes) + " |",
-        "|---|" + "---|" * len(sizes),
-    ]
-    for w in rare:
-        splits = ["\\|".join(tokenizers[s].decode([i]) for i in tokenizers[s].encode(" " + w)) for s in sizes]
-        lines.append(f"| {w} | " + " | ".join(f"`{sp}`" for sp in splits) + " |")
-
-    lines += [
-        "",
-        f"## The vocabulary as strings (vocab {big})",
-        "",
-        f"Every token with its id, byte length and count is in [vocab.tsv](vocab.tsv); the trained "
-        f"tokenizer is [bpe_{big}.json](bpe_{big}.json) (one merge per line). The vocabulary of size "
-        f"V is ids 0..V-1. A sample, every {max(1, (big - 256) // 40)}th merged token:",
-        "",
-        " ".join(_show(full.token_str(i)) for i in range(256, big, max(1, (big - 256) // 40))),
-        "",
-    ]
+    v = _train_vocabs(text, sizes, pattern)
+    _plot(v.sizes, v.counts, v.bytes_per_token(), out_dir / "zipf.png")
+    v.full.save(out_dir / f"bpe_{v.big}.json")
+    _write_vocab_tsv(v, out_dir / "vocab.tsv")
+    lines = _compression_section(v, source, pattern) + _token_sections(v, n_show)
+    lines += _rare_words_section(v, n_show) + _sample_section(v)
     report = out_dir / "report.md"
     report.write_text("\n".join(lines), encoding="utf-8")
     return report

@@ -12,15 +12,11 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
+from gptlab.callbacks.accumulation import optimizer_stepped
 from gptlab.flops import device_peak_flops, estimate_mfu
 
 # strategies whose forward gathers weight shards from every rank
 SHARDED_STRATEGIES = (FSDPStrategy, DeepSpeedStrategy, ModelParallelStrategy)
-
-
-def _optimizer_stepped(trainer: L.Trainer, batch_idx: int) -> bool:
-    """True on the micro-batch that ends an accumulation window (the optimizer step)."""
-    return (batch_idx + 1) % trainer.accumulate_grad_batches == 0
 
 
 class Throughput(L.Callback):
@@ -49,7 +45,7 @@ class Throughput(L.Callback):
                            batch_idx: int) -> None:
         if self._t0 is not None:
             self._tokens += batch[0].numel()
-        if not _optimizer_stepped(trainer, batch_idx):
+        if not optimizer_stepped(trainer, batch_idx):
             return
         if self._t0 is None:
             if trainer.global_step >= self.skip:
@@ -85,17 +81,21 @@ class TextSampler(L.Callback):
     """
 
     def __init__(self, every_n_steps: int = 500, max_new_tokens: int = 200, prompt: str = "\n",
-                 temperature: float = 0.8, top_k: int | None = 200, seed: int = 1337):
+                 temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None, seed: int = 1337):
         if every_n_steps < 1 or max_new_tokens < 1:
             raise ValueError(f"TextSampler: every_n_steps and max_new_tokens must be ≥ 1, "
                              f"got {every_n_steps}, {max_new_tokens}")
         self.every_n_steps, self.max_new_tokens, self.prompt = every_n_steps, max_new_tokens, prompt
-        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        from gptlab.generation import Decoding
+
+        # built here, so a bad value fails when the callback is made, not at the first sample
+        self.decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 seed=seed)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
-        if _optimizer_stepped(trainer, batch_idx) and step % self.every_n_steps == 0:
+        if optimizer_stepped(trainer, batch_idx) and step % self.every_n_steps == 0:
             self.sample(trainer, pl_module, step)
 
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> str | None:
@@ -110,8 +110,7 @@ class TextSampler(L.Callback):
         if pl_module.tokenizer_spec is None:
             raise ValueError("TextSampler needs the data's tokenizer: GPTLitModule(tokenizer=...) was None")
         tok = tokenizer_from_spec(pl_module.tokenizer_spec)
-        text = generate_text(pl_module.model, tok, self.prompt, self.max_new_tokens, seed=self.seed,
-                             temperature=self.temperature, top_k=self.top_k)
+        text = generate_text(pl_module.model, tok, self.prompt, self.decoding)
         if trainer.is_global_zero:
             self._write(trainer, step, text)
         return text
@@ -131,8 +130,10 @@ class TextSampler(L.Callback):
 class RichProgressBar(lightning.pytorch.callbacks.RichProgressBar):
     """Lightning's rich progress bar, updated every `update_every` training batches (and at the last).
 
-    Lightning's bar reads every logged metric and updates its rich task on every batch: ~0.3 ms, 1%
-    of a CPU-recipe step, spent on a line that redraws once a second anyway.
+    The bar's line redraws about once a second, so reading every logged metric and updating the rich
+    task on each batch (Lightning's default) only spends step time: the cost is measured in
+    experiments/benchmarks/README.md (train_sections.py), the cadence by
+    tests/test_training.py::test_progress_bar_updates_every_n_batches_and_at_the_end.
     """
 
     def __init__(self, update_every: int = 10, **kwargs: Any):

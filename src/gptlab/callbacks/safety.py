@@ -27,6 +27,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from gptlab.callbacks.accumulation import optimizer_stepped
 from gptlab.checkpoint import load_checkpoint, save_atomic
 
 
@@ -74,9 +75,10 @@ class NonFiniteGuard(L.Callback):
     def checked_grad_norm(self, trainer: L.Trainer, optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
         """The total 2-norm of `optimizer`'s gradients found finite at this step, or None.
 
-        Gradient clipping by norm can reuse it instead of reading every gradient again (on the CPU
-        recipe ~0.3 ms, 1.5% of a step). Only where each rank holds whole gradients (one device or
-        DDP): under FSDP and DeepSpeed a rank's norm covers its shard alone.
+        Gradient clipping by norm reuses it, so each step reads the gradients once, not twice
+        (tests/test_reliability.py::test_clipping_reuses_the_guards_gradient_norm_and_matches_lightnings_own;
+        cost in experiments/benchmarks/train_sections.py). Only where each rank holds whole gradients
+        (one device or DDP): under FSDP and DeepSpeed a rank's norm covers its shard alone.
         """
         whole = isinstance(trainer.strategy, (SingleDeviceStrategy, DDPStrategy)) and not isinstance(
             trainer.strategy, DeepSpeedStrategy)
@@ -96,10 +98,10 @@ class NonFiniteGuard(L.Callback):
         norm, self._checked = None, None
         # fp16's GradScaler expects inf gradients now and then and skips those steps itself
         if grads and getattr(trainer.precision_plugin, "scaler", None) is None:
-            # one fused kernel per (device, dtype) group: a per-tensor loop cost ~1 ms a CPU step
+            # foreach: one kernel per (device, dtype) group, never one per tensor (train_sections.py, row 5)
             norm = torch.nn.utils.get_total_norm(grads, foreach=True)
-        # Read as Python floats: one device sync per step (the first read; the rest are ready by then).
-        # No tensor ops of its own, which cost ~0.1 ms a CPU step right after the backward pass.
+        # At most one device sync per optimizer step (the first float(); the rest are ready by then),
+        # and no tensor ops of the guard's own after the backward pass (train_sections.py, row 5).
         losses, self._losses = [float(v) for v in self._losses], []
         bad = not all(map(math.isfinite, losses)) or (norm is not None and not math.isfinite(float(norm)))
         # under DDP every rank must take the same decision
@@ -170,7 +172,7 @@ class SaveOnInterrupt(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if (batch_idx + 1) % trainer.accumulate_grad_batches:
+        if not optimizer_stepped(trainer, batch_idx):
             return  # mid-accumulation: the step is not complete yet
         if not trainer.strategy.reduce_boolean_decision(self.requested is not None, all=False):
             return

@@ -12,16 +12,15 @@ import json
 import os
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gptlab.tokenizers import CharTokenizer, TiktokenTokenizer, Tokenizer
+from gptlab.tokenizers import Tokenizer, tokenizer_for_data
 
 FORMAT_VERSION = 1
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-SHIPPED_SHAKESPEARE = ASSETS / "data" / "tinyshakespeare.txt"
 
 
 def dtype_for_vocab(vocab_size: int) -> np.dtype:
@@ -64,23 +63,6 @@ def read_text(path: str | Path) -> tuple[str, str]:
     if not text.strip():
         raise ValueError(f"data path {path} contains no text")
     return text, digest.hexdigest()
-
-
-def build_tokenizer(cfg: dict[str, Any], train_text: str, full_text: str) -> Tokenizer:
-    """Make the tokenizer a data config asks for. BPE merges are learnt on the training split only;
-    the char set is taken from the whole text (as nanoGPT does) so validation never meets an
-    unknown character — the alphabet says nothing about the held-out content."""
-    kind = cfg.get("kind")
-    if kind == "char":
-        return CharTokenizer.fit(full_text)
-    if kind == "tiktoken":
-        return TiktokenTokenizer(cfg.get("encoding", "gpt2"))
-    if kind == "bpe":
-        from gptlab.tokenizers.bpe import BPETokenizer
-
-        options = {k: v for k, v in cfg.items() if k not in ("kind", "vocab_size")}
-        return BPETokenizer.train(train_text, int(cfg["vocab_size"]), **options)
-    raise ValueError(f"data.tokenizer.kind={kind!r} is not one of: char, tiktoken, bpe")
 
 
 def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
@@ -146,37 +128,57 @@ def check_bin(out_dir: str | Path, meta: dict[str, Any], split: str) -> np.dtype
     return dtype
 
 
-def prepare_text(
-    source: str | Path, out_dir: str | Path, tokenizer: dict[str, Any], val_fraction: float = 0.1
-) -> dict[str, Any]:
-    """Tokenize `source` (file or folder of .txt) into out_dir; first (1 - val_fraction) is train."""
+@dataclass
+class _Source:
+    """What one kind of source hands the shared prepare: its identity and a writer per split."""
+
+    meta: dict[str, Any]  # what identifies the source; the first keys of meta.json
+    train_text: str | list[str]  # what a learnt tokenizer (BPE) is fitted on
+    full_text: Callable[[], str]  # the whole corpus, read only by kinds that need it (the char set)
+    write_split: Callable[[str, Path, Tokenizer, np.dtype], int]  # ("train"|"val", bin path, ...) → tokens
+    extra_meta: dict[str, Any] = field(default_factory=dict)  # written after val_fraction
+
+
+def _prepare(out_dir: str | Path, tokenizer: dict[str, Any], val_fraction: float,
+             load: Callable[[], _Source]) -> dict[str, Any]:
+    """The one prepare for every source: clear meta.json (an interrupted prepare must not look
+    complete), load the source, build the tokenizer through the registry, write train.bin and
+    val.bin, then meta.json last."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "meta.json").unlink(missing_ok=True)  # an interrupted prepare must not look complete
-    text, sha = read_text(source)
-    n = int(len(text) * (1.0 - val_fraction))
-    train_text, val_text = text[:n], text[n:]
-    tok = build_tokenizer(tokenizer, train_text, text)
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    source = load()
+    tok = tokenizer_for_data(tokenizer, source.train_text, source.full_text)
     dtype = dtype_for_vocab(tok.vocab_size)
     tok.save(out_dir / "tokenizer.json")
-    encode = tok.fast_encoder()
-    counts = {}
-    for split, part in (("train", train_text), ("val", val_text)):
-        counts[f"{split}_tokens"] = write_bin(out_dir / f"{split}.bin", encode(part), dtype)
-    meta = {
-        "source": str(Path(source).expanduser().resolve()),
-        "source_sha256": sha,
-        "tokenizer_config": dict(tokenizer),
-        "tokenizer": tok.to_spec(),
-        "vocab_size": tok.vocab_size,
-        "dtype": dtype.name,
-        "val_fraction": val_fraction,
-        **counts,
-    }
+    counts = {f"{split}_tokens": source.write_split(split, out_dir / f"{split}.bin", tok, dtype)
+              for split in ("train", "val")}
+    meta = {**source.meta, "tokenizer_config": dict(tokenizer), "tokenizer": tok.to_spec(),
+            "vocab_size": tok.vocab_size, "dtype": dtype.name, "val_fraction": val_fraction,
+            **source.extra_meta, **counts}
     write_meta(out_dir, meta)
     return meta
+
+
+def prepare_text(
+    source: str | Path, out_dir: str | Path, tokenizer: dict[str, Any], val_fraction: float = 0.1
+) -> dict[str, Any]:
+    """Tokenize `source` (file or folder of .txt) into out_dir; first (1 - val_fraction) is train."""
+
+    def load() -> _Source:
+        text, sha = read_text(source)
+        n = int(len(text) * (1.0 - val_fraction))
+        parts = {"train": text[:n], "val": text[n:]}
+
+        def write(split: str, path: Path, tok: Tokenizer, dtype: np.dtype) -> int:
+            return write_bin(path, tok.fast_encoder()(parts[split]), dtype)
+
+        meta = {"source": str(Path(source).expanduser().resolve()), "source_sha256": sha}
+        return _Source(meta, parts["train"], lambda: text, write)
+
+    return _prepare(out_dir, tokenizer, val_fraction, load)
 
 
 def is_up_to_date(out_dir: str | Path, source: str | Path, tokenizer: dict[str, Any], val_fraction: float) -> bool:
@@ -283,18 +285,7 @@ def _write_split(path: Path, tokenized, dtype: np.dtype) -> int:
     return total
 
 
-def prepare_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, config: str | None = None,
-               split: str = "train", text_column: str = "text", val_fraction: float = 0.0005,
-               num_proc: int = 8, split_seed: int = 2357) -> dict[str, Any]:
-    """Tokenize one split of a `datasets` dataset with num_proc processes into out_dir; a seeded
-    val_fraction of its documents (at least one) becomes val.bin. Documents end with the tokenizer's
-    end-of-text token (a newline for tokenizers without one)."""
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "meta.json").unlink(missing_ok=True)
-    ds = load_hf_dataset(name, config, split)
+def _check_text_column(ds, name: str, split: str, text_column: str) -> None:
     if text_column not in ds.column_names:
         raise ValueError(f"data.text_column={text_column!r} is not a column of {name!r}; columns: {ds.column_names}")
     if getattr(ds.features[text_column], "dtype", None) not in ("string", "large_string"):
@@ -304,35 +295,36 @@ def prepare_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, con
         raise ValueError(f"data.text_column={text_column!r} of {name!r} has {nulls} null documents; drop or fill them")
     if len(ds) < 2:
         raise ValueError(f"{name!r} split {split!r} has {len(ds)} documents: need ≥ 2 (one for validation)")
-    parts = ds.train_test_split(test_size=val_fraction, seed=split_seed, shuffle=True)
-    train_docs = parts["train"][text_column]
-    tok = build_tokenizer(tokenizer, train_docs, "\n".join(ds[text_column]) if tokenizer.get("kind") == "char" else "")
-    dtype = dtype_for_vocab(tok.vocab_size)
-    tok.save(out_dir / "tokenizer.json")
-    spec = json.dumps(tok.to_spec())
-    counts, text_bytes = {}, 0
-    for split_name, part in (("train", parts["train"]), ("val", parts["test"])):
-        text_bytes += sum(len(t.encode("utf-8")) for t in part[text_column])
-        tokenized = part.map(_encode_documents, batched=True, num_proc=num_proc if num_proc > 1 else None,
-                             remove_columns=part.column_names, fn_kwargs={"spec": spec, "text_column": text_column},
-                             desc=f"tokenizing {split_name}")
-        counts[f"{split_name}_tokens"] = _write_split(out_dir / f"{split_name}.bin", tokenized, dtype)
-    meta = {
-        "source": f"hf:{name}" + (f"/{config}" if config else "") + f":{split}",
-        "source_fingerprint": ds._fingerprint,
-        "source_bytes": text_bytes,
-        "text_column": text_column,
-        "tokenizer_config": dict(tokenizer),
-        "tokenizer": tok.to_spec(),
-        "vocab_size": tok.vocab_size,
-        "dtype": dtype.name,
-        "val_fraction": val_fraction,
-        "split_seed": split_seed,
-        "documents": {"train": len(parts["train"]), "val": len(parts["test"])},
-        **counts,
-    }
-    write_meta(out_dir, meta)
-    return meta
+
+
+def prepare_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, config: str | None = None,
+               split: str = "train", text_column: str = "text", val_fraction: float = 0.0005,
+               num_proc: int = 8, split_seed: int = 2357) -> dict[str, Any]:
+    """Tokenize one split of a `datasets` dataset with num_proc processes into out_dir; a seeded
+    val_fraction of its documents (at least one) becomes val.bin. Documents end with the tokenizer's
+    end-of-text token (a newline for tokenizers without one)."""
+
+    def load() -> _Source:
+        ds = load_hf_dataset(name, config, split)
+        _check_text_column(ds, name, split, text_column)
+        parts = ds.train_test_split(test_size=val_fraction, seed=split_seed, shuffle=True)
+        docs = {"train": parts["train"], "val": parts["test"]}
+
+        def write(split_name: str, path: Path, tok: Tokenizer, dtype: np.dtype) -> int:
+            tokenized = docs[split_name].map(
+                _encode_documents, batched=True, num_proc=num_proc if num_proc > 1 else None,
+                remove_columns=docs[split_name].column_names, desc=f"tokenizing {split_name}",
+                fn_kwargs={"spec": json.dumps(tok.to_spec()), "text_column": text_column})
+            return _write_split(path, tokenized, dtype)
+
+        meta = {"source": f"hf:{name}" + (f"/{config}" if config else "") + f":{split}",
+                "source_fingerprint": ds._fingerprint,
+                "source_bytes": sum(len(t.encode("utf-8")) for t in ds[text_column]),
+                "text_column": text_column}
+        extra = {"split_seed": split_seed, "documents": {k: len(v) for k, v in docs.items()}}
+        return _Source(meta, docs["train"][text_column], lambda: "\n".join(ds[text_column]), write, extra)
+
+    return _prepare(out_dir, tokenizer, val_fraction, load)
 
 
 def ensure_prepared_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, config: str | None = None,

@@ -11,9 +11,10 @@ from __future__ import annotations
 import csv
 import gzip
 from functools import cache
-from pathlib import Path
 
-CODES_DIR = Path(__file__).resolve().parent.parent / "assets" / "codes"
+from gptlab.paths import asset
+
+CODES_DIR = asset("codes")
 ATC_LEVELS = (1, 3, 4, 5, 7)  # anatomical group, therapeutic, pharmacological, chemical, substance
 
 

@@ -25,8 +25,7 @@ import numpy as np
 import torch
 
 from gptlab.data.datamodule import BatchStream
-
-IGNORE = -1  # GPT's cross-entropy ignore_index
+from gptlab.model import IGNORE_INDEX
 
 
 class PatientWindows(BatchStream):
@@ -54,10 +53,10 @@ class PatientWindows(BatchStream):
         rest = self.ids[o : min(o + self.block_size + 1 - len(prefix), stop)]
         chunk = np.concatenate([prefix, rest]).astype(np.int64)
         x = np.zeros(self.block_size, dtype=np.int64)  # padding: its outputs are never scored
-        y = np.full(self.block_size, IGNORE, dtype=np.int64)
+        y = np.full(self.block_size, IGNORE_INDEX, dtype=np.int64)
         x[: len(chunk) - 1], y[: len(chunk) - 1] = chunk[:-1], chunk[1:]
         if o != self.prefix_end[patient]:
-            y[len(prefix) - 1] = IGNORE  # AGE → timeline[o] is not a transition of the timeline
+            y[len(prefix) - 1] = IGNORE_INDEX  # AGE → timeline[o] is not a transition of the timeline
         return x, y
 
     def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""`python analyze.py run_dir=...`: find the run's data and checkpoint, write its report."""
+"""`gptlab-analyze` / `python analyze.py run_dir=...`: find the run's data and checkpoint, write its report."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.analysis.curves import find_runs
-from gptlab.analysis.report import write_report
+from gptlab.analysis.report import ReportOptions, write_report
 from gptlab.data import GPTDataModule
-from gptlab.entrypoints.config import to_plain
-from gptlab.entrypoints.train import build_datamodule
+from gptlab.data.build import build_datamodule
+from gptlab.entrypoints.config import hydra_entry, to_plain
 
 
 def run_datamodule(run_dir: Path, data_dir: str | None) -> GPTDataModule:
@@ -63,14 +63,18 @@ def run_analyze(cfg: DictConfig) -> Path:
 
     tok = tokenizer_from_spec(dm.meta["tokenizer"])
     train_text = tok.decode(np.asarray(dm.train_ids[: cfg.known_words_tokens]).tolist())
-    out = write_report(
-        main, val_ids_for, compare=compare, labels=to_plain(cfg.labels), train_text=train_text,
-        out_dir=cfg.out_dir or (Path(cfg.run_dir) / "report"), ckpt=cfg.ckpt, prompt=cfg.prompt,
-        max_new_tokens=cfg.max_new_tokens, temperatures=list(cfg.temperatures),
-        strategies=to_plain(cfg.strategies), attention_layer=cfg.attention.layer,
+    options = ReportOptions(
+        labels=to_plain(cfg.labels), train_text=train_text, prompt=cfg.prompt, max_new_tokens=cfg.max_new_tokens,
+        temperatures=list(cfg.temperatures), strategies=to_plain(cfg.strategies), attention_layer=cfg.attention.layer,
         attention_head=cfg.attention.head, neighbour_queries=cfg.neighbour_queries,
-        position_windows=cfg.position_windows,
-        log_scale=cfg.log_scale, seed=cfg.seed,
+        position_windows=cfg.position_windows, log_scale=cfg.log_scale, seed=cfg.seed,
     )
+    out = write_report(main, val_ids_for, compare=compare, out_dir=cfg.out_dir or (Path(cfg.run_dir) / "report"),
+                       ckpt=cfg.ckpt, options=options)
     print(f"[gptlab] report written to {out / 'report.md'}")
     return out
+
+
+@hydra_entry("analyze")
+def main(cfg: DictConfig) -> None:
+    run_analyze(cfg)

@@ -1,17 +1,20 @@
-"""OmegaConf resolvers used by conf/, and small helpers to turn configs into plain values."""
+"""What every entry point shares: its Hydra decorator (configs read from the package, the same
+resolvers registered), the OmegaConf resolvers used by conf/, and to_plain."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+import hydra
+from omegaconf import OmegaConf
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from gptlab.data.build import to_plain  # noqa: F401  (the entry points' import of it)
+from gptlab.paths import asset
 
 
 def _asset(relative: str) -> str:
-    return str(ASSETS / relative)
+    return str(asset(relative))
 
 
 def _eval(expr: str) -> Any:
@@ -25,11 +28,11 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-def to_plain(cfg: Any) -> Any:
-    """A resolved plain dict/list (checkpoints must hold no OmegaConf objects: weights_only loading)."""
-    if isinstance(cfg, DictConfig) or OmegaConf.is_list(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
+def hydra_entry(config_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`@hydra_entry("train") def main(cfg)`: a Hydra CLI over conf/<config_name>.yaml, read from the
+    installed package (pkg://gptlab.conf), so it runs from any folder; the resolvers are registered first."""
+    register_resolvers()
+    return hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name=config_name)
 
 
 register_resolvers()

@@ -16,13 +16,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
-from gptlab.generation import beam_search, stream, token_logprobs, validate
+from gptlab.entrypoints.config import hydra_entry
+from gptlab.generation import Decoding, TextStream, beam_search, stream, token_logprobs
+from gptlab.hf import from_pretrained
 from gptlab.model import GPT
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
 
-# conf/decoding keys → model.generate arguments (the issue's short names k and p for top_k and top_p)
-DECODING_KEYS = {"strategy": "strategy", "temperature": "temperature", "k": "top_k", "p": "top_p",
-                 "num_beams": "num_beams", "length_penalty": "length_penalty", "early_stopping": "early_stopping"}
+SHORTCUTS = ("temperature", "top_k", "top_p")  # top-level keys that override the chosen decoding's
 
 
 def pick_device(name: str) -> torch.device:
@@ -38,7 +38,7 @@ def load_model(cfg: DictConfig) -> tuple[GPT, Tokenizer]:
             raise ValueError(f"{cfg.ckpt_path} holds no tokenizer spec; it was not written by gptlab's train.py")
         return model, tokenizer_from_spec(ckpt["tokenizer"])
     if cfg.init_from:
-        return GPT.from_pretrained(cfg.init_from), TiktokenTokenizer("gpt2")
+        return from_pretrained(cfg.init_from), TiktokenTokenizer("gpt2")
     raise ValueError("give ckpt_path=<a .ckpt from train.py> or init_from=<HF GPT-2 folder or name>")
 
 
@@ -51,73 +51,16 @@ def read_prompt(prompt: str) -> str:
     return prompt
 
 
-def decoding_kwargs(decoding: Any, shortcuts: dict[str, Any] | None = None) -> dict[str, Any]:
-    """model.generate keyword arguments from a conf/decoding mapping (plus top-level shortcuts)."""
-    d = OmegaConf.to_container(decoding) if OmegaConf.is_config(decoding) else dict(decoding)
-    unknown = sorted(set(d) - set(DECODING_KEYS))
-    if unknown:
-        raise ValueError(f"decoding: unknown keys {unknown}; allowed: {sorted(DECODING_KEYS)}")
-    kw = {DECODING_KEYS[key]: value for key, value in d.items()}
-    kw.update({key: value for key, value in (shortcuts or {}).items() if value is not None})
-    kw.setdefault("strategy", "sample")
-    return kw
-
-
-def describe(kw: dict[str, Any]) -> str:
-    """A short label: "greedy", "beam k=4", "sample T=0.8 top_k=200"."""
-    if kw["strategy"] == "greedy" or (kw["strategy"] == "sample" and kw.get("temperature") == 0):
-        return "greedy" if kw["strategy"] == "greedy" else "greedy (T=0)"
-    if kw["strategy"] == "beam":
-        return f"beam k={kw.get('num_beams', 1)}" + (f" lp={kw['length_penalty']}" if "length_penalty" in kw else "")
-    parts = [f"T={kw.get('temperature', 1.0)}"]
-    parts += [f"{name}={kw[name]}" for name in ("top_k", "top_p") if kw.get(name) is not None]
-    return "sample " + " ".join(parts)
-
-
-class TextStream:
-    """Token ids in, text out as soon as it is safe to show.
-
-    Holds back (a) a trailing U+FFFD, which is what an unfinished UTF-8 character decodes to while
-    a byte-level BPE token still owes the character's remaining bytes, and (b) any tail that could be
-    the start of a stop string. Ends at the first stop string (cut before it) or at `eos_token_id`.
-    """
-
-    def __init__(self, tok: Tokenizer, stop: list[str] = (), eos_token_id: int | None = None):
-        self.tok, self.stop, self.eos = tok, [s for s in stop if s], eos_token_id
-        self.ids: list[int] = []
-        self.text = ""
-        self.shown = 0
-        self.done = False
-
-    def push(self, token_id: int) -> str:
-        """Add one token; return the newly safe text (may be empty)."""
-        if self.done:
-            return ""
-        if token_id == self.eos:
-            self.done = True
-            return self.flush()
-        self.ids.append(token_id)
-        text = self.tok.decode(self.ids)
-        cuts = [i for i in (text.find(s, max(0, self.shown - len(s))) for s in self.stop) if i >= 0]
-        if cuts:
-            self.text, self.done = text[: min(cuts)], True
-            return self.flush()
-        self.text = text
-        # the stop-string prefixes are judged before the unfinished character: its missing bytes may
-        # complete one (stop "日本" when a token brings "日" and half of "本")
-        body = text[:-1] if text.endswith("\ufffd") else text
-        hold = 0
-        for s in self.stop:
-            hold = max([hold] + [n for n in range(1, len(s)) if body.endswith(s[:n])])
-        return self._take(len(body) - hold)
-
-    def flush(self) -> str:
-        return self._take(len(self.text))
-
-    def _take(self, end: int) -> str:
-        out = self.text[self.shown : max(end, self.shown)]
-        self.shown += len(out)
-        return out
+def decoding_from(cfg: DictConfig, tok: Tokenizer, entry: Any, shortcuts: bool = True) -> Decoding:
+    """The Decoding of a conf/decoding mapping (or a compare_decodings entry), with the top-level
+    shortcuts (temperature, top_k, top_p) over it and the run's length, stops, seed and cache."""
+    d = OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else dict(entry)
+    if shortcuts:
+        d.update({key: cfg.get(key) for key in SHORTCUTS if cfg.get(key) is not None})
+    d.update(max_new_tokens=cfg.max_new_tokens, stop=tuple(stop_strings(cfg)), seed=cfg.seed,
+             eos_token_id=tok.eot_token_id if cfg.stop_at_eot else None, use_cache=cfg.use_cache,
+             compile=cfg.compile)
+    return Decoding.from_dict(d)
 
 
 def stop_strings(cfg: DictConfig) -> list[str]:
@@ -128,16 +71,14 @@ def stop_strings(cfg: DictConfig) -> list[str]:
     return [str(s).encode("latin-1", "backslashreplace").decode("unicode_escape") for s in stops]
 
 
-def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, kw: dict[str, Any], cfg: DictConfig,
-               generator: torch.Generator, echo: bool) -> dict[str, Any]:
+def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, d: Decoding, generator: torch.Generator | None,
+               echo: bool) -> dict[str, Any]:
     """One sampled/greedy continuation of idx (1, T): its text (stop strings applied) and statistics.
     With echo the text is printed as it comes (stream=true)."""
-    eos = tok.eot_token_id if cfg.stop_at_eot else None
-    text = TextStream(tok, stop_strings(cfg), eos)
+    text = TextStream(tok, d.stop, d.eos_token_id)
     new: list[int] = []
     t0 = time.perf_counter()
-    for nxt in stream(model, idx, cfg.max_new_tokens, eos_token_id=eos, use_cache=cfg.use_cache,
-                      compile=cfg.compile, generator=generator, **kw):
+    for nxt in stream(model, idx, d, generator=generator):
         new.append(int(nxt[0]))
         piece = text.push(new[-1])
         if echo and piece:
@@ -151,29 +92,29 @@ def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, kw: dict[str, Any]
     return {"ids": new, "text": text.text, "seconds": dt}
 
 
-def run_generate(cfg: DictConfig) -> list[str]:
-    """Print and return num_samples continuations of the prompt (prompt included)."""
+def run_generate(cfg: DictConfig) -> list[str] | list[dict[str, Any]]:
+    """Print and return num_samples continuations of the prompt (prompt included); with compare=true,
+    the rows of the comparison table instead (see `run_compare`)."""
     device = pick_device(cfg.device)
     model, tok = load_model(cfg)
     model.to(device).eval()
     if cfg.compare:
         return run_compare(cfg, model, tok, device)
-    kw = decoding_kwargs(cfg.decoding, {k: cfg.get(k) for k in ("temperature", "top_k", "top_p")})
-    validate(cfg.max_new_tokens, **kw)
+    d = decoding_from(cfg, tok, cfg.decoding)
     prompt, idx = encode_prompt(cfg.prompt, tok, model.config.block_size, device)
-    if kw["strategy"] == "beam":
-        return run_beam(cfg, model, tok, prompt, idx, kw)
-    g = torch.Generator(device=device).manual_seed(cfg.seed)
+    if d.strategy == "beam":
+        return run_beam(cfg, model, tok, prompt, idx, d)
+    g = d.generator(device)  # one stream of draws shared by all samples, so each sample differs
     texts = []
     for i in range(cfg.num_samples):
         if cfg.stream:
             print(prompt, end="", flush=True)
-        r = decode_one(model, tok, idx, kw, cfg, g, echo=cfg.stream)
+        r = decode_one(model, tok, idx, d, g, echo=cfg.stream)
         texts.append(prompt + r["text"])
         if not cfg.stream:
             print(texts[-1])
         rate = len(r["ids"]) / max(r["seconds"], 1e-9)
-        print(f"---------- sample {i + 1}/{cfg.num_samples} ({describe(kw)}): "
+        print(f"---------- sample {i + 1}/{cfg.num_samples} ({d.label()}): "
               f"{len(r['ids'])} tokens in {r['seconds']:.2f} s, {rate:.1f} tokens/s")
     return texts
 
@@ -190,42 +131,35 @@ def encode_prompt(prompt: str, tok: Tokenizer, block_size: int, device: torch.de
     return prompt, torch.tensor([ids], dtype=torch.long, device=device)
 
 
-def search_beams(cfg: DictConfig, model: GPT, tok: Tokenizer, idx: torch.Tensor,
-                 kw: dict[str, Any]) -> tuple[list[dict[str, Any]], float]:
+def search_beams(model: GPT, tok: Tokenizer, idx: torch.Tensor, d: Decoding) -> tuple[list[dict[str, Any]], float]:
     """Beam search for idx (1, T): every hypothesis (ids, text with stop strings applied, score), best
     first, and the seconds the search took."""
-    eos = tok.eot_token_id if cfg.stop_at_eot else None
     t0 = time.perf_counter()
-    out = beam_search(model, idx, cfg.max_new_tokens, kw.get("num_beams", 1),
-                      length_penalty=kw.get("length_penalty", 1.0), eos_token_id=eos,
-                      early_stopping=kw.get("early_stopping", False), use_cache=cfg.use_cache,
-                      compile=cfg.compile)
+    out = beam_search(model, idx, d)
     dt = time.perf_counter() - t0
     hyps = []
     for i in range(out.sequences.size(1)):
         ids = out.sequences[0, i, idx.size(1) : idx.size(1) + int(out.lengths[0, i])].tolist()
-        text = TextStream(tok, stop_strings(cfg), eos)
+        text = TextStream(tok, d.stop, d.eos_token_id)
         for t in ids:
             text.push(t)
         hyps.append({"ids": ids, "text": text.text, "score": float(out.scores[0, i])})
     return hyps, dt
 
 
-def run_beam(cfg: DictConfig, model: GPT, tok: Tokenizer, prompt: str, idx: torch.Tensor,
-             kw: dict[str, Any]) -> list[str]:
+def run_beam(cfg: DictConfig, model: GPT, tok: Tokenizer, prompt: str, idx: torch.Tensor, d: Decoding) -> list[str]:
     """Beam search is one deterministic search: num_samples prints its best hypotheses, best first."""
-    k = kw.get("num_beams", 1)
-    if cfg.num_samples > k:
-        raise ValueError(f"num_samples={cfg.num_samples} > decoding.num_beams={k}: beam search returns "
+    if cfg.num_samples > d.num_beams:
+        raise ValueError(f"num_samples={cfg.num_samples} > decoding.num_beams={d.num_beams}: beam search returns "
                          f"at most num_beams hypotheses")
-    hyps, dt = search_beams(cfg, model, tok, idx, kw)
+    hyps, dt = search_beams(model, tok, idx, d)
     rate = max(len(h["ids"]) for h in hyps) / dt
     texts = []
     for i, h in enumerate(hyps[: cfg.num_samples]):
         texts.append(prompt + h["text"])
         print(texts[-1])
-        print(f"---------- beam {i + 1}/{k} ({describe(kw)}): score {h['score']:.4f}, {len(h['ids'])} tokens; "
-              f"search {dt:.2f} s, {rate:.1f} tokens/s")
+        print(f"---------- beam {i + 1}/{d.num_beams} ({d.label()}): score {h['score']:.4f}, {len(h['ids'])} "
+              f"tokens; search {dt:.2f} s, {rate:.1f} tokens/s")
     return texts
 
 
@@ -236,19 +170,23 @@ def run_compare(cfg: DictConfig, model: GPT, tok: Tokenizer, device: torch.devic
     prompt, idx = encode_prompt(cfg.prompt, tok, model.config.block_size, device)
     rows = []
     for entry in cfg.compare_decodings:
-        kw = decoding_kwargs(entry)
-        validate(cfg.max_new_tokens, **kw)
-        if kw["strategy"] == "beam":
-            hyps, dt = search_beams(cfg, model, tok, idx, kw)
+        d = decoding_from(cfg, tok, entry, shortcuts=False)
+        if d.strategy == "beam":
+            hyps, dt = search_beams(model, tok, idx, d)
             r = {**hyps[0], "seconds": dt}
         else:
-            g = torch.Generator(device=device).manual_seed(cfg.seed)
-            r = decode_one(model, tok, idx, kw, cfg, g, echo=False)
+            r = decode_one(model, tok, idx, d, None, echo=False)  # None: a generator seeded with d.seed
         full = torch.tensor([idx[0].tolist() + r["ids"]], device=device)
         ll = token_logprobs(model, full, idx.size(1)) if r["ids"] else torch.zeros(1, 0)
-        rows.append({"decoding": describe(kw), "text": prompt + r["text"], "tokens": len(r["ids"]),
+        rows.append({"decoding": d.label(), "text": prompt + r["text"], "tokens": len(r["ids"]),
                      "loglik_per_token": float(ll.mean()) if r["ids"] else float("nan"),
                      "tokens_per_s": len(r["ids"]) / max(r["seconds"], 1e-9)})
+    print_comparison(rows, prompt)
+    return rows
+
+
+def print_comparison(rows: list[dict[str, Any]], prompt: str) -> None:
+    """The comparison table, then each row's whole text."""
     width = max(len(r["decoding"]) for r in rows)
     print(f"{'decoding':<{width}}  tokens  loglik/token  tokens/s  start of the continuation")
     for r in rows:
@@ -257,4 +195,8 @@ def run_compare(cfg: DictConfig, model: GPT, tok: Tokenizer, device: torch.devic
               f"{r['tokens_per_s']:>8.1f}  {start}")
     for r in rows:
         print(f"\n========== {r['decoding']} (loglik/token {r['loglik_per_token']:.3f})\n{r['text']}")
-    return rows
+
+
+@hydra_entry("generate")
+def main(cfg: DictConfig) -> None:
+    run_generate(cfg)

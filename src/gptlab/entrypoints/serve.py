@@ -12,8 +12,9 @@ import uvicorn
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.entrypoints.config import hydra_entry
 from gptlab.entrypoints.generate import pick_device
-from gptlab.hf import load_hf_gpt2
+from gptlab.hf import from_pretrained
 from gptlab.model import GPT
 from gptlab.serving.app import create_app
 from gptlab.serving.engine import Engine
@@ -27,7 +28,7 @@ def load_served_model(ckpt_path: str) -> tuple[GPT, Tokenizer, str]:
         raise ValueError("give ckpt_path=<a .ckpt from train.py, or a Hugging Face GPT-2 folder>")
     path = Path(ckpt_path).expanduser()
     if path.is_dir():
-        return load_hf_gpt2(path), TiktokenTokenizer("gpt2"), path.name
+        return from_pretrained(path), TiktokenTokenizer("gpt2"), path.name
     model, ckpt = load_gpt_from_lightning_ckpt(path)
     if not ckpt.get("tokenizer"):
         raise ValueError(f"{path} holds no tokenizer spec; it was not written by gptlab's train.py")
@@ -39,7 +40,7 @@ def build_app(cfg: DictConfig):
     model, tok, name = load_served_model(cfg.ckpt_path)
     model.to(pick_device(cfg.device)).eval()
     limits = Limits(**OmegaConf.to_container(cfg.limits))
-    return create_app(Engine(model, tok, max_batch=cfg.max_batch), cfg.model_name or name, limits)
+    return create_app(Engine(model, tok, max_batch=cfg.max_batch, use_cache=cfg.use_cache), cfg.model_name or name, limits)
 
 
 def run_serve(cfg: DictConfig) -> None:
@@ -50,3 +51,8 @@ def run_serve(cfg: DictConfig) -> None:
           flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level=cfg.log_level,
                 timeout_graceful_shutdown=cfg.drain_timeout_s)
+
+
+@hydra_entry("serve")
+def main(cfg: DictConfig) -> None:
+    run_serve(cfg)

@@ -1,12 +1,10 @@
-"""`python train.py ...`: prepare the data, build the model and the Trainer, fit, report."""
+"""`gptlab-train` / `python train.py ...`: build (data, model, Trainer) → fit → report."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
 import time
 import warnings
 from pathlib import Path
@@ -17,74 +15,23 @@ import lightning_utilities.core.rank_zero
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_method, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.callbacks.monitoring import SHARDED_STRATEGIES
 from gptlab.checkpoint import check_resumable, check_writable
-from gptlab.data import GPTDataModule, ensure_prepared, ensure_prepared_hf, read_meta
-from gptlab.entrypoints.config import to_plain
+from gptlab.data import GPTDataModule, read_meta
+from gptlab.data.build import build_datamodule, to_plain
+from gptlab.entrypoints.config import hydra_entry
 from gptlab.lit_module import GPTLitModule
-
-CONF_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
 @rank_zero_only
 def say(message: str) -> None:
     """User-facing progress lines, printed once (rank 0) to stdout."""
     print(message, flush=True)
-
-
-def tokenizer_config(cfg: DictConfig) -> dict[str, Any]:
-    """data.tokenizer as a dict. The group override `data/tokenizer=bpe` gives the group's file;
-    `data.tokenizer=bpe` (a plain value in Hydra's eyes) is accepted as shorthand for it."""
-    tok = cfg.data.tokenizer
-    if isinstance(tok, str):
-        group_file = CONF_DIR / "data" / "tokenizer" / f"{tok}.yaml"
-        if not group_file.exists():
-            choices = sorted(p.stem for p in group_file.parent.glob("*.yaml"))
-            raise ValueError(f"data.tokenizer={tok!r}: no {group_file}; choose one of {choices}")
-        tok = OmegaConf.load(group_file)
-    return to_plain(tok)
-
-
-def data_folder(cfg: DictConfig) -> Path:
-    """One prepared folder per dataset name × tokenizer config, so switching tokenizers never
-    overwrites (or silently reuses) another tokenizer's bins. `data=text` names the corpus by its
-    path too, so two corpora never prepare into (and race for) one folder, and switching between
-    them does not prepare each again."""
-    tok = tokenizer_config(cfg)
-    tag = "-".join(str(v) for k, v in sorted(tok.items()) if k != "kind" and not isinstance(v, (list, dict)))
-    name = str(cfg.data.name)
-    if name == "text" and cfg.data.get("path"):
-        path = Path(str(cfg.data.path)).expanduser().resolve()
-        digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
-        name = "text-" + re.sub(r"[^\w.-]+", "_", path.name) + "-" + digest
-    if cfg.data.get("kind") == "hf":  # a Hub name or a local path: one safe folder per dataset, config, split
-        name = "hf-" + re.sub(r"[^\w.-]+", "_", "-".join(str(p) for p in (name, cfg.data.config, cfg.data.split) if p))
-    return Path(cfg.paths.data_dir) / name / (tok["kind"] + (f"-{tag}" if tag else ""))
-
-
-def build_datamodule(cfg: DictConfig) -> GPTDataModule:
-    out = data_folder(cfg)
-    tok, frac = tokenizer_config(cfg), cfg.data.get("val_fraction")
-    if cfg.data.get("prepare"):  # non-text data names its own prepare: f(data config dict, out dir) → meta
-        prepare_fn, data_cfg = get_method(cfg.data.prepare), {**to_plain(cfg.data), "tokenizer": tok}
-        prepare = lambda: prepare_fn(data_cfg, out)  # noqa: E731
-    elif cfg.data.get("kind") == "hf":
-        d = cfg.data
-        options = dict(config=d.config, split=d.split, text_column=d.text_column, val_fraction=frac,
-                       num_proc=d.num_proc, split_seed=d.split_seed)
-        prepare = lambda: ensure_prepared_hf(d.name, out, tok, **options)  # noqa: E731
-    else:
-        prepare = lambda: ensure_prepared(cfg.data.path, out, tok, frac)  # noqa: E731
-    return GPTDataModule(
-        out, block_size=cfg.model.block_size, batch_size=cfg.data.batch_size, val_batches=cfg.data.val_batches,
-        num_workers=cfg.data.num_workers, seed=cfg.seed, prepare=prepare,
-        windows=get_method(cfg.data.windows) if cfg.data.get("windows") else None,
-    )
 
 
 def in_multirun() -> bool:
@@ -156,73 +103,95 @@ def check_schedule(cfg: DictConfig) -> None:
         )
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit the configured model; returns the run's figures (best val loss, paths, timings)."""
-    quiet_lightning_notices()
+def check_config(cfg: DictConfig) -> None:
     if cfg.resume not in (None, "auto"):
         raise ValueError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
                          f"ckpt_path=<a .ckpt>; null starts fresh")
     check_schedule(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
 
-    datamodule = build_datamodule(cfg)
-    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
-        datamodule.prepare_data()  # before building the model: the vocab size comes from the data
-    meta = read_meta(datamodule.data_dir)
+
+def build_module(cfg: DictConfig, meta: dict[str, Any], data_dir: Path) -> GPTLitModule:
+    """conf's `module` (a partial GPTLitModule) completed with what only the prepared data knows: its
+    vocabulary size (when model.vocab_size is null) and its tokenizer."""
     model_cfg = to_plain(cfg.model)
     if model_cfg.get("vocab_size") is None:
         model_cfg["vocab_size"] = meta["vocab_size"]
     elif meta["vocab_size"] > model_cfg["vocab_size"]:
         raise ValueError(
-            f"data {datamodule.data_dir} has vocab_size {meta['vocab_size']} but model.vocab_size is "
+            f"data {data_dir} has vocab_size {meta['vocab_size']} but model.vocab_size is "
             f"{model_cfg['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
         )
-    module = GPTLitModule(model=model_cfg, optim=to_plain(cfg.optim), init_from=cfg.init_from,
-                          tokenizer=meta["tokenizer"], objective=cfg.get("objective", "clm"),
-                          mask_prob=cfg.get("mask_prob", 0.15))
+    module = instantiate(cfg.module, _convert_="all")(model=model_cfg, tokenizer=meta["tokenizer"])
     if meta["vocab_size"] > module.model.config.vocab_size:  # init_from: the vocabulary is the checkpoint's
         raise ValueError(
-            f"data {datamodule.data_dir} has vocab_size {meta['vocab_size']} but init_from={cfg.init_from} has "
+            f"data {data_dir} has vocab_size {meta['vocab_size']} but init_from={cfg.init_from} has "
             f"{module.model.config.vocab_size} token embeddings: train it on data tokenized as it was (GPT-2: "
             f"data.tokenizer=tiktoken), or from scratch (init_from=scratch)"
         )
+    return module
 
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
     if "wandb" in (cfg.get("logger") or {}):
         configure_wandb_offline()
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # a bar callback with the bar disabled is an error
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False,
-                                     callbacks=callbacks)
-    run_dir = Path(cfg.paths.run_dir)
+    return instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=callbacks)
+
+
+def build(cfg: DictConfig) -> tuple[GPTDataModule, GPTLitModule, L.Trainer, dict[str, Any]]:
+    """Data first: the model's vocabulary size comes from the prepared data. Returns the data's meta too."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs; no effect on CPU
+    datamodule = build_datamodule(cfg)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:
+        datamodule.prepare_data()
+    meta = read_meta(datamodule.data_dir)
+    module = build_module(cfg, meta, datamodule.data_dir)
+    trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         # fail now, not at the first checkpoint: weights + two AdamW moments, fp32
-        check_writable(run_dir, need_bytes=3 * 4 * module.model.num_params())
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    tokens_per_step = (cfg.data.batch_size * module.model.config.block_size
-                       * cfg.trainer.accumulate_grad_batches * trainer.world_size)
+        check_writable(Path(cfg.paths.run_dir), need_bytes=3 * 4 * module.model.num_params())
+        OmegaConf.save(cfg, Path(cfg.paths.run_dir) / "config.yaml", resolve=True)
+    return datamodule, module, trainer, meta
+
+
+def announce(cfg: DictConfig, datamodule: GPTDataModule, module: GPTLitModule, trainer: L.Trainer,
+             meta: dict[str, Any]) -> None:
+    block, batch, acc = module.model.config.block_size, cfg.data.batch_size, cfg.trainer.accumulate_grad_batches
     say(
         f"[gptlab] {module.model.num_params() / 1e6:.2f}M parameters | data {datamodule.data_dir} "
         f"({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens, vocab {meta['vocab_size']})\n"
-        f"[gptlab] tokens per optimizer step = batch {cfg.data.batch_size} × block "
-        f"{module.model.config.block_size} × accumulation {cfg.trainer.accumulate_grad_batches} × devices "
-        f"{trainer.world_size} = {tokens_per_step:,}\n[gptlab] run folder {run_dir}"
+        f"[gptlab] tokens per optimizer step = batch {batch} × block {block} × accumulation {acc} × devices "
+        f"{trainer.world_size} = {batch * block * acc * trainer.world_size:,}\n[gptlab] run folder {cfg.paths.run_dir}"
     )
 
+
+def checkpoint_to_resume(cfg: DictConfig, module: GPTLitModule) -> str | None:
+    """ckpt_path, or with resume=auto the newest last.ckpt of this run_name; checked against the model."""
     ckpt_path = cfg.ckpt_path
     if ckpt_path is None and cfg.resume == "auto":
         ckpt_path = find_last_checkpoint(cfg)
         say(f"[gptlab] resume=auto: {'resuming from ' + ckpt_path if ckpt_path else 'no last.ckpt, starting fresh'}")
     if ckpt_path is not None:
         check_resumable(ckpt_path, module.hparams.model)
+    return ckpt_path
+
+
+def fit(trainer: L.Trainer, module: GPTLitModule, datamodule: GPTDataModule, ckpt_path: str | None) -> float:
+    """trainer.fit; returns its wall-clock seconds."""
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     wall = time.perf_counter() - start
     for lg in trainer.loggers:  # close the wandb run, or the next run in this process (-m) would append to it
         if type(lg).__name__ == "WandbLogger" and trainer.is_global_zero:
             lg.experiment.finish()
+    return wall
 
+
+def report(cfg: DictConfig, trainer: L.Trainer, wall: float) -> dict[str, Any]:
+    """The run's figures, printed and written to <run_dir>/result.json (read by the multirun summary)."""
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_score if ckpt_cb is not None else None
     result = {
@@ -230,27 +199,48 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "final_val_loss": float(v) if (v := trainer.callback_metrics.get("val/loss")) is not None else None,
         "best_ckpt": getattr(ckpt_cb, "best_model_path", None) or None,
         "last_ckpt": getattr(ckpt_cb, "last_model_path", None) or None,
-        "run_dir": str(run_dir),
+        "run_dir": str(cfg.paths.run_dir),
         "steps": trainer.global_step,
         "wall_seconds": wall,
     }
-    if trainer.is_global_zero:  # read back by the multirun summary (gptlab.entrypoints.sweep_summary)
-        (run_dir / "result.json").write_text(json.dumps(result, indent=1))
+    if trainer.is_global_zero:
+        (Path(cfg.paths.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+    best_text = result["best_val_loss"] if result["best_val_loss"] is None else round(result["best_val_loss"], 4)
     say(
-        f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | best val loss "
-        f"{result['best_val_loss'] if result['best_val_loss'] is None else round(result['best_val_loss'], 4)}\n"
+        f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | best val loss {best_text}\n"
         f"[gptlab] checkpoints: {result['last_ckpt']} (last), {result['best_ckpt']} (best)\n"
         f"[gptlab] logs: {trainer.log_dir}"
     )
+    return result
+
+
+def sample_after_training(cfg: DictConfig, trainer: L.Trainer, module: GPTLitModule, meta: dict[str, Any]) -> None:
     # sharded weights (FSDP, DeepSpeed): every rank decodes in step, since each forward is collective
     decodes = trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)
-    if decodes and cfg.sample_after_training > 0 and not trainer.interrupted:
-        from gptlab.generation import generate_text
-        from gptlab.tokenizers import tokenizer_from_spec
+    if not decodes or cfg.sample_after_training <= 0 or trainer.interrupted:
+        return
+    from gptlab.generation import Decoding, generate_text
+    from gptlab.tokenizers import tokenizer_from_spec
 
-        prompt = "\n" if meta["tokenizer"]["kind"] == "char" else ""  # "": start at <|endoftext|>
-        text = generate_text(module.model, tokenizer_from_spec(meta["tokenizer"]), prompt, cfg.sample_after_training,
-                             seed=cfg.seed, temperature=0.8, top_k=200)
-        if trainer.is_global_zero:
-            print("[gptlab] sample (temperature 0.8, top-k 200):\n" + text)
+    prompt = "\n" if meta["tokenizer"]["kind"] == "char" else ""  # "": start at <|endoftext|>
+    decoding = Decoding(max_new_tokens=cfg.sample_after_training, temperature=0.8, top_k=200, seed=cfg.seed)
+    text = generate_text(module.model, tokenizer_from_spec(meta["tokenizer"]), prompt, decoding)
+    if trainer.is_global_zero:
+        print("[gptlab] sample (temperature 0.8, top-k 200):\n" + text)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured model; returns the run's figures (best val loss, paths, timings)."""
+    quiet_lightning_notices()
+    check_config(cfg)
+    datamodule, module, trainer, meta = build(cfg)
+    announce(cfg, datamodule, module, trainer, meta)
+    wall = fit(trainer, module, datamodule, checkpoint_to_resume(cfg, module))
+    result = report(cfg, trainer, wall)
+    sample_after_training(cfg, trainer, module, meta)
     return result
+
+
+@hydra_entry("train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)["best_val_loss"]  # returned for Hydra sweepers (e.g. Optuna)

@@ -21,7 +21,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
-from gptlab.serving.engine import Engine, Event, Job, Sampling
+from gptlab.decoding import Decoding
+from gptlab.serving.engine import Engine, Event, Job
 from gptlab.serving.schemas import (
     ApiError,
     CompletionRequest,
@@ -112,11 +113,9 @@ class Api:
         queue: asyncio.Queue[Event] = asyncio.Queue()
         loop = asyncio.get_running_loop()
         emit = lambda ev: loop.call_soon_threadsafe(queue.put_nowait, ev)  # noqa: E731 (worker thread → loop)
-        sampling = Sampling(strategy_of(req), req.temperature, req.top_k, req.top_p, req.num_beams,
-                            req.length_penalty, req.seed)
-        stops = [req.stop] if isinstance(req.stop, str) else req.stop or []
-        jobs = [Job(ids, req.max_tokens, sampling, emit, n=req.n, first_index=i * req.n, stop=stops,
-                    logprobs=req.logprobs or 0) for i, ids in enumerate(encoded)]
+        decoding = self._decoding(req)
+        jobs = [Job(ids, decoding, emit, n=req.n, first_index=i * req.n, logprobs=req.logprobs or 0)
+                for i, ids in enumerate(encoded)]
         for job in jobs:
             self.engine.submit(job)
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
@@ -125,6 +124,15 @@ class Api:
         if req.stream:
             return StreamingResponse(_sse(head, events, req.logprobs is not None), media_type="text/event-stream")
         return await _collect(head, events, req.logprobs is not None, sum(map(len, encoded)))
+
+    def _decoding(self, req: CompletionRequest) -> Decoding:
+        try:
+            return Decoding(strategy=strategy_of(req), max_new_tokens=req.max_tokens, temperature=req.temperature,
+                            top_k=req.top_k, top_p=req.top_p, num_beams=req.num_beams,
+                            length_penalty=req.length_penalty, eos_token_id=self.tok.eot_token_id,
+                            stop=req.stop or (), seed=req.seed)
+        except ValueError as e:  # Decoding's messages start with the field's name
+            raise ApiError(400, str(e).split()[0], str(e)) from None
 
     def _check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_id:

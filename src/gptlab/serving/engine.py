@@ -21,25 +21,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from gptlab.entrypoints.generate import TextStream  # moves into the library with issue 15
-from gptlab.generation import beam_search, choose, process_logits
-from gptlab.serving.batch import Row, UncachedBatch
+from gptlab.decoding import Decoding, next_token
+from gptlab.generation import TextStream, beam_search
+from gptlab.serving.batch import Batch, Row, UncachedBatch
 from gptlab.tokenizers import Tokenizer
 
 Event = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How one request chooses its tokens (validated by the API layer before it gets here)."""
-
-    strategy: str = "sample"  # greedy | sample | beam
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    seed: int | None = None
 
 
 @dataclass
@@ -51,12 +38,10 @@ class Job:
     """
 
     ids: list[int]
-    max_tokens: int
-    sampling: Sampling
+    decoding: Decoding  # max_new_tokens, stop strings and eos_token_id end a row
     emit: Callable[[Event], None]
     n: int = 1
     first_index: int = 0  # choice index of this job's first row (a list of prompts numbers them on)
-    stop: list[str] = field(default_factory=list)
     logprobs: int = 0  # top alternatives reported per token
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -75,11 +60,11 @@ class _Row:
 class Engine:
     """Owns the model in one worker thread; `submit` completions, `call` one-off work; thread-safe."""
 
-    def __init__(self, model, tok: Tokenizer, *, max_batch: int = 16):
+    def __init__(self, model, tok: Tokenizer, *, max_batch: int = 16, use_cache: bool = True):
         self.model, self.tok = model.eval(), tok
         self.device = next(model.parameters()).device
         self.max_batch = max_batch
-        self.batch = UncachedBatch(model, max_batch)
+        self.batch = (Batch if use_cache else UncachedBatch)(model, max_batch)
         self._cv = threading.Condition()
         self._queue: collections.deque[Job] = collections.deque()
         self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
@@ -100,7 +85,7 @@ class Engine:
         self._thread.join(timeout)
 
     def submit(self, job: Job) -> None:
-        if job.sampling.strategy == "beam":
+        if job.decoding.strategy == "beam":
             self.call(lambda: self._beam(job))
             return
         with self._cv:
@@ -152,7 +137,7 @@ class Engine:
                 for i in range(job.n):
                     handle, logits = self.batch.add(job.ids)
                     self._rows.append(_Row(job, job.first_index + i, handle, self._text_stream(job),
-                                           self._generator(job.sampling, i), logits))
+                                           self._generator(job.decoding, i), logits))
             except Exception as e:
                 self._drop_job(job)
                 job.emit({"type": "error", "message": f"{type(e).__name__}: {e}"})
@@ -180,18 +165,13 @@ class Engine:
         self.stats["row_steps"] += len(keep)
 
     def _choose(self, row: _Row) -> int:
-        s = row.job.sampling
-        greedy = s.strategy == "greedy" or s.temperature == 0
-        logits = row.logits[None]
-        if not greedy:
-            logits = process_logits(logits, s.temperature, s.top_k, s.top_p)
-        return int(choose(logits, greedy, row.generator)[0])
+        return int(next_token(row.logits[None], row.job.decoding, row.generator)[0])
 
     def _report(self, row: _Row, token: int) -> bool:
         """Emit the token (and the finish event when it ends its row); True while the row goes on."""
         row.made += 1
         piece = row.text.push(token)
-        ended = row.text.done or row.made >= row.job.max_tokens
+        ended = row.text.done or row.made >= row.job.decoding.max_new_tokens
         if ended and not row.text.done:
             piece += row.text.flush()
         row.job.emit(self._token_event(row.index, token, piece, row.logits, row.job.logprobs))
@@ -212,17 +192,19 @@ class Engine:
                 "text": piece, "logprob": float(logp[token]), "top": top}
 
     def _text_stream(self, job: Job) -> TextStream:
-        return TextStream(self.tok, job.stop, self.tok.eot_token_id)
+        return TextStream(self.tok, job.decoding.stop, job.decoding.eos_token_id)
 
-    def _generator(self, s: Sampling, i: int) -> torch.Generator | None:
-        """Choice i of a seeded request draws from seed + i: reproducible alone or in any batch."""
-        if s.strategy == "greedy" or s.temperature == 0:
+    def _generator(self, d: Decoding, i: int) -> torch.Generator | None:
+        """Choice i of a seeded request draws from seed + i, from its own generator: the same draws
+        alone or in any batch. Without a seed, a fresh random one (never torch's global RNG, which
+        every request would share)."""
+        if d.greedy:
             return None
         g = torch.Generator(device=self.device)
-        if s.seed is None:
+        if d.seed is None:
             g.seed()
         else:
-            g.manual_seed(s.seed + i)
+            g.manual_seed(d.seed + i)
         return g
 
     def _drop_job(self, job: Job) -> None:
@@ -233,10 +215,8 @@ class Engine:
     # ---- work outside the batch ---------------------------------------------------------------------
     def _beam(self, job: Job) -> None:
         """Beam search (transformers' semantics): the n best hypotheses are the n choices."""
-        s = job.sampling
         idx = torch.tensor([job.ids], device=self.device)
-        out = beam_search(self.model, idx, job.max_tokens, s.num_beams, length_penalty=s.length_penalty,
-                          eos_token_id=self.tok.eot_token_id)
+        out = beam_search(self.model, idx, job.decoding)
         T = idx.size(1)
         for i in range(job.n):
             new = out.sequences[0, i, T : T + int(out.lengths[0, i])].tolist()
@@ -254,7 +234,7 @@ class Engine:
                 job.emit(self._token_event(job.first_index + i, token, piece, logits[T - 1 + t], job.logprobs))
                 if text.done:
                     break
-            reason = "stop" if text.done or len(new) < job.max_tokens else "length"
+            reason = "stop" if text.done or len(new) < job.decoding.max_new_tokens else "length"
             job.emit({"type": "finish", "index": job.first_index + i, "reason": reason})
 
     def next_token(self, ids: list[int], top_n: int) -> concurrent.futures.Future:

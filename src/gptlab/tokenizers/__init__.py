@@ -1,6 +1,12 @@
 """Tokenizers behind one interface: char, tiktoken (GPT-2), and our own byte-level BPE."""
 
-from gptlab.tokenizers.base import Tokenizer, load_tokenizer, register, tokenizer_from_spec
+from gptlab.tokenizers.base import (
+    Tokenizer,
+    load_tokenizer,
+    register,
+    tokenizer_for_data,
+    tokenizer_from_spec,
+)
 from gptlab.tokenizers.bpe import BPETokenizer
 from gptlab.tokenizers.char import CharTokenizer
 from gptlab.tokenizers.tiktoken_bpe import TiktokenTokenizer
@@ -12,5 +18,6 @@ __all__ = [
     "TiktokenTokenizer",
     "load_tokenizer",
     "register",
+    "tokenizer_for_data",
     "tokenizer_from_spec",
 ]

@@ -46,6 +46,16 @@ class Tokenizer(ABC):
     @abstractmethod
     def from_spec(cls, spec: dict[str, Any]) -> Tokenizer: ...
 
+    @classmethod
+    def from_data(cls, cfg: dict[str, Any], train_text: str | Iterable[str], full_text: Callable[[], str]) -> Tokenizer:
+        """The tokenizer a data config (`data.tokenizer`) asks for, fitted where it learns from text.
+        Kinds that data preparation can build override this; the others (e.g. "ehr") are built elsewhere."""
+        raise NotImplementedError(f"tokenizer kind {cls.kind!r} is not built from a data config")
+
+    @classmethod
+    def builds_from_data(cls) -> bool:
+        return cls.from_data.__func__ is not Tokenizer.from_data.__func__
+
     @property
     def eot_token_id(self) -> int | None:
         """Id of the end-of-text token, if the vocabulary has one."""
@@ -76,6 +86,18 @@ def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
     if kind not in _REGISTRY:
         raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted({*_REGISTRY, *_LAZY})}")
     return _REGISTRY[kind].from_spec(spec)
+
+
+def tokenizer_for_data(cfg: dict[str, Any], train_text: str | Iterable[str], full_text: Callable[[], str]) -> Tokenizer:
+    """Build the tokenizer `data.tokenizer` names through the registry. Learnt vocabularies (BPE merges)
+    see the training split only (`train_text`); the char set is taken from the whole text
+    (`full_text()`, read only by kinds that need it), as nanoGPT does, so validation never meets an
+    unknown character — the alphabet says nothing about the held-out content."""
+    kind = cfg.get("kind")
+    kinds = [k for k, c in _REGISTRY.items() if c.builds_from_data()]
+    if kind not in kinds:
+        raise ValueError(f"data.tokenizer.kind={kind!r} is not one of: {', '.join(kinds)}")
+    return _REGISTRY[kind].from_data(cfg, train_text, full_text)
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:

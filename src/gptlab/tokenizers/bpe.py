@@ -23,7 +23,7 @@ import heapq
 import json
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -93,26 +93,28 @@ def _byte_pair_merge(ranks: dict[bytes, int], piece: bytes, max_rank: int | None
     return parts
 
 
-def _train_merges(chunk_counts: Counter[str], n_merges: int, progress: bool = True) -> list[tuple[int, int]]:
-    """The first `n_merges` BPE merges of the pre-split chunks, fast.
-
-    Each distinct chunk is held once with its count; a heap keeps pair counts ordered, and a merge
-    only revisits the chunks that contain its pair, adjusting the counts of the neighbouring pairs
-    (the same bookkeeping as Hugging Face's BpeTrainer). Ties go to the smallest (left, right) id
-    pair, so training is deterministic. A merge whose bytes already exist as a token (reached by
-    another path) reuses that token and adds no new one.
-    """
-    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
-    freqs = list(chunk_counts.values())
-    stats: defaultdict[tuple[int, int], int] = defaultdict(int)  # pair -> count over all chunks
-    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)  # pair -> chunks holding it
+def _pair_index(words: list[list[int]], freqs: list[int]):
+    """pair -> count over all chunks, pair -> the chunks holding it, and a max-heap of the counts."""
+    stats: defaultdict[tuple[int, int], int] = defaultdict(int)
+    where: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
     for wi, (word, freq) in enumerate(zip(words, freqs)):
         for pair in zip(word, word[1:]):
             stats[pair] += freq
             where[pair].add(wi)
     heap = [(-count, pair) for pair, count in stats.items()]
     heapq.heapify(heap)
+    return stats, where, heap
 
+
+def _train_merges(chunk_counts: Counter[str], n_merges: int, progress: bool = True) -> list[tuple[int, int]]:
+    """The first `n_merges` BPE merges of the pre-split chunks, fast. Each distinct chunk is held once
+    with its count; a heap keeps pair counts ordered, and a merge only revisits the chunks that contain
+    its pair, adjusting the counts of the neighbouring pairs (Hugging Face's BpeTrainer bookkeeping).
+    Ties go to the smallest (left, right) id pair, so training is deterministic. A merge whose bytes
+    already exist as a token (reached by another path) reuses that token and adds no new one."""
+    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+    freqs = list(chunk_counts.values())
+    stats, where, heap = _pair_index(words, freqs)
     vocab = [bytes([i]) for i in range(256)]
     token_id = {token: i for i, token in enumerate(vocab)}
     merges: list[tuple[int, int]] = []
@@ -132,8 +134,8 @@ def _train_merges(chunk_counts: Counter[str], n_merges: int, progress: bool = Tr
             vocab.append(token)
             merges.append(pair)
             bar.update()
-        touched = set()
-        for wi in where.pop(pair):
+        touched: set[tuple[int, int]] = set()
+        for wi in where.pop(pair):  # rewrite each chunk holding (a, b); the neighbouring pairs' counts move
             word, freq = words[wi], freqs[wi]
             out: list[int] = []
             i, n = 0, len(word)
@@ -251,6 +253,12 @@ class BPETokenizer(Tokenizer):
         first_special = 256 + len(merges)
         specials = {name: first_special + i for i, name in enumerate(special_tokens)}
         return cls(merges, specials, pattern)
+
+    @classmethod
+    def from_data(cls, cfg: dict[str, Any], train_text: str | Iterable[str], full_text: Callable[[], str]) -> BPETokenizer:
+        """data.tokenizer=bpe: vocab_size, and any other `train` option (pattern, special_tokens, ...)."""
+        options = {k: v for k, v in cfg.items() if k not in ("kind", "vocab_size")}
+        return cls.train(train_text, int(cfg["vocab_size"]), **options)
 
     @classmethod
     def from_tiktoken(cls, name: str = "gpt2") -> BPETokenizer:

@@ -3,7 +3,7 @@ shakespeare_char). Tiny vocabulary, no merges: the simplest way to watch a GPT l
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from gptlab.tokenizers.base import Tokenizer, register
@@ -20,6 +20,10 @@ class CharTokenizer(Tokenizer):
         if not text:
             raise ValueError("cannot fit a char tokenizer on empty text")
         return cls(text)
+
+    @classmethod
+    def from_data(cls, cfg: dict[str, Any], train_text: str | Iterable[str], full_text: Callable[[], str]) -> CharTokenizer:
+        return cls.fit(full_text())
 
     @property
     def vocab_size(self) -> int:

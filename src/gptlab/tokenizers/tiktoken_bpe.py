@@ -9,13 +9,13 @@ encoding still downloads as usual when the user has internet.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from pathlib import Path
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from gptlab.paths import asset
 from gptlab.tokenizers.base import Tokenizer, register
 
-SHIPPED_CACHE = Path(__file__).resolve().parent.parent / "assets" / "tiktoken"
+SHIPPED_CACHE = asset("tiktoken")
 
 
 def use_shipped_tiktoken_cache() -> None:
@@ -35,6 +35,10 @@ class TiktokenTokenizer(Tokenizer):
         except ValueError as e:  # unknown name
             raise ValueError(f"unknown tiktoken encoding {encoding!r}: {e}") from None
         self.encoding = encoding
+
+    @classmethod
+    def from_data(cls, cfg: dict[str, Any], train_text: str | Iterable[str], full_text: Callable[[], str]) -> TiktokenTokenizer:
+        return cls(cfg.get("encoding", "gpt2"))
 
     @property
     def vocab_size(self) -> int:
