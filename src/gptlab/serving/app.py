@@ -116,8 +116,13 @@ class Api:
         decoding = self._decoding(req)
         jobs = [Job(ids, decoding, emit, n=req.n, first_index=i * req.n, logprobs=req.logprobs or 0)
                 for i, ids in enumerate(encoded)]
-        for job in jobs:
-            self.engine.submit(job)
+        try:
+            for job in jobs:
+                self.engine.submit(job)
+        except RuntimeError as e:  # the engine is stopping
+            for job in jobs:
+                job.cancelled.set()
+            raise ApiError(503, None, str(e)) from None
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": self.model_id}
         events = _events(queue, len(prompts) * req.n, jobs, request)

@@ -86,7 +86,7 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         if job.decoding.strategy == "beam":
-            self.call(lambda: self._beam(job))
+            self.call(lambda: self._reporting_errors(job, self._beam))
             return
         with self._cv:
             if self._closed:
@@ -213,6 +213,14 @@ class Engine:
             self._rows.remove(row)
 
     # ---- work outside the batch ---------------------------------------------------------------------
+    @staticmethod
+    def _reporting_errors(job: Job, fn: Callable[[Job], None]) -> None:
+        """fn(job), its failure sent to the job's client as an error event (no one awaits the future)."""
+        try:
+            fn(job)
+        except Exception as e:
+            job.emit({"type": "error", "message": f"{type(e).__name__}: {e}"})
+
     def _beam(self, job: Job) -> None:
         """Beam search (transformers' semantics): the n best hypotheses are the n choices."""
         idx = torch.tensor([job.ids], device=self.device)
