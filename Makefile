@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev,ehr]"
+	$(PIP) install -q -e ".[dev,ehr,serve]"
 	touch $(STAMP)
 
 train: install

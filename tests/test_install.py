@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT
 
 SCRIPTS = ["gptlab-train", "gptlab-generate", "gptlab-analyze", "gptlab-ehr-eval", "gptlab-vocab-report",
-           "gptlab-export"]
+           "gptlab-export", "gptlab-serve"]
 
 
 def run(*args, cwd, timeout=600):

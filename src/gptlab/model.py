@@ -141,7 +141,8 @@ class CausalSelfAttention(nn.Module):
         self.use_sdpa = config.use_sdpa
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False, cache: LayerKVCache | None = None
+        self, x: torch.Tensor, pos: int | torch.Tensor = 0, need_weights: bool = False,
+        cache: LayerKVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.size()
         # (B, T, 3C) -> q, k, v, each (B, nh, T, hs): each head attends independently. The same views
@@ -154,17 +155,23 @@ class CausalSelfAttention(nn.Module):
 
         # Query i sits at absolute position pos+i and may see keys 0..pos+i. With no prefix
         # (S == T) that is the plain lower triangle; one new token with a cache sees everything.
+        # A tensor pos (B,) puts each row at its own position (rows of a serving batch): row b's keys
+        # past pos[b]+i belong to longer rows or to nobody, so its mask ends there.
         mask = None
-        if self.causal and T > 1:
+        if isinstance(pos, torch.Tensor):
+            ends = pos[:, None] + torch.arange(T, device=x.device)  # (B, T) each query's position
+            mask = (torch.arange(S, device=x.device) <= ends[..., None])[:, None]  # (B, 1, T, S)
+        elif self.causal and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+        square = S == T and not isinstance(pos, torch.Tensor)  # the plain causal triangle
 
         att = None
         if self.use_sdpa and not need_weights:
             y = F.scaled_dot_product_attention(
                 q, k, v,
-                attn_mask=None if S == T else mask,
+                attn_mask=None if square else mask,
                 dropout_p=self.dropout if self.training else 0.0,
-                is_causal=mask is not None and S == T,
+                is_causal=mask is not None and square,
             )
         else:
             # explicit path: the same computation written out, so the weights can be returned
@@ -201,7 +208,8 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False, cache: LayerKVCache | None = None
+        self, x: torch.Tensor, pos: int | torch.Tensor = 0, need_weights: bool = False,
+        cache: LayerKVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         a, att = self.attn(self.ln_1(x), pos, need_weights, cache)
         x = x + a
@@ -250,13 +258,15 @@ class GPT(nn.Module):
         return n
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, pos: int = 0, cache: KVCache | None = None
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, pos: int | torch.Tensor = 0,
+        cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for every position; loss when targets are given.
 
         `pos` is the absolute position of idx[:, 0]; it is non-zero only while decoding with a
         KV `cache` (see `new_kv_cache`), which then holds positions 0..pos-1 and receives these
-        keys and values. Targets equal to IGNORE_INDEX (-1) are ignored in the loss.
+        keys and values. A (B,) tensor gives each row its own position, with a cache that writes each
+        row there (gptlab.serving.batch). Targets equal to IGNORE_INDEX (-1) are ignored in the loss.
         """
         logits = self._head(self._blocks(idx, pos, cache))
         loss = None
@@ -264,7 +274,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    def _blocks(self, idx: torch.Tensor, pos: int, cache: KVCache | None) -> torch.Tensor:
+    def _blocks(self, idx: torch.Tensor, pos: int | torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         """The residual stream after the last block, (B, T, n_embd)."""
         x = self._embed(idx, pos)
         layers = cache.layers if cache is not None else [None] * len(self.transformer.h)
@@ -272,14 +282,18 @@ class GPT(nn.Module):
             x, _ = block(x, pos, False, layer_cache)
         return x
 
-    def _embed(self, idx: torch.Tensor, pos: int) -> torch.Tensor:
+    def _embed(self, idx: torch.Tensor, pos: int | torch.Tensor) -> torch.Tensor:
         T = idx.size(1)
-        if pos + T > self.config.block_size:
+        start = int(pos.max()) if isinstance(pos, torch.Tensor) else pos  # per-row positions: the furthest row
+        if start + T > self.config.block_size:
             raise ValueError(
-                f"cannot forward positions {pos}..{pos + T - 1}: block_size is {self.config.block_size} "
+                f"cannot forward positions {start}..{start + T - 1}: block_size is {self.config.block_size} "
                 f"(crop the input to its last {self.config.block_size} tokens)"
             )
-        positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
+        if isinstance(pos, torch.Tensor):
+            positions = pos[:, None] + torch.arange(T, device=idx.device)  # (B, T)
+        else:
+            positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
         return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
@@ -310,7 +324,9 @@ class GPT(nn.Module):
             for _ in self.transformer.h
         ])
 
-    def forward_last(self, idx: torch.Tensor, pos: int = 0, cache: KVCache | None = None) -> torch.Tensor:
+    def forward_last(
+        self, idx: torch.Tensor, pos: int | torch.Tensor = 0, cache: KVCache | None = None
+    ) -> torch.Tensor:
         """Logits (B, vocab_size) of the last position only: all that decoding needs, so the
         LM head (the largest matmul of a small GPT-2) skips the rest of a prompt or window."""
         return self._head(self._blocks(idx, pos, cache)[:, -1, :])
