@@ -27,7 +27,7 @@ from gptlab.tasks import check_task, exact_match, predict, task_loss
 from gptlab.tokenizers import tokenizer_from_spec
 from tests.conftest import ROOT, compose_train_cfg
 
-SEQ = dict(n_train=300, n_eval=40, seed=0)
+SEQ = dict(n_train=300, n_eval=40, split_seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_seq2seq_splits_hold_the_task_and_test_long_doubles_the_length(reverse_d
 
 
 def test_speaker_attribution_is_split_by_speech_and_keeps_the_most_frequent_speakers():
-    cfg = dict(n_speakers=12, max_len=120, seed=0, val_fraction=0.1, test_fraction=0.1)
+    cfg = dict(n_speakers=12, max_len=120, split_seed=0, val_fraction=0.1, test_fraction=0.1)
     splits, labels = speaker_examples(cfg)
     assert len(labels) == 12 and labels[0] == "GLOUCESTER"  # the most frequent speaker of Tiny Shakespeare
     speeches = shakespeare_speeches(SHIPPED_SHAKESPEARE.read_text())

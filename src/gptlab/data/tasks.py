@@ -6,7 +6,7 @@ Kinds of task (`data.task`):
   Splits are drawn by speech, so no speech is in two splits.
 - `reverse`, `sort`: a string of letters → the same letters reversed / sorted (a re-ordering).
 - `add`: "a+b" → the decimal sum (arithmetic).
-The seq2seq tasks are generated from `seed`; train/val/test hold inputs of length 1..`max_len`
+The seq2seq tasks are generated from `split_seed`; train/val/test hold inputs of length 1..`max_len`
 (for `add`: digits per operand), `test_long` holds lengths max_len+1..2·max_len (length generalisation).
 
 Layout of a prepared folder: `<split>.bin` (uint16, each example's input then its target, EOS-terminated
@@ -68,7 +68,7 @@ def speaker_examples(cfg: dict[str, Any]) -> tuple[dict[str, list[tuple[str, str
         raise ValueError(f"data.n_speakers={n}: give 2..{len(counts)} (the speakers of {cfg.get('path')})")
     labels = [s for s, _ in counts.most_common(n)]
     keep = [(speech[: cfg["max_len"]], s) for s, speech in speeches if s in set(labels)]
-    order = np.random.default_rng(cfg["seed"]).permutation(len(keep))
+    order = np.random.default_rng(cfg["split_seed"]).permutation(len(keep))
     n_val, n_test = int(len(keep) * cfg["val_fraction"]), int(len(keep) * cfg["test_fraction"])
     parts = np.split(order, [n_val, n_val + n_test])
     splits = {"val": parts[0], "test": parts[1], "train": parts[2]}
@@ -85,7 +85,7 @@ def seq2seq_example(task: str, length: int, rng: np.random.Generator) -> tuple[s
 
 def seq2seq_examples(cfg: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     """Seeded splits; the held-out ones never repeat a training input."""
-    task, L, rng = cfg["task"], int(cfg["max_len"]), np.random.default_rng(cfg["seed"])
+    task, L, rng = cfg["task"], int(cfg["max_len"]), np.random.default_rng(cfg["split_seed"])
     sizes = {"train": cfg["n_train"], "val": cfg["n_eval"], "test": cfg["n_eval"], "test_long": cfg["n_eval"]}
     seen: set[str] = set()
     out = {}
@@ -117,7 +117,7 @@ def encode_split(tok: CharTokenizer, examples: list[tuple[str, str]], eos: bool,
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
-    keys = ("task", "path", "n_speakers", "max_len", "seed", "val_fraction", "test_fraction", "n_train", "n_eval")
+    keys = ("task", "path", "n_speakers", "max_len", "split_seed", "val_fraction", "test_fraction", "n_train", "n_eval")
     return hashlib.sha256(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
 
