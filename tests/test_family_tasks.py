@@ -216,7 +216,9 @@ def test_a_family_resumes_exactly(model, tmp_path):
     straight = train(compose_train_cfg(tmp_path / "straight", data, [*run, "trainer.max_steps=6"]))
     half = train(compose_train_cfg(tmp_path / "half", data, [*run, "trainer.max_steps=3"]))
     train(compose_train_cfg(tmp_path / "resumed", data, [*run, "trainer.max_steps=6", f"ckpt_path={half['last_ckpt']}"]))
-    assert losses(tmp_path / "half") + losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    # a resumed run's log starts with the rows it resumed from (callbacks/history.py), so it is the whole curve
+    assert losses(tmp_path / "resumed") == losses(tmp_path / "straight")
+    assert losses(tmp_path / "half") == losses(tmp_path / "straight")[:3]
     assert len(losses(tmp_path / "straight")) == 6
     a = torch.load(straight["last_ckpt"], weights_only=True)
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
