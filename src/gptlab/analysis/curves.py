@@ -147,8 +147,9 @@ def tokens_per_step(config: dict) -> int | None:
 
 
 # Config keys that say where or how verbosely a run was written, not what was trained.
+# module.* repeats top-level settings (objective, optim, ...) by interpolation: labelled once, under their own name
 _NOT_LABELS = ("run_name", "sample_after_training", "resume", "ckpt_path", "paths.", "logger.", "callbacks.",
-               "trainer.enable_", "trainer.default_root_dir")
+               "trainer.enable_", "trainer.default_root_dir", "module.")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

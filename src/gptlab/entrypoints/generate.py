@@ -1,6 +1,6 @@
 """`python generate.py ...`: load a checkpoint (or HF GPT-2 weights), decode a prompt, print text.
 
-decoding=greedy|temperature|top_k|top_p|beam picks the strategy (conf/decoding); `stream=true`
+decoding=greedy|temperature|top_k|top_p|beam picks the strategy (src/gptlab/conf_generate/decoding); `stream=true`
 prints tokens as they come, `stop=[...]` ends a sample at a string, `compare=true` decodes the
 prompt under every entry of `compare_decodings` with per-token log-likelihood and tokens/s.
 """
@@ -52,7 +52,7 @@ def read_prompt(prompt: str) -> str:
 
 
 def decoding_from(cfg: DictConfig, tok: Tokenizer, entry: Any, shortcuts: bool = True) -> Decoding:
-    """The Decoding of a conf/decoding mapping (or a compare_decodings entry), with the top-level
+    """The Decoding of a decoding-group mapping (or a compare_decodings entry), with the top-level
     shortcuts (temperature, top_k, top_p) over it and the run's length, stops, seed and cache."""
     d = OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else dict(entry)
     if shortcuts:

@@ -111,17 +111,23 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def build_module(cfg: DictConfig, meta: dict[str, Any], data_dir: Path) -> GPTLitModule:
-    """conf's `module` (a partial GPTLitModule) completed with what only the prepared data knows: its
-    vocabulary size (when model.vocab_size is null) and its tokenizer."""
-    model_cfg = to_plain(cfg.model)
-    if model_cfg.get("vocab_size") is None:
-        model_cfg["vocab_size"] = meta["vocab_size"]
-    elif meta["vocab_size"] > model_cfg["vocab_size"]:
+    """conf's `module` (a partial GPTLitModule) completed with what only the prepared data knows: the
+    model (the model node, a partial GPTConfig, given the data's vocabulary size when model.vocab_size is
+    null) and the data's tokenizer."""
+    node = to_plain(cfg.model)
+    compile_model = node.pop("compile", False)  # the LitModule's setting (configure_model), not a GPTConfig field
+    if node.get("vocab_size") is not None and meta["vocab_size"] > node["vocab_size"]:
         raise ValueError(
             f"data {data_dir} has vocab_size {meta['vocab_size']} but model.vocab_size is "
-            f"{model_cfg['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
+            f"{node['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
         )
-    module = instantiate(cfg.module, _convert_="all")(model=model_cfg, tokenizer=meta["tokenizer"])
+    vocab_size = meta["vocab_size"] if node.get("vocab_size") is None else node["vocab_size"]
+    try:
+        config = instantiate(node)(vocab_size=vocab_size)
+    except TypeError as e:  # e.g. a misspelt +model.<key>
+        raise ValueError(f"model: {e} (the model node passes every key but compile to {node['_target_']})") from e
+    model = config.to_dict() | {"compile": compile_model}
+    module = instantiate(cfg.module, _convert_="all")(model=model, tokenizer=meta["tokenizer"])
     if meta["vocab_size"] > module.model.config.vocab_size:  # init_from: the vocabulary is the checkpoint's
         raise ValueError(
             f"data {data_dir} has vocab_size {meta['vocab_size']} but init_from={cfg.init_from} has "
