@@ -76,7 +76,7 @@ def test_encoder_equals_torch_transformer_encoder():
     copy_encoder(ref, enc)
     idx = torch.randint(0, 23, (3, 11))
     with torch.no_grad():
-        x = enc._embed(idx, 0)
+        x, _ = enc._embed(idx, 0)  # learned positions: no RoPE tables
         ours, _ = enc.hidden(idx)
         torch.testing.assert_close(ours, ref(x), rtol=1e-5, atol=1e-5)
         # and the MLM head is the tied embedding over those states
@@ -93,7 +93,7 @@ def test_encoder_decoder_equals_torch_transformer():
     copy_decoder(ref.decoder, model)
     src, tgt = torch.randint(0, 23, (2, 9)), torch.randint(0, 23, (2, 6))
     with torch.no_grad():
-        src_x = model.encoder._embed(src, 0)
+        src_x, _ = model.encoder._embed(src, 0)
         tgt_x = model.wte(tgt) + model.decoder.wpe(torch.arange(6))
         mask = nn.Transformer.generate_square_subsequent_mask(6)
         hidden = ref(src_x, tgt_x, tgt_mask=mask, tgt_is_causal=True)

@@ -49,6 +49,9 @@ class FamilyConfig(GPTConfig):
             raise ValueError(f"model.n_classes={self.n_classes!r}: give an integer >= 0 (0: no classification head)")
         if self.n_enc_layer is not None and (not isinstance(self.n_enc_layer, int) or self.n_enc_layer < 1):
             raise ValueError(f"model.n_enc_layer={self.n_enc_layer!r}: give a positive integer (or null: n_layer)")
+        if self.arch == "encoder_decoder" and self.position != "learned":  # its decoder embeds positions itself
+            raise ValueError(f"model.arch=encoder_decoder with model.position={self.position!r}: the encoder–decoder "
+                             f"uses learned positions (model.position=learned)")
         if self.n_classes and self.arch != "encoder":
             raise ValueError(f"model.n_classes={self.n_classes} is the encoder's classification head; arch="
                              f"{self.arch!r} classifies by generating a label token (set model.n_classes=0)")
@@ -67,10 +70,10 @@ class Encoder(GPT):
 
     def hidden(self, idx: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, list]:
         """The final-normed states (B, T, n_embd) and, with need_weights, every layer's attention."""
-        x = self._embed(idx, 0)
+        x, rope = self._embed(idx, 0)
         maps = []
         for block in self.transformer.h:
-            x, att = block(x, 0, need_weights=need_weights)
+            x, att = block(x, 0, need_weights=need_weights, rope=rope)
             maps.append(att)
         return self.transformer.ln_f(x), maps
 
