@@ -1,8 +1,11 @@
-"""Hugging Face GPT-2 checkpoints in and out of gptlab's GPT.
+"""Hugging Face GPT-2 and Llama checkpoints in and out of gptlab's GPT.
 
-Our module names are GPT-2's own (nanoGPT chose them so), so the mapping is short: HF stores the
-four projection weights as `Conv1D` (in, out) matrices, which are the transpose of nn.Linear's
+GPT-2: our module names are GPT-2's own (nanoGPT chose them so), so the mapping is short: HF stores
+the four projection weights as `Conv1D` (in, out) matrices, which are the transpose of nn.Linear's
 (out, in); the causal-mask buffers some files carry are dropped; the LM head is tied to `wte`.
+Llama: a GPT with RoPE + RMSNorm + SwiGLU + no bias (`LLAMA_SWITCHES`) is LlamaForCausalLM; our fused
+q|k|v and gate|up matrices are HF's separate projections stacked along the output dimension, and
+our RoPE uses HF's rotate-half layout, so no weight is permuted.
 Loading a file never unpickles arbitrary objects: safetensors first, else `torch.load(weights_only=True)`.
 """
 
@@ -29,6 +32,22 @@ UNSUPPORTED = {
     "reorder_and_upcast_attn": False,
     "scale_attn_weights": True,
 }
+# The GPTConfig switches each HF architecture computes with; a GPT exports as the first that matches.
+GPT2_SWITCHES = dict(position="learned", norm="layernorm", mlp="gelu", qk_norm=False, tie_embeddings=True,
+                     logit_softcap=None)
+LLAMA_SWITCHES = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, qk_norm=False, logit_softcap=None)
+# Our per-layer tensor (under transformer.h.{i}.) → the HF Llama tensors (under model.layers.{i}.)
+# stacked in it along dim 0, in this order.
+LLAMA_LAYER = {
+    "attn.c_attn.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    "attn.c_proj.weight": ("self_attn.o_proj.weight",),
+    "mlp.c_fc.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    "mlp.c_proj.weight": ("mlp.down_proj.weight",),
+    "ln_1.weight": ("input_layernorm.weight",),
+    "ln_2.weight": ("post_attention_layernorm.weight",),
+}
+LLAMA_GLOBAL = {"transformer.wte.weight": "model.embed_tokens.weight", "transformer.ln_f.weight": "model.norm.weight",
+                "lm_head.weight": "lm_head.weight"}
 OVERRIDABLE = ("dropout", "block_size", "vocab_multiple", "use_sdpa")
 WEIGHT_FILES = (
     "model.safetensors",
@@ -40,7 +59,8 @@ WEIGHT_FILES = (
 
 # ---- loading ---------------------------------------------------------------------------------------
 def from_pretrained(path_or_name: str | Path, **overrides: Any) -> GPT:
-    """A GPT with the weights of a HF GPT-2 folder or hub name; logits equal GPT2LMHeadModel's.
+    """A GPT with the weights of a HF GPT-2 or Llama folder or hub name; logits equal
+    GPT2LMHeadModel's or LlamaForCausalLM's.
 
     overrides: `dropout` (default 0.0, as for inference), `block_size` (crop the position table to a
     shorter context), `vocab_multiple` (pad the embedding rows, e.g. 64 → 50304), `use_sdpa`.
@@ -50,7 +70,8 @@ def from_pretrained(path_or_name: str | Path, **overrides: Any) -> GPT:
         raise ValueError(f"from_pretrained: cannot override {unknown}; allowed: {list(OVERRIDABLE)}")
     folder = resolve_hf_folder(path_or_name)
     hf_config = _read_json(folder / "config.json")
-    config = gpt_config_from_hf(hf_config, folder / "config.json")
+    is_llama = hf_config.get("model_type") == "llama"
+    config = (gpt_config_from_llama if is_llama else gpt_config_from_hf)(hf_config, folder / "config.json")
     block_size = overrides.pop("block_size", config.block_size)
     if block_size > config.block_size:
         raise ValueError(
@@ -60,7 +81,10 @@ def from_pretrained(path_or_name: str | Path, **overrides: Any) -> GPT:
     config = GPTConfig.from_dict({**config.to_dict(), **overrides})
 
     model = GPT(config)
-    state = _hf_state_to_gpt(_read_weights(folder), folder, tied=hf_config.get("tie_word_embeddings", True))
+    if is_llama:
+        state = _llama_state_to_gpt(_read_weights(folder), config)
+    else:
+        state = _hf_state_to_gpt(_read_weights(folder), folder, tied=hf_config.get("tie_word_embeddings", True))
     _copy_into(model, state, folder)
     if block_size < config.block_size:
         model.crop_block_size(block_size)
@@ -113,7 +137,7 @@ def resolve_hf_folder(path_or_name: str | Path) -> Path:
 def gpt_config_from_hf(hf: dict[str, Any], source: Path | str = "config.json") -> GPTConfig:
     """GPTConfig for a GPT2Config dict; refuses GPT-2 variants this GPT would compute differently."""
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"{source}: model_type={hf['model_type']!r}; only 'gpt2' checkpoints can be loaded")
+        raise ValueError(f"{source}: model_type={hf['model_type']!r}; only 'gpt2' and 'llama' checkpoints can be loaded")
     for key, safe in UNSUPPORTED.items():
         if hf.get(key, safe) != safe:
             raise ValueError(f"{source}: {key}={hf[key]!r} is not supported by gptlab's GPT (only {safe!r})")
@@ -137,6 +161,36 @@ def gpt_config_from_hf(hf: dict[str, Any], source: Path | str = "config.json") -
         bias=True,
         layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
         gelu_approximate=ACTIVATIONS[activation],
+    )
+
+
+def gpt_config_from_llama(hf: dict[str, Any], source: Path | str = "config.json") -> GPTConfig:
+    """GPTConfig for a LlamaConfig dict; refuses Llama variants this GPT would compute differently."""
+    n_embd, n_head = hf["hidden_size"], hf["num_attention_heads"]
+    rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+    refused = {
+        "num_key_value_heads": (hf.get("num_key_value_heads") or n_head, n_head),  # grouped-query attention
+        "head_dim": (hf.get("head_dim") or n_embd // n_head, n_embd // n_head),
+        "hidden_act": (hf.get("hidden_act", "silu"), "silu"),
+        "attention_bias": (hf.get("attention_bias", False), False),
+        "mlp_bias": (hf.get("mlp_bias", False), False),
+        "rope_parameters.rope_type": (rope.get("rope_type", "default"), "default"),  # no RoPE scaling
+        "rope_scaling": (hf.get("rope_scaling"), None),
+    }
+    for key, (value, supported) in refused.items():
+        if value != supported:
+            raise ValueError(f"{source}: {key}={value!r} is not supported by gptlab's GPT (only {supported!r})")
+    return GPTConfig(
+        block_size=hf.get("max_position_embeddings", 2048),
+        vocab_size=hf["vocab_size"],
+        n_layer=hf["num_hidden_layers"],
+        n_head=n_head,
+        n_embd=n_embd,
+        mlp_hidden=hf["intermediate_size"],
+        layer_norm_epsilon=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(rope.get("rope_theta", 10000.0)),
+        tie_embeddings=hf.get("tie_word_embeddings", False),
+        **LLAMA_SWITCHES,
     )
 
 
@@ -196,19 +250,33 @@ def _hf_state_to_gpt(hf_state: dict[str, torch.Tensor], folder: Path, tied: bool
     return state
 
 
+def _llama_state_to_gpt(hf_state: dict[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+    """Our names for HF Llama tensors: the per-layer projections stacked into our fused matrices.
+    Tensors a Llama of this config does not have are kept under their HF names (reported as unexpected)."""
+    hf_state = dict(hf_state)
+    state = {ours: hf_state.pop(theirs) for ours, theirs in LLAMA_GLOBAL.items() if theirs in hf_state}
+    for i in range(config.n_layer):
+        for ours, theirs in LLAMA_LAYER.items():
+            names = [f"model.layers.{i}.{t}" for t in theirs]
+            if all(n in hf_state for n in names):
+                state[f"transformer.h.{i}.{ours}"] = torch.cat([hf_state.pop(n) for n in names])
+    return {**state, **hf_state}
+
+
 @torch.no_grad()
 def _copy_into(model: GPT, state: dict[str, torch.Tensor], folder: Path) -> None:
     """Copy every tensor after checking names and shapes; padded vocabulary rows are set to zero."""
-    targets = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to wte
+    tied = model.config.tie_embeddings
+    targets = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}  # tied: = wte
     missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
     if missing or unexpected:
         raise ValueError(
-            f"weights in {folder} do not match a GPT-2 of its config.json: missing {missing}, unexpected {unexpected}"
+            f"weights in {folder} do not match the model of its config.json: missing {missing}, unexpected {unexpected}"
         )
     vocab_size = model.config.vocab_size
     for key, param in targets.items():
         src = state[key]
-        dst = param[:vocab_size] if key == "transformer.wte.weight" else param
+        dst = param[:vocab_size] if key in ("transformer.wte.weight", "lm_head.weight") else param
         if src.shape != dst.shape:
             raise ValueError(
                 f"{folder}: {key} has shape {tuple(src.shape)}, its config.json implies {tuple(dst.shape)}"
@@ -216,15 +284,39 @@ def _copy_into(model: GPT, state: dict[str, torch.Tensor], folder: Path) -> None
         dst.copy_(src)
     # padding rows (vocab_multiple): never a real token, and their logits are sliced off
     model.transformer.wte.weight[vocab_size:].zero_()
+    model.lm_head.weight[vocab_size:].zero_()
 
 
 # ---- saving ----------------------------------------------------------------------------------------
-def hf_config_from_gpt(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
-    """The GPT2Config dict (config.json) of a GPT: GPT2LMHeadModel builds the same network from it."""
+def hf_architecture(config: GPTConfig) -> str:
+    """"gpt2" or "llama": the HF architecture that computes exactly this GPT; a ValueError naming
+    the GPTConfig keys that keep it from each, when neither does."""
     if not config.causal:
         raise ValueError(
-            "GPTConfig.causal=False (bidirectional attention) has no GPT-2 equivalent; cannot export"
+            "GPTConfig.causal=False (bidirectional attention) has no GPT-2 or Llama equivalent; cannot export"
         )
+    gpt2 = _differences(config, GPT2_SWITCHES)
+    if config.hidden_size != 4 * config.n_embd:
+        gpt2.append(f"mlp_hidden={config.mlp_hidden} (GPT-2 needs {4 * config.n_embd} or null)")
+    if not gpt2:
+        return "gpt2"
+    llama = _differences(config, LLAMA_SWITCHES)
+    if not llama:
+        return "llama"
+    raise ValueError(
+        f"this GPTConfig has no Hugging Face equivalent, cannot export: as GPT-2 it differs in {', '.join(gpt2)}; "
+        f"as Llama in {', '.join(llama)}"
+    )
+
+
+def _differences(config: GPTConfig, switches: dict[str, Any]) -> list[str]:
+    return [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in switches.items() if getattr(config, k) != v]
+
+
+def hf_config_from_gpt(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The GPT2Config dict (config.json) of a GPT: GPT2LMHeadModel builds the same network from it."""
+    if hf_architecture(config) != "gpt2":
+        raise ValueError(f"GPTConfig differs from GPT-2 in {', '.join(_differences(config, GPT2_SWITCHES))}")
     is_gpt2_vocab = config.vocab_size == 50257  # GPT-2's <|endoftext|> is token 50256
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -270,8 +362,58 @@ def gpt_state_to_hf(model: GPT) -> dict[str, torch.Tensor]:
     }
 
 
+def llama_config_from_gpt(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The LlamaConfig dict (config.json) of a GPT with LLAMA_SWITCHES: LlamaForCausalLM builds the same network."""
+    if hf_architecture(config) != "llama":
+        raise ValueError(f"GPTConfig differs from Llama in {', '.join(_differences(config, LLAMA_SWITCHES))}")
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,  # the real vocabulary: padding rows are not exported
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.hidden_size,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": config.n_embd // config.n_head,
+        "hidden_act": "silu",
+        "max_position_embeddings": config.block_size,
+        "rms_norm_eps": config.layer_norm_epsilon,
+        "rope_parameters": rope,  # transformers ≥ 5
+        "rope_theta": config.rope_theta,  # transformers 4.x reads this one
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": config.dropout,
+        "tie_word_embeddings": config.tie_embeddings,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def gpt_state_to_llama(model: GPT) -> dict[str, torch.Tensor]:
+    """HF Llama tensors: fused matrices split into HF's projections, padding rows dropped, a tied head stored once."""
+    config, ours = model.config, model.state_dict()
+    V = config.vocab_size
+    state = {theirs: ours[k][:V] if k != "transformer.ln_f.weight" else ours[k] for k, theirs in LLAMA_GLOBAL.items()}
+    if config.tie_embeddings:
+        del state["lm_head.weight"]
+    for i in range(config.n_layer):
+        for key, theirs in LLAMA_LAYER.items():
+            parts = ours[f"transformer.h.{i}.{key}"].chunk(len(theirs))
+            state.update({f"model.layers.{i}.{t}": p for t, p in zip(theirs, parts)})
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
 def save_pretrained(model: GPT, folder: str | Path) -> None:
-    """Write config.json + model.safetensors that transformers.GPT2LMHeadModel.from_pretrained loads.
+    """Write config.json + model.safetensors that transformers' GPT2LMHeadModel.from_pretrained (for a
+    GPT-2-shaped GPT) or LlamaForCausalLM.from_pretrained (for LLAMA_SWITCHES) loads; other switch
+    combinations are refused, naming the keys (see hf_architecture).
 
     Each file is written to a temporary name beside it and renamed, so an interrupted save never
     leaves a half-written file under the final name.
@@ -279,8 +421,11 @@ def save_pretrained(model: GPT, folder: str | Path) -> None:
     from safetensors.torch import save_file
 
     model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module
-    tensors = gpt_state_to_hf(model)
-    config = hf_config_from_gpt(model.config, model.lm_head.weight.dtype)
+    dtype = model.lm_head.weight.dtype
+    if hf_architecture(model.config) == "llama":
+        tensors, config = gpt_state_to_llama(model), llama_config_from_gpt(model.config, dtype)
+    else:
+        tensors, config = gpt_state_to_hf(model), hf_config_from_gpt(model.config, dtype)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder, prefix=".tmp-save-") as tmp:

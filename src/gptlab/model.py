@@ -1,8 +1,11 @@
 """The GPT-2 model in one file, readable top to bottom.
 
-Same architecture as OpenAI's GPT-2 (and nanoGPT): token + learned position embeddings, a stack
-of pre-norm Transformer blocks, a final LayerNorm and a language-model head tied to the token
-embedding. This module knows nothing of Lightning, Hydra or data files.
+By default the same architecture as OpenAI's GPT-2 (and nanoGPT): token + learned position
+embeddings, a stack of pre-norm Transformer blocks, a final LayerNorm and a language-model head
+tied to the token embedding. GPTConfig's switches (position, norm, mlp, qk_norm, bias,
+tie_embeddings, logit_softcap, zero_init_proj) swap in later designs one at a time; RoPE + RMSNorm
++ SwiGLU + no bias + an untied head is the Llama architecture. This module knows nothing of
+Lightning, Hydra or data files.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from torch.nn import functional as F
 # A target equal to this id is left out of the loss (padding, unscored positions); every module that
 # builds targets imports it from here.
 IGNORE_INDEX = -1
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu", "relu2")
 
 
 @dataclass
@@ -34,6 +40,16 @@ class GPTConfig:
     gelu_approximate: str = "tanh"  # GPT-2's "gelu_new" is the tanh approximation; "none" is exact erf
     vocab_multiple: int = 1  # pad the embedding rows to a multiple of this (64 → 50304) for faster matmuls
     use_sdpa: bool = True  # fused scaled_dot_product_attention; False uses the explicit-mask path
+    # ---- beyond GPT-2: each switch's default is GPT-2's choice, so the defaults build GPT-2 exactly ----
+    position: str = "learned"  # "rope" rotates q/k by position: relative offsets, no position table (Llama)
+    rope_theta: float = 10000.0  # RoPE's base: the longest wavelength, in tokens, is about 2π·rope_theta
+    norm: str = "layernorm"  # "rmsnorm" skips the mean subtraction (and bias): cheaper, as good (Llama)
+    mlp: str = "gelu"  # "swiglu": gated SiLU (Llama); "relu2": ReLU squared, sparse and cheap (speedrun)
+    mlp_hidden: int | None = None  # MLP width; None: 4·n_embd, or for swiglu 8/3·n_embd (same params) up to a multiple of 8
+    qk_norm: bool = False  # RMS-normalise queries and keys per head: bounded logits allow higher LRs
+    tie_embeddings: bool = True  # False: a separate output head, more capacity for a vocab×n_embd cost
+    logit_softcap: float | None = None  # cap·tanh(logits/cap) bounds the logits, stabilising training (Gemma 2)
+    zero_init_proj: bool = False  # residual projections start at 0: each block starts as the identity
 
     def __post_init__(self) -> None:
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "vocab_multiple"):
@@ -49,6 +65,35 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.gelu_approximate not in ("tanh", "none"):
             raise ValueError(f"GPTConfig.gelu_approximate must be 'tanh' or 'none', got {self.gelu_approximate!r}")
+        self._check_switches()
+
+    def _check_switches(self) -> None:
+        for name, allowed in (("position", POSITIONS), ("norm", NORMS), ("mlp", MLPS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"GPTConfig.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(
+                f"GPTConfig: position='rope' rotates pairs of head dimensions, so the head size "
+                f"n_embd/n_head={self.n_embd}/{self.n_head}={self.n_embd // self.n_head} must be even"
+            )
+        if not self.rope_theta > 0:
+            raise ValueError(f"GPTConfig.rope_theta must be positive, got {self.rope_theta}")
+        if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
+            raise ValueError(f"GPTConfig.mlp_hidden must be a positive integer or None (the default width), got {self.mlp_hidden!r}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ValueError(
+                f"GPTConfig.logit_softcap must be positive (cap·tanh(logits/cap)) or None for no cap, got {self.logit_softcap}"
+            )
+
+    @property
+    def hidden_size(self) -> int:
+        """The MLP's inner width: mlp_hidden, else 4·n_embd; SwiGLU's two input matrices get 2/3 of
+        that (rounded up to a multiple of 8), so its parameter count matches the 4·n_embd MLP's."""
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            return (8 * self.n_embd // 3 + 7) // 8 * 8
+        return 4 * self.n_embd
 
     @property
     def padded_vocab_size(self) -> int:
@@ -126,6 +171,36 @@ class KVCache:
             layer.reorder(index, length)
 
 
+def make_norm(config: GPTConfig) -> nn.Module:
+    """LayerNorm (GPT-2) or RMSNorm (Llama; never a bias), over n_embd with the config's epsilon."""
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.n_embd, eps=config.layer_norm_epsilon)
+    return nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+
+
+def rope_cos_sin(config: GPTConfig, pos: int, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin (T, head_dim) of the rotation angles of absolute positions pos..pos+T-1.
+
+    Frequency i (of head_dim/2) turns by position·theta^(-2i/head_dim); each angle appears twice
+    (once per half of the head, the rotate-half layout of HF's Llama). Computed in float32."""
+    hs = config.n_embd // config.n_head
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32, device=device) / hs))
+    angles = torch.outer(torch.arange(pos, pos + T, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x[i], x[i + hs/2]) pair of x (B, nh, T, hs) by its position's angle: the dot
+    product of a rotated query and key then depends only on their distance."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (x * cos + rotated * sin).to(x.dtype)
+
+
+Rope = tuple[torch.Tensor, torch.Tensor] | None  # (cos, sin) of the forwarded positions, None without RoPE
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -139,15 +214,27 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.causal = config.causal
         self.use_sdpa = config.use_sdpa
+        self.qk_norm = config.qk_norm
+        self.eps = config.layer_norm_epsilon
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False, cache: LayerKVCache | None = None
+        self,
+        x: torch.Tensor,
+        pos: int = 0,
+        need_weights: bool = False,
+        cache: LayerKVCache | None = None,
+        rope: Rope = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.size()
         # (B, T, 3C) -> q, k, v, each (B, nh, T, hs): each head attends independently. The same views
         # as split + view + transpose per tensor, in 3 ops instead of 7 (decoding is op-bound at batch 1)
         qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if self.qk_norm:  # before the rotation, which preserves norms
+            q = F.rms_norm(q, (q.size(-1),), eps=self.eps)
+            k = F.rms_norm(k, (k.size(-1),), eps=self.eps)
+        if rope is not None:  # the new tokens' own positions; cached keys were rotated when written
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(pos, k, v)
         S = k.size(2)  # number of keys: the cached prefix plus the new tokens
@@ -178,15 +265,28 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """GPT-2's GELU MLP, or ReLU² (same shapes), or SwiGLU: c_fc computes the gate and the value
+    side by side in one matmul (gate first), and their product goes through c_proj."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.kind = config.mlp
+        hidden = config.hidden_size
+        self.c_fc = nn.Linear(config.n_embd, (2 if self.kind == "swiglu" else 1) * hidden, bias=config.bias)
         self.gelu = nn.GELU(approximate=config.gelu_approximate)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = self.c_fc(x)
+        if self.kind == "swiglu":
+            gate, value = h.chunk(2, dim=-1)
+            h = F.silu(gate) * value
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = self.gelu(h)
+        return self.dropout(self.c_proj(h))
 
 
 class Block(nn.Module):
@@ -195,15 +295,20 @@ class Block(nn.Module):
 
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.ln_1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
+        self.ln_2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, pos: int = 0, need_weights: bool = False, cache: LayerKVCache | None = None
+        self,
+        x: torch.Tensor,
+        pos: int = 0,
+        need_weights: bool = False,
+        cache: LayerKVCache | None = None,
+        rope: Rope = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, att = self.attn(self.ln_1(x), pos, need_weights, cache)
+        a, att = self.attn(self.ln_1(x), pos, need_weights, cache, rope)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, att
@@ -214,24 +319,31 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         V = config.padded_vocab_size
+        # built (and so initialised, from the RNG) in GPT-2's order: wte, wpe, blocks, ln_f, lm_head
+        embeddings = dict(wte=nn.Embedding(V, config.n_embd))
+        if config.position == "learned":  # RoPE encodes positions inside attention instead
+            embeddings["wpe"] = nn.Embedding(config.block_size, config.n_embd)
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(V, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **embeddings,
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias),
+            ln_f=make_norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, V, bias=False)
-        # Weight tying: the same matrix maps tokens to vectors and vectors back to token scores.
-        # It saves vocab×n_embd parameters (38M for GPT-2 small) and helps small-data training.
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # Weight tying: the same matrix maps tokens to vectors and vectors back to token scores.
+            # It saves vocab×n_embd parameters (38M for GPT-2 small) and helps small-data training.
+            self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
         # GPT-2's scaled init: each block adds two residual projections to the stream, so their
         # weights are shrunk by 1/sqrt(2·n_layer) to keep the residual variance from growing with depth.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+                if config.zero_init_proj:
+                    torch.nn.init.zeros_(p)
+                else:
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def _init_weights(self, module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
@@ -242,11 +354,15 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameter count (the tied embedding once). non_embedding drops the position table, as
-        nanoGPT reports; the token table stays because it is also the output layer."""
+        """Parameter count (the tied embedding once). non_embedding drops the lookup tables, as
+        nanoGPT reports: the position table, and the token table only when untied (tied, it is
+        also the output layer)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.transformer.wpe.weight.numel()
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
         return n
 
     def forward(
@@ -266,24 +382,30 @@ class GPT(nn.Module):
 
     def _blocks(self, idx: torch.Tensor, pos: int, cache: KVCache | None) -> torch.Tensor:
         """The residual stream after the last block, (B, T, n_embd)."""
-        x = self._embed(idx, pos)
+        x, rope = self._embed(idx, pos)
         layers = cache.layers if cache is not None else [None] * len(self.transformer.h)
         for block, layer_cache in zip(self.transformer.h, layers):
-            x, _ = block(x, pos, False, layer_cache)
+            x, _ = block(x, pos, False, layer_cache, rope)
         return x
 
-    def _embed(self, idx: torch.Tensor, pos: int) -> torch.Tensor:
+    def _embed(self, idx: torch.Tensor, pos: int) -> tuple[torch.Tensor, Rope]:
+        """The token (+ learned position) embeddings, and RoPE's (cos, sin) for positions pos..pos+T-1."""
         T = idx.size(1)
         if pos + T > self.config.block_size:
             raise ValueError(
                 f"cannot forward positions {pos}..{pos + T - 1}: block_size is {self.config.block_size} "
                 f"(crop the input to its last {self.config.block_size} tokens)"
             )
+        if self.config.position == "rope":
+            return self.transformer.drop(self.transformer.wte(idx)), rope_cos_sin(self.config, pos, T, idx.device)
         positions = torch.arange(pos, pos + T, dtype=torch.long, device=idx.device)
-        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions)), None
 
     def _head(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head(self.transformer.ln_f(x))
+        if self.config.logit_softcap is not None:
+            cap = self.config.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         if self.config.padded_vocab_size != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # padding rows are never real tokens
         return logits
@@ -291,10 +413,10 @@ class GPT(nn.Module):
     @torch.no_grad()
     def attention_maps(self, idx: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and the attention weights of every layer, each (B, n_head, T, T), via the explicit path."""
-        x = self._embed(idx, 0)
+        x, rope = self._embed(idx, 0)
         maps = []
         for block in self.transformer.h:
-            x, att = block(x, 0, need_weights=True)
+            x, att = block(x, 0, need_weights=True, rope=rope)
             maps.append(att)
         return self._head(x), maps
 
@@ -321,4 +443,5 @@ class GPT(nn.Module):
         if not 0 < block_size <= self.config.block_size:
             raise ValueError(f"crop_block_size: {block_size} must be in 1..{self.config.block_size}")
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
+        if "wpe" in self.transformer:  # RoPE has no table: its angles are computed per position
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size].detach().clone())
