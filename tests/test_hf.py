@@ -320,3 +320,125 @@ def test_real_lightning_checkpoint_loads_with_weights_only(tmp_path):
     model, _ = load_gpt_from_lightning_ckpt(ckpt)
     with torch.no_grad():
         assert torch.equal(model(data[:, :8])[0], lit.model.eval()(data[:, :8])[0])
+
+
+# ---- Llama: a GPT with RoPE + RMSNorm + SwiGLU + no bias is LlamaForCausalLM ------------------------------
+LLAMA_CONFIGS = [
+    dict(vocab_size=101, hidden_size=48, intermediate_size=100, num_hidden_layers=2, num_attention_heads=3,
+         max_position_embeddings=32),
+    dict(vocab_size=257, hidden_size=64, intermediate_size=176, num_hidden_layers=3, num_attention_heads=4,
+         max_position_embeddings=17, rms_norm_eps=1e-5, tie_word_embeddings=True,
+         rope_parameters={"rope_type": "default", "rope_theta": 500.0}),
+    dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1,
+         max_position_embeddings=64, rope_parameters={"rope_type": "default", "rope_theta": 1e6}),
+]
+LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+
+
+def randomize_llama_(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights everywhere, RMSNorm gains around 1 (HF's names end in norm.weight, ours in ln_*.weight)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            gain = name.endswith("norm.weight") or ".ln_" in name or name.startswith("ln_")
+            p.copy_(1.0 + 0.2 * noise if gain else 0.1 * noise)
+    return model.eval()
+
+
+def hf_llama(seed: int, **kwargs):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(bos_token_id=None, eos_token_id=None, pad_token_id=None, **kwargs)
+    return randomize_llama_(LlamaForCausalLM(config), seed)
+
+
+def llama_gpt(seed: int, **overrides) -> GPT:
+    config = dict(n_layer=2, n_head=4, n_embd=32, block_size=24, vocab_size=61, **LLAMA)
+    return randomize_llama_(GPT(GPTConfig(**{**config, **overrides})), seed)
+
+
+@torch.no_grad()
+def llama_max_diff(ours: GPT, theirs, idx: torch.Tensor) -> float:
+    return (ours(idx)[0] - theirs(idx).logits).abs().max().item()
+
+
+@pytest.mark.parametrize("i", range(len(LLAMA_CONFIGS)))
+def test_llama_to_gptlab_logits_match(tmp_path, i):
+    cfg = LLAMA_CONFIGS[i]
+    hf = hf_llama(seed=i, **cfg)
+    hf.save_pretrained(tmp_path)
+    model = from_pretrained(tmp_path).eval()
+    assert model.config.block_size == cfg["max_position_embeddings"] and model.config.mlp_hidden == cfg["intermediate_size"]
+    assert model.config.tie_embeddings == cfg.get("tie_word_embeddings", False)
+    assert llama_max_diff(model, hf, tokens(cfg["vocab_size"], cfg["max_position_embeddings"])) < 1e-4
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),
+    dict(tie_embeddings=True, vocab_multiple=16, rope_theta=500.0, layer_norm_epsilon=1e-6),
+    dict(n_layer=3, n_head=2, n_embd=48, mlp_hidden=72, dropout=0.1),
+])
+def test_gptlab_llama_to_hf_logits_match_and_round_trip(tmp_path, overrides):
+    from transformers import LlamaForCausalLM
+
+    model = llama_gpt(seed=3, **overrides)
+    save_pretrained(model, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and config["model_type"] == "llama"
+    hf = LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    idx = tokens(61, 24)
+    assert llama_max_diff(model, hf, idx) < 1e-4
+    back = from_pretrained(tmp_path, vocab_multiple=model.config.vocab_multiple).eval()
+    with torch.no_grad():
+        assert torch.equal(back(idx)[0], model(idx)[0])
+
+
+def test_llama_cached_greedy_decoding_and_attention_maps_match_transformers(tmp_path):
+    """Decoding through our KV cache (RoPE at absolute positions) gives transformers' greedy tokens,
+    and the attention maps of analyze.py are LlamaForCausalLM's eager attention weights."""
+    from transformers import LlamaForCausalLM
+
+    from gptlab.decoding import Decoding
+    from gptlab.generation import generate
+
+    model = llama_gpt(seed=4)
+    save_pretrained(model, tmp_path)
+    hf = LlamaForCausalLM.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    idx = tokens(61, 6)
+    ours = generate(model, idx, Decoding(strategy="greedy", max_new_tokens=14, use_cache=True))
+    with torch.no_grad():
+        theirs = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=14, do_sample=False,
+                             use_cache=True, pad_token_id=0)
+        attentions = hf(idx, output_attentions=True).attentions
+    assert torch.equal(ours, theirs)
+    _, maps = model.attention_maps(idx)
+    assert max((a - b).abs().max().item() for a, b in zip(maps, attentions)) < 1e-5
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("num_key_value_heads", 1, "num_key_value_heads=1 is not supported"),
+    ("attention_bias", True, "attention_bias=True is not supported"),
+    ("mlp_bias", True, "mlp_bias=True is not supported"),
+    ("hidden_act", "gelu", "hidden_act='gelu' is not supported"),
+    ("rope_parameters", {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}, "rope_type='linear'"),
+])
+def test_llama_variants_this_gpt_cannot_compute_are_refused_naming_the_key(tmp_path, key, value, message):
+    hf_llama(seed=0, **LLAMA_CONFIGS[0]).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(ValueError, match=message):
+        from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("switches, keys", [
+    (dict(position="rope"), r"as GPT-2 it differs in position='rope' \(needs 'learned'\)"),
+    (dict(logit_softcap=30.0), r"logit_softcap=30.0 \(needs None\)"),
+    ({**LLAMA, "qk_norm": True}, r"as Llama in qk_norm=True \(needs False\)"),
+    ({**LLAMA, "bias": True}, r"as Llama in bias=True \(needs False\)"),
+    (dict(mlp_hidden=100), r"mlp_hidden=100 \(GPT-2 needs 128 or null\)"),
+])
+def test_export_refuses_switches_no_hf_architecture_has(tmp_path, switches, keys):
+    with pytest.raises(ValueError, match=keys):
+        save_pretrained(tiny_gpt(**switches), tmp_path)
+    assert not (tmp_path / "config.json").exists()

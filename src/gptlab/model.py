@@ -45,7 +45,7 @@ class GPTConfig:
     rope_theta: float = 10000.0  # RoPE's base: the longest wavelength, in tokens, is about 2π·rope_theta
     norm: str = "layernorm"  # "rmsnorm" skips the mean subtraction (and bias): cheaper, as good (Llama)
     mlp: str = "gelu"  # "swiglu": gated SiLU (Llama); "relu2": ReLU squared, sparse and cheap (speedrun)
-    mlp_hidden: int | None = None  # MLP width; None: 4·n_embd, or for swiglu 8/3·n_embd (same params) up to a multiple of 8
+    mlp_hidden: int | None = None  # MLP width; None: 4·n_embd (swiglu: 8/3·n_embd, the same parameter count)
     qk_norm: bool = False  # RMS-normalise queries and keys per head: bounded logits allow higher LRs
     tie_embeddings: bool = True  # False: a separate output head, more capacity for a vocab×n_embd cost
     logit_softcap: float | None = None  # cap·tanh(logits/cap) bounds the logits, stabilising training (Gemma 2)
@@ -79,10 +79,13 @@ class GPTConfig:
         if not self.rope_theta > 0:
             raise ValueError(f"GPTConfig.rope_theta must be positive, got {self.rope_theta}")
         if self.mlp_hidden is not None and (not isinstance(self.mlp_hidden, int) or self.mlp_hidden < 1):
-            raise ValueError(f"GPTConfig.mlp_hidden must be a positive integer or None (the default width), got {self.mlp_hidden!r}")
+            raise ValueError(
+                f"GPTConfig.mlp_hidden must be a positive integer or None (the default width), got {self.mlp_hidden!r}"
+            )
         if self.logit_softcap is not None and not self.logit_softcap > 0:
             raise ValueError(
-                f"GPTConfig.logit_softcap must be positive (cap·tanh(logits/cap)) or None for no cap, got {self.logit_softcap}"
+                f"GPTConfig.logit_softcap must be positive (logits = cap·tanh(logits/cap)) or None for no cap, "
+                f"got {self.logit_softcap}"
             )
 
     @property
