@@ -63,6 +63,11 @@ def test_muon_adamw_steps_both_with_their_own_lr_and_its_state_dict_round_trips(
     twin_model.load_state_dict(model.state_dict())
     twin = build_optimizer(twin_model, {"lr": 1e-3, "optimizer": MUON})
     twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # a copy, as a checkpoint is: loading shares tensors
+    for group in twin.param_groups:  # what an LR scheduler sets must reach the optimizers that step
+        group["lr"] = 0.0
+    assert all(g["lr"] == 0.0 for o in twin.optimizers.values() for g in o.param_groups)
+    for group in twin.param_groups:
+        group["lr"] = 2e-2 if group["name"] == "hidden" else 1e-3
     for m, o in ((model, opt), (twin_model, twin)):
         o.zero_grad()
         m(x, x)[1].backward()

@@ -101,6 +101,9 @@ class MuonAdamW(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state_dict[name])
+        # torch's load_state_dict gives each optimizer new group dicts: share those, or the scheduler
+        # would set LRs that no optimizer reads any more
+        self.param_groups = self.optimizers["muon"].param_groups + self.optimizers["adamw"].param_groups
 
 
 def muon(model: torch.nn.Module, *, lr: float, betas: Sequence[float], weight_decay: float,
