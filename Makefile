@@ -7,10 +7,15 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 ARGS ?=
+# optional extras from pyproject.toml, installed into $(VENV): `make install EXTRAS=sweep` (or sweep,slurm)
+EXTRAS ?=
 
 .PHONY: install train test test-all lint format clean ehr-data
 
 install: $(STAMP)
+ifneq ($(EXTRAS),)
+	$(PIP) install -q -e ".[$(EXTRAS)]"
+endif
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -239,16 +239,16 @@ def test_prepare_with_own_bpe_matches_its_encoder(tmp_path):
 def test_each_text_corpus_prepares_into_its_own_folder(tmp_path):
     """data=text names its folder by the corpus path: two corpora never share (or race for) one
     folder, and switching back to a corpus finds its bins still there."""
-    from gptlab.data.build import data_folder
+    from gptlab.data.build import data_folder, to_plain
     from tests.conftest import compose_train_cfg
 
-    def folder(path):
-        return data_folder(compose_train_cfg(tmp_path / "run", tmp_path / "data",
-                                             ["data=text", f"data.path={path}", "data/tokenizer=char"]))
+    def folder(path=None, overrides=("data=text", "data/tokenizer=char")):
+        cfg = compose_train_cfg(tmp_path / "run", tmp_path / "data", [*overrides, *([f"data.path={path}"] * bool(path))])
+        return data_folder(to_plain(cfg.data), cfg.paths.data_dir)
 
     a, b = folder(tmp_path / "a" / "corpus.txt"), folder(tmp_path / "b" / "corpus.txt")
     assert a != b and a.parent.parent == b.parent.parent == tmp_path / "data"
     assert a.parent.name.startswith("text-corpus.txt-") and a.name == "char"
     assert folder(tmp_path / "a" / "." / "corpus.txt") == a  # the same file, spelled differently
-    shakespeare = data_folder(compose_train_cfg(tmp_path / "run", tmp_path / "data", ["data=shakespeare_char"]))
+    shakespeare = folder(overrides=["data=shakespeare_char"])
     assert shakespeare == tmp_path / "data" / "shakespeare" / "char"  # named datasets keep their folder

@@ -178,7 +178,8 @@ def _meds(tmp_path, train_rows, **overrides):
 
 def test_missing_column_names_the_file_and_the_columns(tmp_path):
     _write(tmp_path / "data" / "train" / "0.parquet", subject_id=[1], code=["X"])
-    with pytest.raises(ValueError, match=r"0\.parquet: missing MEDS column\(s\) \['time', 'numeric_value'\]"):
+    # numeric_value may be absent: MEDS makes it optional
+    with pytest.raises(ValueError, match=r"0\.parquet: missing MEDS column\(s\) \['time'\]"):
         read_split(tmp_path, "train", Problems())
 
 
@@ -443,3 +444,214 @@ def test_patient_windows_carry_the_patients_prefix(cohort, tmp_path, pack):
     for n, ((x, y), (x2, y2)) in enumerate(zip(first, second)):
         want = val_windows.batch(n)
         assert torch.equal(x, want[0]) and torch.equal(y, want[1]) and torch.equal(x, x2) and torch.equal(y, y2)
+
+
+# ---- issue 16: bounded gaps, age at the cut, censoring, the count baseline, problems per split --------
+BOUNDED_EDGES = (*ETHOS_TIME_EDGES, 525600, 1051200, 2628000)  # … 6mt 1y 2y 5y, as conf/data/tokenizer/ehr.yaml
+YEAR = 525600
+
+
+def test_bounded_gaps_cost_at_most_one_token():
+    names = time_bin_names(BOUNDED_EDGES, "bounded")
+    assert names[-4:] == ["TIME//6mt-1y", "TIME//1y-2y", "TIME//2y-5y", "TIME//5y+"]
+    for gap, want in ((4.99, []), (10, ["TIME//5m-15m"]), (200 * 1440, ["TIME//6mt-1y"]), (1.5 * YEAR, ["TIME//1y-2y"]),
+                      (3 * YEAR, ["TIME//2y-5y"]), (5 * YEAR, ["TIME//5y+"]), (40 * YEAR, ["TIME//5y+"])):
+        assert gap_tokens(gap, BOUNDED_EDGES, names, "bounded") == want, gap
+    # the old layout repeats the top token: 40 years are 81 `TIME//6mt` and the remainder's bin
+    assert len(gap_tokens(40 * YEAR, ETHOS_TIME_EDGES, time_bin_names(ETHOS_TIME_EDGES))) == 82
+
+
+@pytest.fixture(scope="module")
+def tok16(splits):
+    return EHRTokenizer.fit(iter_timelines(splits[0]["train"]), min_count=3, time_edges=BOUNDED_EDGES,
+                            long_gaps="bounded", age_at="window")
+
+
+def test_horizon_sums_the_bounded_gap_tokens(tok16):
+    V, death = tok16.vocab_size, tok16.token_id("MEDS_DEATH")
+    m = tok16.token_minutes
+    assert m[tok16.token_id("TIME//6mt-1y")] == (259200 + YEAR) / 2 and m[tok16.token_id("TIME//5y+")] == 5 * YEAR
+    kw = dict(outcome_ids=[death], stop_ids=[], token_minutes=m, max_new_tokens=10, generator=torch.Generator().manual_seed(0))
+    # 3mt-6mt (135 d) then death: inside 365 d; 6mt-1y (270 d) twice: 540 d, past it; one 1y-2y: past it at once
+    for gap, horizon, outcome in (("TIME//3mt-6mt", 365, True), ("TIME//6mt-1y", 300, True), ("TIME//1y-2y", 365, False)):
+        g = tok16.token_id(gap)
+        r = sample_trajectories(FixedNext(probs_map(V, {g: 0.5, death: 0.5})), [0], n=400,
+                                horizon_minutes=horizon * 1440, **kw)
+        assert (r.outcomes > 0) and (r.past_horizon > 0) and r.outcomes + r.past_horizon == 400
+        # a death is counted only while the summed gaps are within the horizon: P = Σ_k 0.5^(k+1) over gaps k that fit
+        fits = int(horizon * 1440 // m[g])
+        assert abs(r.risk - (1 - 0.5 ** (fits + 1))) < 0.06, (gap, r.risk)
+        assert outcome or fits == 0
+
+
+def _life(years: int) -> Timeline:
+    """A record from age 2 for `years` years: a visit every year, a stay at the end."""
+    birth = np.datetime64("1950-03-01T00:00", "us")
+    times = [birth + np.timedelta64(int((2 + k) * 365.25 * 1440), "m") for k in range(years)]
+    return Timeline(9, ["GENDER//F"], birth, np.array(times, dtype="datetime64[us]"),
+                    ["LAB//creatinine//mg/dL"] * years, np.full(years, 1.0))
+
+
+def test_a_40_year_record_cut_near_its_end_says_the_age_at_the_cut(tok16, tok):
+    tl = _life(40)  # ages 2 … 41
+    cut = tl.times[-1]
+    full = tok16.encode_timeline(tl, until=cut)
+    prompt = prompt_ids(tok16, tl, cut, 12)
+    assert tok16.decode([full[2]]) == "AGE//0-4"  # the whole timeline starts in childhood
+    assert len(prompt) == 12 and tok16.decode(prompt[:3]) == "<TL_START> GENDER//F AGE//35-39"
+    assert prompt[3:] == full[-9:]  # the newest tokens: the first kept one is known at age ~38.6
+    # the tokenizer of the figures before issue 16 keeps the first-event age (old checkpoints read the same)
+    assert tok.decode([prompt_ids(tok, tl, cut, 12)[2]]) == "AGE//0-4"
+    # every training window restates the age at its first timed token
+    ids, times, plen = tok16.encode_with_times(tl)
+    ages = tok16.window_age_ids(tl, times)
+    from gptlab.ehr.windows import PatientWindows
+
+    windows = PatientWindows(np.asarray(ids), np.array([[9, 0, len(ids), plen]]), 16, 1, seed=0, ages=ages)
+    for o in (plen, len(ids) - 10, len(ids) - 3):
+        x, _ = windows.window(0, o)
+        years = (times[o] - tl.birth) / np.timedelta64(1, "D") / 365.25
+        assert tok16.vocab[x[plen - 1]] == tok16.age_token(float(years)), o
+    assert tok16.vocab[windows.window(0, len(ids) - 3)[0][plen - 1]] == "AGE//40-44"
+
+
+def test_age_updates_say_each_new_age_bin_inside_the_timeline(splits):
+    tok = EHRTokenizer.fit(iter_timelines(splits[0]["train"]), min_count=3, time_edges=BOUNDED_EDGES,
+                           long_gaps="bounded", age_at="window", age_updates=True)
+    tl = _life(40)  # ages 2 … 41: bins 0-4 (prefix), then 5-9 … 40-44 said once each, before their first visit
+    ids = tok.encode_timeline(tl)
+    ages = [tok.vocab[i] for i in ids if tok.vocab[i].startswith("AGE//")]
+    assert ages == [f"AGE//{a}-{a + 4}" for a in range(0, 45, 5)]
+    k = ids.index(tok.token_id("AGE//40-44"))
+    assert tok.vocab[ids[k + 1]] == "LAB//creatinine//mg/dL" and tok.vocab[ids[k - 1]].startswith("TIME//")
+    # a prompt of the newest tokens over decades of sparse visits still ends knowing the current bin
+    prompt = prompt_ids(tok, tl, tl.times[-1], 20)
+    assert [tok.vocab[i] for i in prompt if tok.vocab[i].startswith("AGE//")][-1] == "AGE//40-44"
+    assert tokenizer_from_spec(tok.to_spec()).encode_timeline(tl) == ids
+
+
+def test_censoring_estimators_against_a_known_risk():
+    """Event times ~ Exp, independent censoring ~ Uniform: KM recovers P(T ≤ H); naive (censored =
+    survivor) is biased low, complete-case (censored dropped) high."""
+    from gptlab.ehr.risk import CENSORED, HORIZON, OUTCOME, STOP, estimate_risk
+
+    rng = np.random.default_rng(0)
+    n, H = 20000, 365.0
+    t, c = rng.exponential(500, n), rng.uniform(0, 2 * H, n)
+    truth = 1 - np.exp(-H / 500)
+    kind = np.where((t <= c) & (t <= H), OUTCOME, np.where(c < np.minimum(t, H), CENSORED, HORIZON))
+    when = np.where(kind == OUTCOME, t, np.where(kind == CENSORED, c, H))
+    km, naive, cc = (estimate_risk(kind, when, e) for e in ("km", "naive", "complete_case"))
+    assert abs(km - truth) < 0.015 and naive < truth - 0.05 and cc > truth + 0.02
+    # without censoring all three agree; a stop (a competing end) is a "no" for all three
+    kind2 = np.array([OUTCOME, STOP, HORIZON, HORIZON])
+    assert {estimate_risk(kind2, np.array([5.0, 3, 9, 9]), e) for e in ("km", "naive", "complete_case")} == {0.25}
+    with pytest.raises(ValueError, match="risk estimator"):
+        estimate_risk(kind2, np.zeros(4), "mean")
+
+
+def test_trajectories_report_how_each_ended(tok):
+    from gptlab.ehr.risk import CENSORED, OUTCOME
+
+    V, death, end = tok.vocab_size, tok.token_id("MEDS_DEATH"), tok.token_id("<TL_END>")
+    r = sample_trajectories(FixedNext(probs_map(V, {death: 0.4, end: 0.6})), [0], n=500, outcome_ids=[death],
+                            stop_ids=[], censor_ids=[end], token_minutes=tok.token_minutes, horizon_minutes=1e9,
+                            max_new_tokens=5, generator=torch.Generator().manual_seed(1))
+    assert r.censored == int((r.end_kind == CENSORED).sum()) > 0 and r.stopped == 0
+    assert r.outcomes == int((r.end_kind == OUTCOME).sum()) and r.outcomes + r.censored == 500
+
+
+def test_token_budget_is_a_quantile_of_the_tokens_in_the_horizon(tok16):
+    from gptlab.ehr.risk import horizon_token_budget
+
+    tl = _life(40)  # one visit (2 tokens + a gap token) a year
+    sids, times = np.array([9] * 5), tl.times[[5, 10, 15, 20, 25]]
+    need, n = horizon_token_budget(tok16, {9: tl}, sids, times, 3 * 365.25 * 1440, 1.0)
+    ids, tt, plen = tok16.encode_with_times(tl)
+    want = max(int(((tt[plen:] > t) & (tt[plen:] <= t + np.timedelta64(int(3 * 365.25 * 1440), "m"))).sum())
+               for t in times)
+    assert n == 5 and need == want + 1 and 6 <= want <= 10
+
+
+def test_count_baseline_features_and_fit(tok16, splits):
+    from gptlab.ehr.baseline import count_features, fit_count_baseline
+
+    tl = _life(40)
+    cut = tl.times[20]
+    x = count_features(tok16, tl, cut)
+    ids = tok16.encode_timeline(tl, until=cut)
+    assert x[:-1].sum() == len(ids) and x[tok16.token_id("LAB//creatinine//mg/dL")] == 21
+    assert x[-1] == pytest.approx(22.0, abs=0.01)  # age at the prediction time, not at the first event
+    # the batched matrix (each timeline encoded once) equals count_features label by label
+    from gptlab.ehr.baseline import feature_matrix
+
+    cuts = [tl.times[0], tl.times[0] + np.timedelta64(3, "D"), tl.times[7], cut, tl.times[-1] + np.timedelta64(9, "D")]
+    np.testing.assert_array_equal(feature_matrix(tok16, {9: tl}, np.full(5, 9), np.array(cuts)),
+                                  np.stack([count_features(tok16, tl, c) for c in cuts]))
+    # a label that follows one count: cross-validated over patients, the fit ranks it
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, (600, 6)).astype(float)
+    y = rng.random(600) < 1 / (1 + np.exp(-(X[:, 0] - 2)))
+    groups = np.repeat(np.arange(200), 3)
+    fitted = fit_count_baseline(X, y, groups)
+    from sklearn.linear_model import LogisticRegression
+
+    assert fitted.C in (0.001, 0.01, 0.1, 1.0, 10.0) and M.auroc(y, fitted.predict(X)) > 0.75
+    ref = LogisticRegression(C=fitted.C, max_iter=2000).fit((X - X.mean(0)) / X.std(0), y)  # the same model, by hand
+    np.testing.assert_allclose(fitted.predict(X), ref.predict_proba((X - X.mean(0)) / X.std(0))[:, 1], atol=1e-3)
+    with pytest.raises(ValueError, match="both classes"):
+        fit_count_baseline(X, np.zeros(600, bool), groups)
+
+
+def test_paired_difference_resamples_both_scores_together():
+    rng = np.random.default_rng(2)
+    p = rng.random(400)
+    y = rng.random(400) < p
+    noisy = p + rng.normal(0, 0.3, 400)
+    d = M.paired_difference(M.auroc, y, p, noisy, 300, 0, groups=np.arange(400) // 2)
+    assert d["difference"] == pytest.approx(M.auroc(y, p) - M.auroc(y, noisy)) and d["ci"][0] < d["difference"] < d["ci"][1]
+    assert M.paired_difference(M.auroc, y, p, p, 100, 0)["ci"] == [0.0, 0.0]  # the same score: no spread at all
+
+
+def test_problems_are_counted_per_split(tmp_path):
+    from gptlab.ehr.prepare import prepare_meds
+
+    rows = [(s, t, "LAB//x", 1.0) for s in (1, 2, 3) for t in ("2000-01-01", "2000-02-01", "2000-03-01")]
+    _meds(tmp_path / "m", rows, held_out=dict(
+        subject_id=pa.array([91, 91], pa.int64()), time=pa.array([np.datetime64("2000-01-01", "us")] * 2, pa.timestamp("us")),
+        code=pa.array(["LAB//x", "LAB//never_in_train"], pa.string()), numeric_value=pa.array([1.0, None], pa.float32())))
+    meta = prepare_meds({"path": str(tmp_path / "m"), "tokenizer": {"kind": "ehr", "min_count": 2}}, tmp_path / "p")
+    by = meta["problems_by_split"]
+    assert by["held_out"]["rare_or_unknown_LAB_to_UNK"]["count"] == 1 and "rare_or_unknown_LAB_to_UNK" not in by["train"]
+    assert meta["rows_by_split"]["held_out"] == 2 and meta["problems"]["rare_or_unknown_LAB_to_UNK"]["count"] == 1
+    from gptlab.ehr.prepare import problem_lines
+
+    assert "held_out: rare_or_unknown_LAB_to_UNK: 1, 50.00% of 2 rows" in "\n".join(problem_lines(by, meta["rows_by_split"]))
+
+
+def test_lifelong_cohort_starts_in_childhood_and_has_two_exact_tasks(tmp_path):
+    from gptlab.ehr.synthetic import generate_cohort, readmission_probability
+
+    out = generate_cohort(tmp_path / "life", n_patients=400, seed=1, shape="lifelong")
+    tables = read_dataset(out, Problems())
+    tls = list(iter_timelines(tables["train"]))
+    first_age = np.array([(tl.times[0] - tl.birth) / np.timedelta64(1, "D") / 365.25 for tl in tls])
+    span = np.array([(tl.times[-1] - tl.times[0]) / np.timedelta64(1, "D") / 365.25 for tl in tls])
+    gaps = np.concatenate([np.diff(tl.times) / np.timedelta64(1, "D") / 365.25 for tl in tls])
+    assert first_age.max() < 15.01 and np.median(span) > 30 and (gaps > 5).sum() > 0.1 * len(tls)
+    assert any(c.startswith("IMMUNIZATION//CVX//") for c in tls[0].codes)
+    for task in ("death_365d", "readmission_30d"):
+        labels = pq.read_table(out / "tasks" / f"{task}.parquet").to_pandas()
+        oracle = pq.read_table(out / "tasks" / f"{task}_oracle.parquet").to_pandas()
+        assert (labels.prediction_time.values == oracle.prediction_time.values).all()
+        # labels are Bernoulli(oracle): observed and expected positives agree within ~3 sd
+        sd = np.sqrt((oracle.probability * (1 - oracle.probability)).sum())
+        assert abs(labels.boolean_value.sum() - oracle.probability.sum()) < 3 * sd, task
+        assert M.auroc(labels.boolean_value.values, oracle.probability.values) > 0.7
+    # a readmission label is true exactly when the next admission is within 30 days of the discharge
+    labels = pq.read_table(out / "tasks" / "readmission_30d.parquet").to_pandas()
+    tl = next(t for t in tls if t.subject_id == labels.subject_id.iloc[0])
+    t0 = labels.prediction_time.values[0].astype("datetime64[us]")
+    nxt = [t for t, c in zip(tl.times, tl.codes) if c.startswith("HOSPITAL_ADMISSION") and t > t0]
+    assert labels.boolean_value.iloc[0] == bool(nxt and nxt[0] - t0 <= np.timedelta64(30, "D"))
+    assert 0 < readmission_probability(60, np.zeros(9, bool), 12.5, False, 1) < 0.2

@@ -6,6 +6,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +27,7 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
         "trainer.max_steps=12", "eval_interval=6", "data.val_batches=1", "data.batch_size=8", "optim.lr=3e-3"])
     result = train(cfg)
     assert result["steps"] == 12
-    prepared = tmp_path / "data" / "synthetic_ehr"
+    prepared = tmp_path / "data" / "synthetic_ehr_adult_n60_seed0"
     meta = json.loads(next(prepared.glob("*/meta.json")).read_text())
     assert meta["train_subjects"] == 42 and meta["tokenizer"]["kind"] == "ehr"
     model, ckpt = load_gpt_from_lightning_ckpt(result["last_ckpt"])
@@ -40,7 +41,12 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
         "threads": 1, "out_dir": str(tmp_path / "eval"),
         "task": {"name": "tiny", "labels": "tasks/death_365d.parquet", "oracle": "tasks/death_365d_oracle.parquet",
                  "outcome": ["MEDS_DEATH"], "stop": ["<TL_END>"], "horizon_days": 365}})
-    assert {"trajectory", "one_step", "oracle"} <= set(report["metrics"])
+    assert {"trajectory", "naive", "complete_case", "km", "one_step", "baseline", "oracle"} <= set(report["metrics"])
+    diff = report["trajectory_minus_baseline"]["auroc"]  # paired, on the same patient resamples
+    t, b = report["metrics"]["trajectory"]["auroc"], report["metrics"]["baseline"]["auroc"]
+    assert diff["difference"] == pytest.approx(t - b) and (np.isnan(diff["ci"][0]) or diff["ci"][0] <= t - b <= diff["ci"][1])
+    assert report["baseline"]["train_labels"] > 0 and 0 <= report["censored_fraction"] <= 1
+    assert "train" in report["problems_by_split"] and "held_out" in report["problems_by_split"]  # per split
     assert torch.get_num_threads() == threads  # threads=1 held only while scoring
     assert sum(report["trajectory_ends"].values()) == 6 * 4
     assert report["metrics"]["trajectory"]["n"] == 6

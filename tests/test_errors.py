@@ -17,6 +17,7 @@ import torch
 
 from gptlab.entrypoints.generate import run_generate
 from gptlab.entrypoints.train import train
+from gptlab.errors import UserError
 from gptlab.hf import from_pretrained, save_pretrained
 from tests.conftest import TINY_RUN, compose_generate_cfg, compose_train_cfg, tiny_gpt
 
@@ -182,7 +183,7 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
     (
         "resume_checkpoint_missing",
         lambda c: c.train(f"ckpt_path={c.tmp}/nope.ckpt", data_dir=c.data_dir),
-        FileNotFoundError,
+        UserError,
         r"checkpoint .*nope\.ckpt not found",
     ),
     (
@@ -244,6 +245,12 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
         ValueError,
         r"characters \['ï', '🙂'\] are not in this char vocabulary of 65 characters",
     ),
+    (
+        "greedy_with_several_samples",
+        lambda c: c.generate("decoding=greedy", "num_samples=3"),
+        UserError,
+        r"num_samples=3 with greedy decoding: greedy decoding is deterministic, so every sample would be the same",
+    ),
     ("empty_prompt", lambda c: c.generate("prompt=''"), ValueError, r"the prompt encodes to no tokens"),
     (
         "prompt_file_missing",
@@ -287,11 +294,19 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
 ]
 
 
-@pytest.mark.parametrize(("action", "error", "pattern"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_gives_a_clear_error(case, action, error, pattern):
+# raised in gptlab.hf, which issue 17 (Llama folders) is reworking: converted to UserError when it lands
+NOT_YET_USER_ERRORS = {"hf_block_size_beyond_position_table", "hf_folder_missing"}
+
+
+@pytest.mark.parametrize(("name", "action", "error", "pattern"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_a_clear_error(case, name, action, error, pattern):
+    from gptlab.errors import user_error_in
+
     with pytest.raises(error) as raised:
         action(case)
     assert re.search(pattern, str(raised.value), re.DOTALL), str(raised.value)
+    if error is not OSError and not re.match(r"Could not find", pattern) and name not in NOT_YET_USER_ERRORS:
+        assert user_error_in(raised.value) is not None, f"{type(raised.value).__name__} is no UserError: a traceback"
 
 
 def test_prompt_longer_than_block_size_is_cropped_with_a_warning(case, capsys):
@@ -351,3 +366,67 @@ def test_disk_full_during_a_checkpoint_names_the_file_and_keeps_the_last_one(cas
     from gptlab.checkpoint import load_checkpoint
 
     assert load_checkpoint(case.tmp / "run" / "checkpoints" / "last.ckpt")["global_step"] == 2
+
+
+# --- one error class: `error: <message>`, exit status 2, no traceback; bugs keep theirs ---------
+
+def test_a_user_error_prints_one_line_and_exits_2(capsys, monkeypatch):
+    from gptlab.errors import UserError, user_errors
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    @user_errors
+    def main():
+        raise UserError("max_new_tokens must be an integer >= 0, got -5")
+
+    with pytest.raises(SystemExit) as exited:
+        main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "error: max_new_tokens must be an integer >= 0, got -5\n"
+
+
+def test_a_bug_keeps_its_traceback_and_hydra_full_error_shows_everything(monkeypatch):
+    from gptlab.errors import UserError, user_errors
+
+    with pytest.raises(KeyError):
+        user_errors(lambda: {}["bug"])()
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    with pytest.raises(UserError):
+        user_errors(lambda: (_ for _ in ()).throw(UserError("bad")))()
+
+
+def test_unknown_trainer_key_names_the_nearest(case):
+    from gptlab.errors import UserError
+
+    with pytest.raises(UserError, match=r"^trainer\.max_step is not an option of trainer: did you mean "
+                                        r"trainer\.max_steps\?$"):
+        case.train("+trainer.max_step=5", data_dir=case.data_dir)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model=gpt2_small", "data=shakespeare", "trainer.devices=4"],
+         r"^error: this run needs about \d+\.\d GiB of memory and the machine has 1\.0 GiB of RAM available: "
+         r"4 processes × .*trainer\.devices=1.*trainer=gpu"),
+        (["ckpt_path=nope.ckpt"], r"^error: checkpoint nope\.ckpt not found"),
+        (["trainer=ddp"], r"^error: trainer=ddp runs one process per GPU, .* use trainer=ddp_cpu"),
+    ],
+    ids=["design_card_on_cpu", "missing_ckpt_path", "ddp_without_gpu"],
+)
+def test_train_py_stops_before_the_run_folder_with_one_line(tmp_path, overrides, message):
+    """The real command: exit status 2, `error: ...` alone on stderr, no data prepared, no run folder.
+    (The machine is given 1 GiB of RAM so the design-card case does not depend on this one's.)"""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "GPTLAB_DATA_DIR": str(tmp_path / "data"), "GPTLAB_RAM_AVAILABLE": str(2**30),
+           "CUDA_VISIBLE_DEVICES": ""}
+    env.pop("HYDRA_FULL_ERROR", None)
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir={tmp_path}/run"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert re.search(message, out.stderr, re.DOTALL) and "Traceback" not in out.stderr, out.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "data").exists()

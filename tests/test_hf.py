@@ -1,6 +1,7 @@
 """Hugging Face GPT-2 parity: random tiny GPT2Configs both ways, vocab padding, cropping, checkpoints, errors."""
 
 import os
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = (
     "1"  # before transformers / huggingface_hub read it: no test touches the network
@@ -15,7 +16,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
-from gptlab.export import main as export_main
+from gptlab.entrypoints.export import main as export_main
 from gptlab.hf import from_pretrained, save_pretrained
 from gptlab.model import GPT, GPTConfig
 from tests.conftest import tiny_gpt
@@ -249,7 +250,16 @@ def fake_lightning_ckpt(path: Path, model: GPT) -> None:
     torch.save({"state_dict": state, "hyper_parameters": hparams, "epoch": 0}, path)
 
 
-def test_lightning_checkpoint_and_export_cli(tmp_path):
+def export_cli(monkeypatch, *overrides: str) -> None:
+    """`python export.py <overrides>` (the Hydra entry point), in this process."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["export.py", *overrides])
+    export_main()
+
+
+def test_lightning_checkpoint_and_export_cli(tmp_path, monkeypatch):
     model = randomize_(tiny_gpt(vocab_size=65), 4)
     fake_lightning_ckpt(tmp_path / "last.ckpt", model)
     loaded, _ = load_gpt_from_lightning_ckpt(tmp_path / "last.ckpt")
@@ -258,12 +268,12 @@ def test_lightning_checkpoint_and_export_cli(tmp_path):
         assert torch.equal(loaded(idx)[0], model(idx)[0])
     assert loaded.lm_head.weight is loaded.transformer.wte.weight
 
-    export_main([f"ckpt_path={tmp_path / 'last.ckpt'}", f"out={tmp_path / 'exported'}"])
+    export_cli(monkeypatch, f"ckpt_path={tmp_path / 'last.ckpt'}", f"out={tmp_path / 'exported'}")
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "exported").eval()
     assert max_diff(model, hf, idx) < 1e-5
 
 
-def test_checkpoint_errors(tmp_path):
+def test_checkpoint_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(FileNotFoundError, match="missing.ckpt not found"):
         load_gpt_from_lightning_ckpt(tmp_path / "missing.ckpt")
     (tmp_path / "garbage.ckpt").write_text("not a checkpoint")
@@ -282,8 +292,9 @@ def test_checkpoint_errors(tmp_path):
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1.0}}, tmp_path / "nohp.ckpt")
     with pytest.raises(ValueError, match=r"hyper_parameters\['model'\].*missing.*\['lr'\]"):
         load_gpt_from_lightning_ckpt(tmp_path / "nohp.ckpt")
-    with pytest.raises(SystemExit, match="export: .*missing.ckpt not found"):
-        export_main([f"ckpt_path={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'x'}"])
+    with pytest.raises(SystemExit):  # Hydra prints the error, then exits 1
+        export_cli(monkeypatch, f"ckpt_path={tmp_path / 'missing.ckpt'}", f"out={tmp_path / 'x'}")
+    assert "missing.ckpt not found" in capsys.readouterr().err
 
 
 def test_real_lightning_checkpoint_loads_with_weights_only(tmp_path):

@@ -77,6 +77,9 @@ def test_train_script_help_and_cfg_show_the_config():
     assert cfg.model.n_embd == 768 and cfg.data.tokenizer.kind == "tiktoken"
     help_ = run_script("train.py", "--help", timeout=60)
     assert help_.returncode == 0 and "model: baby, baby_cpu, gpt2_base, gpt2_large" in help_.stdout
+    # generate's and ehr_eval's groups live in their own folders, reached only through their configs' searchpath
+    groups = help_.stdout.split("== Config ==")[0]
+    assert "\ndecoding:" not in groups and "\ntask:" not in groups, groups
 
 
 def test_default_config_is_the_nanogpt_cpu_recipe():
@@ -94,3 +97,18 @@ def test_unknown_preset_is_a_clear_error():
     proc = run_script("train.py", "model=gpt5", timeout=60)
     assert proc.returncode != 0
     assert "Could not find 'model/gpt5'" in proc.stderr and "gpt2_small" in proc.stderr
+
+
+def test_entry_point_groups_compose_from_their_own_folders():
+    """decoding/ (generate) and task/ (ehr_eval) sit outside conf/ yet compose as before."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from tests.conftest import compose_generate_cfg
+
+    assert compose_generate_cfg(["decoding=beam", "decoding.num_beams=5"]).decoding.num_beams == 5
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("ehr_eval", overrides=["task=icu_mortality", "ckpt_path=x"])
+    assert cfg.task.name == "icu_mortality_first_24h"
+    assert not (ROOT / "conf" / "decoding").exists() and not (ROOT / "conf" / "task").exists()

@@ -74,6 +74,7 @@ def kind(model, hparams) -> str:
 
 def main(out: str, causal: str, bidir: str, mlm: str, *more: str) -> None:
     out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)  # before the work: the figures and results go here
     loaded = {}
     for run in (causal, bidir, mlm, *more):
         model, hp, tok = load(Path(run))

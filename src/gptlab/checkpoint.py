@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gptlab.errors import MissingFile, UserError
 from gptlab.model import GPT, GPTConfig
 
 # GPTConfig fields a run may change when resuming; any other difference is another model
@@ -34,7 +35,7 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     """torch.load(weights_only=True), with errors that say what is wrong with the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"checkpoint {path} not found" + (" (it is a folder)" if path.is_dir() else "")
         )
     try:
@@ -43,16 +44,16 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
         unsafe = re.search(r"GLOBAL ([\w.]+)", str(e))  # torch words this differently across versions
         if unsafe:
             torch_says = next(line for line in str(e).splitlines() if "GLOBAL" in line)
-            raise ValueError(
+            raise UserError(
                 f"refusing to load {path}: it holds a Python object ({unsafe.group(1)}) that could run code "
                 f"when unpickled, and torch.load(weights_only=True) rejected it "
                 f"({torch_says.split('WeightsUnpickler error:')[-1].strip()}). gptlab checkpoints hold "
                 f"tensors and plain containers only (e.g. OmegaConf.to_container for configs)"
             ) from None
         reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint (corrupt?): {reason}") from None
+        raise UserError(f"{path} is not a readable PyTorch checkpoint (corrupt?): {reason}") from None
     except Exception as e:  # torch raises KeyError, EOFError, RuntimeError... for damaged files
-        raise ValueError(
+        raise UserError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}"
         ) from None
 
@@ -63,7 +64,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", mmap: bool = Fa
     ckpt = safe_torch_load(path, map_location, mmap)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not a Lightning checkpoint: no 'state_dict' (found {found})")
+        raise UserError(f"{path} is not a Lightning checkpoint: no 'state_dict' (found {found})")
     return ckpt
 
 
@@ -129,7 +130,7 @@ def check_resumable(path: str | Path, model: dict[str, Any]) -> None:
     ckpt = load_checkpoint(path, mmap=True)
     saved = (ckpt.get("hyper_parameters") or {}).get("model")
     if not isinstance(saved, dict):
-        raise ValueError(
+        raise UserError(
             f"{path}: no hyper_parameters['model'] (the GPTConfig dict): not a gptlab training checkpoint"
         )
     # through GPTConfig, so a field added to it since the checkpoint was saved counts as its default
@@ -137,7 +138,7 @@ def check_resumable(path: str | Path, model: dict[str, Any]) -> None:
     differ = {k: (then[k], v) for k, v in now.items() if k not in RESUMABLE_CHANGES and then[k] != v}
     if differ:
         listing = ", ".join(f"{k}={a!r} there but {b!r} here" for k, (a, b) in sorted(differ.items()))
-        raise ValueError(
+        raise UserError(
             f"{path} was trained with another model ({listing}); resume with the same model settings "
             f"(the run's config.yaml beside its checkpoints lists them) or start fresh with ckpt_path=null"
         )
@@ -147,7 +148,7 @@ def gpt_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint")
     """The GPT held by a loaded checkpoint dict, in eval mode, with the config it was trained with."""
     hparams = ckpt.get("hyper_parameters") or {}
     if not isinstance(hparams.get("model"), dict):
-        raise ValueError(
+        raise UserError(
             f"{source}: hyper_parameters['model'] (the GPTConfig dict) is missing; "
             f"hyper_parameters has keys {sorted(hparams)}: not a gptlab checkpoint"
         )
@@ -157,14 +158,14 @@ def gpt_from_checkpoint(ckpt: dict[str, Any], source: str | Path = "checkpoint")
         if key.startswith("model."):
             state[key.removeprefix("model.")] = tensor
     if not state:
-        raise ValueError(
+        raise UserError(
             f"{source}: no 'model.*' weights in state_dict (keys start {sorted(ckpt['state_dict'])[:5]})"
         )
     model = GPT(config)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise ValueError(
+        raise UserError(
             f"{source}: the weights do not fit hyper_parameters['model'] = {hparams['model']}: {e}"
         ) from None
     return model.eval()

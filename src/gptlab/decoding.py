@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from gptlab.errors import UserError
+
 STRATEGIES = ("sample", "greedy", "beam")
 EARLY_STOPPING = (False, True, "never")
 
@@ -57,7 +59,7 @@ class Decoding:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop or ()
         object.__setattr__(self, "stop", tuple(stop))
         for error in (*self._sampling_errors(), *self._beam_errors()):
-            raise ValueError(error)
+            raise UserError(error)
 
     def _sampling_errors(self) -> Iterator[str]:
         if self.strategy not in STRATEGIES:
@@ -95,7 +97,7 @@ class Decoding:
         names = [f.name for f in fields(cls)]
         unknown = sorted(set(d) - set(names))
         if unknown:
-            raise ValueError(f"decoding: unknown keys {unknown}; allowed: {names}")
+            raise UserError(f"decoding: unknown keys {unknown}; allowed: {names}")
         return cls(**d)
 
     def replace(self, **changes: Any) -> Decoding:

@@ -23,6 +23,7 @@ import torch
 from torch.nn import functional as F
 
 from gptlab.decoding import Decoding, check_prompt, next_token
+from gptlab.errors import UserError
 from gptlab.model import KVCache
 
 __all__ = ["BeamSearchOutput", "Decoder", "Decoding", "TextStream", "beam_search", "generate", "generate_text",
@@ -320,7 +321,7 @@ def generate_text(model, tok, prompt: str, decoding: Decoding) -> str:
     """
     ids = tok.encode(prompt) or ([tok.eot_token_id] if tok.eot_token_id is not None else [])
     if not ids:
-        raise ValueError(f"the prompt {prompt!r} encodes to no tokens and the tokenizer has no end-of-text "
+        raise UserError(f"the prompt {prompt!r} encodes to no tokens and the tokenizer has no end-of-text "
                          f"token to start from; give at least one character")
     ids = ids[-model.config.block_size:]
     device = next(model.parameters()).device

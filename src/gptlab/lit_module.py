@@ -17,9 +17,12 @@ from lightning.pytorch.strategies import FSDPStrategy
 from gptlab.callbacks.accumulation import optimizer_stepped
 from gptlab.callbacks.safety import NonFiniteGuard
 from gptlab.checkpoint import strip_wrapper_prefixes
+from gptlab.errors import UserError
+from gptlab.families import build_model
 from gptlab.hf import from_pretrained
-from gptlab.model import GPT, IGNORE_INDEX, GPTConfig
+from gptlab.model import IGNORE_INDEX
 from gptlab.optim import cosine
+from gptlab.tasks import TASK_OBJECTIVES, check_task, task_loss
 
 
 # nanoGPT's warmup + cosine, kept under its old name for callers that import it from here
@@ -65,7 +68,9 @@ class GPTLitModule(L.LightningModule):
         init_from: "scratch", or a Hugging Face GPT-2 folder/name to start from its weights.
         tokenizer: the tokenizer spec of the data, stored in checkpoints so generation can decode.
         objective: "clm" (next-token prediction, GPT) or "mlm" (BERT's masked tokens; pair it with
-            model.causal=false). mlm adds a [MASK] token to the vocabulary, id = the data's vocab_size.
+            model.causal=false or model.arch=encoder). mlm adds a [MASK] token to the vocabulary, id = the
+            data's vocab_size. "classify" / "seq2seq": (input, target) task data (gptlab.tasks says how
+            each model.arch reads it).
         mask_prob: mlm only: the fraction of positions masked and scored.
     """
 
@@ -74,17 +79,24 @@ class GPTLitModule(L.LightningModule):
                  mask_token_id: int | None = None):
         super().__init__()
         model = dict(model)
-        if objective not in ("clm", "mlm"):
-            raise ValueError(f"objective={objective!r}: choose 'clm' (next token) or 'mlm' (masked tokens)")
+        if objective not in ("clm", "mlm", *TASK_OBJECTIVES):
+            raise UserError(f"objective={objective!r}: choose 'clm' (next token), 'mlm' (masked tokens), "
+                            f"'classify' or 'seq2seq' (task data)")
+        if model.get("arch", "decoder") == "encoder_decoder" and objective not in TASK_OBJECTIVES:
+            raise UserError(f"model.arch=encoder_decoder with objective={objective}: it maps an input to a target; "
+                            f"use objective=seq2seq or classify with task data")
         if objective == "mlm" and init_from not in (None, "scratch"):
-            raise ValueError(f"objective=mlm trains from scratch (it adds a [MASK] token); got init_from={init_from!r}")
+            raise UserError(f"objective=mlm trains from scratch (it adds a [MASK] token); got init_from={init_from!r}")
         if objective == "mlm" and mask_token_id is None:  # a fresh run: one extra id for [MASK]
             mask_token_id = model["vocab_size"]
             model["vocab_size"] += 1
         self.objective, self.mask_prob, self.mask_token_id = objective, mask_prob, mask_token_id
         self.compile_model = bool(model.pop("compile", False))
         if init_from in (None, "scratch"):
-            self.model = GPT(GPTConfig.from_dict(model))
+            try:
+                self.model = build_model(model)
+            except ValueError as e:  # the model configs' own checks of model.* values (model.py imports torch only)
+                raise UserError(f"model: {e}") from None
         else:
             overrides = {k: model[k] for k in ("dropout", "block_size", "vocab_multiple") if model.get(k) is not None}
             self.model = from_pretrained(init_from, **overrides)
@@ -95,6 +107,15 @@ class GPTLitModule(L.LightningModule):
                                    "optim": dict(optim), "init_from": init_from, "objective": objective,
                                    "mask_prob": mask_prob, "mask_token_id": mask_token_id})
         self._micro_losses: list[torch.Tensor] = []
+        self.task: dict[str, Any] | None = None  # the data's task spec (special ids, labels), for task objectives
+
+    def setup(self, stage: str) -> None:
+        # before any step: a task the model cannot express is an error naming the key, not a shape error
+        if self.objective in TASK_OBJECTIVES:
+            dm = self.trainer.datamodule if self._trainer is not None else None
+            meta = dm.meta if dm is not None and hasattr(dm, "meta") else {}
+            self.task = meta.get("task", self.task)
+            check_task(self.model, self.objective, self.task, str(getattr(dm, "data_dir", "data")))
 
     def configure_model(self) -> None:
         if self.compile_model:
@@ -107,10 +128,13 @@ class GPTLitModule(L.LightningModule):
         return mask_tokens(x, self.mask_prob, self.mask_token_id, self.mask_token_id, generator)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        if self.objective == "mlm":
-            x, y = self._mlm_batch(x)
-        _, loss = self.model(x, y)
+        if self.objective in TASK_OBJECTIVES:
+            loss, _ = task_loss(self.model, self.objective, batch, self.task)
+        else:
+            x, y = batch
+            if self.objective == "mlm":
+                x, y = self._mlm_batch(x)
+            _, loss = self.model(x, y)
         # One train/loss row per optimizer step: the mean of its accumulation window's micro-batches.
         self._micro_losses.append(loss.detach())
         if optimizer_stepped(self.trainer, batch_idx):
@@ -159,6 +183,11 @@ class GPTLitModule(L.LightningModule):
         torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.objective in TASK_OBJECTIVES:
+            loss, acc = task_loss(self.model, self.objective, batch, self.task)
+            self.log("val/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+            self.log("val/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+            return loss
         x, y = batch
         if self.objective == "mlm":  # the same masks at every validation, so the numbers compare
             x, y = self._mlm_batch(x.cpu(), torch.Generator().manual_seed(batch_idx))
@@ -194,6 +223,7 @@ class GPTLitModule(L.LightningModule):
     # resumed run draws the same dropout masks as an uninterrupted one.
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["tokenizer"] = self.tokenizer_spec
+        checkpoint["task"] = self.task
         checkpoint["rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -202,6 +232,7 @@ class GPTLitModule(L.LightningModule):
         # runs before Lightning loads the weights: a torch.compile'd or DDP-wrapped save resumes too
         checkpoint["state_dict"] = strip_wrapper_prefixes(checkpoint["state_dict"])
         self.tokenizer_spec = checkpoint.get("tokenizer", self.tokenizer_spec)
+        self.task = checkpoint.get("task", self.task)
         self._rng_to_restore = checkpoint.get("rng")
         if self._trainer is not None and "loops" in checkpoint:  # trainer.fit resuming, not weights alone
             self._continue_with_this_config(checkpoint)

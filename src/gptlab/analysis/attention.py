@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
 
 from gptlab.analysis import save_figure
+from gptlab.errors import UserError
 from gptlab.model import GPT  # noqa: E402
 
 CMAP = plt.get_cmap("viridis").with_extremes(bad="white")  # exact zeros (masked future positions) show as blank paper
@@ -27,9 +28,9 @@ NORM = dict(gamma=0.5, vmin=0.0, vmax=1.0)  # square-root scale: diffuse heads s
 def attention_weights(model: GPT, ids: list[int]) -> np.ndarray:
     """(n_layer, n_head, T, T) attention probabilities for one prompt; row i = query position i."""
     if not ids:
-        raise ValueError("attention_weights: the prompt has no tokens")
+        raise UserError("attention_weights: the prompt has no tokens")
     if len(ids) > model.config.block_size:
-        raise ValueError(f"attention_weights: {len(ids)} tokens exceed block_size {model.config.block_size}")
+        raise UserError(f"attention_weights: {len(ids)} tokens exceed block_size {model.config.block_size}")
     device = next(model.parameters()).device
     _, maps = model.attention_maps(torch.tensor([ids], dtype=torch.long, device=device))
     return torch.stack([m[0] for m in maps]).float().cpu().numpy()

@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from gptlab.analysis import save_figure
+from gptlab.errors import MissingFile, UserError
 
 TRAIN, VAL, LR = "train/loss", "val/loss", "lr"
 # LearningRateMonitor names the column after the scheduler and the parameter group; both AdamW
@@ -54,7 +55,7 @@ def find_runs(path: str | Path) -> list[Path]:
     """The run folders at or under `path` (a run, a multirun folder, or a run_name folder), in order."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"run folder {path} not found")
+        raise MissingFile(f"run folder {path} not found")
     if _is_run(path):
         return [path]
 
@@ -64,7 +65,7 @@ def find_runs(path: str | Path) -> list[Path]:
 
     runs = sorted({p.parent for p in path.rglob("config.yaml") if _is_run(p.parent)}, key=order)
     if not runs:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{path} holds no run: expected config.yaml with logs/ or checkpoints/ in it or in a folder below it"
         )
     return runs
@@ -85,7 +86,7 @@ def read_csv_metrics(path: str | Path) -> dict[str, Series]:
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None or "step" not in reader.fieldnames:
-            raise ValueError(f"{path}: not a Lightning metrics.csv (no 'step' column; columns {reader.fieldnames})")
+            raise UserError(f"{path}: not a Lightning metrics.csv (no 'step' column; columns {reader.fieldnames})")
         raw: dict[str, tuple[list[int], list[float]]] = {}
         for row in reader:
             for key, value in row.items():
@@ -125,7 +126,7 @@ def read_metrics(run_dir: str | Path) -> dict[str, Series]:
     elif any(run_dir.rglob("events.out.tfevents.*")):
         metrics = read_tensorboard_metrics(run_dir)
     else:
-        raise FileNotFoundError(f"{run_dir}: no logs/metrics.csv and no TensorBoard events (events.out.tfevents.*)")
+        raise MissingFile(f"{run_dir}: no logs/metrics.csv and no TensorBoard events (events.out.tfevents.*)")
     lr = next((metrics[c] for c in LR_COLUMNS if c in metrics), None)
     if lr is not None:
         metrics[LR] = lr
@@ -147,8 +148,9 @@ def tokens_per_step(config: dict) -> int | None:
 
 
 # Config keys that say where or how verbosely a run was written, not what was trained.
+# module.* repeats top-level settings (objective, optim, ...) by interpolation: labelled once, under their own name
 _NOT_LABELS = ("run_name", "sample_after_training", "resume", "ckpt_path", "paths.", "logger.", "callbacks.",
-               "trainer.enable_", "trainer.default_root_dir")
+               "trainer.enable_", "trainer.default_root_dir", "module.")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -170,7 +172,7 @@ def load_runs(paths: list[str | Path], labels: list[str] | None = None) -> list[
     """Every run at or under each path. Labels default to the config values that tell the runs apart."""
     run_dirs = [r for p in paths for r in find_runs(p)]
     if labels is not None and len(labels) != len(run_dirs):
-        raise ValueError(f"labels: {len(labels)} given for {len(run_dirs)} runs ({[str(r) for r in run_dirs]})")
+        raise UserError(f"labels: {len(labels)} given for {len(run_dirs)} runs ({[str(r) for r in run_dirs]})")
     configs = [OmegaConf.to_container(OmegaConf.load(r / "config.yaml")) for r in run_dirs]
     labels = labels or _labels(configs, run_dirs)
     return [RunLog(r, label, read_metrics(r), tokens_per_step(c), c) for r, label, c in zip(run_dirs, labels, configs)]
@@ -182,19 +184,35 @@ def steps_done(series: Series) -> np.ndarray:
     return series.steps + 1
 
 
-def _ema(values: np.ndarray, alpha: float) -> np.ndarray:
-    out = np.empty_like(values)
-    acc = values[0]
-    for i, v in enumerate(values):
-        acc = alpha * acc + (1 - alpha) * v
-        out[i] = acc
+def ema(series: Series, smoothing: float) -> np.ndarray:
+    """Bias-corrected exponential moving average with `smoothing` per optimizer step.
+
+    Rows logged every k steps decay by smoothing**k between rows, so the line's memory is the same
+    whatever trainer.log_every_n_steps is; it starts from 0 and divides by the weight gathered so far
+    (as Adam's moment estimates do), so the first rows do not drag it up towards the initial loss."""
+    out = np.empty_like(series.values)
+    acc = weight = 0.0
+    gaps = np.diff(series.steps, prepend=series.steps[0] - 1)
+    for i, (v, gap) in enumerate(zip(series.values, gaps)):
+        decay = smoothing ** max(int(gap), 1)
+        acc, weight = decay * acc + (1 - decay) * v, decay * weight + (1 - decay)
+        out[i] = acc / weight
     return out
+
+
+def log_interval(series: Series) -> int | None:
+    """The optimizer steps between logged rows (the most common gap), None with fewer than two rows."""
+    if len(series.steps) < 2:
+        return None
+    gaps, counts = np.unique(np.diff(series.steps), return_counts=True)
+    return int(gaps[counts.argmax()])
 
 
 def plot_curves(runs: list[RunLog], path: str | Path, log_scale: bool = False, smoothing: float = 0.9) -> Path:
     """Train/val loss against optimizer steps (left) and tokens seen (right), the LR schedule beneath.
 
-    Raw train loss is drawn faint with an exponential moving average (`smoothing`) over it; validation
+    Raw train loss is drawn faint with a bias-corrected exponential moving average over it (`smoothing`
+    per optimizer step); validation
     points are joined by dashed lines. log_scale puts both axes on log scales (power-law view).
     """
     with_tokens = all(r.tokens_per_step for r in runs)
@@ -211,7 +229,7 @@ def plot_curves(runs: list[RunLog], path: str | Path, log_scale: bool = False, s
                 s = run.metrics[TRAIN]
                 x = steps_done(s) * scale
                 loss_ax.plot(x, s.values, color=c, alpha=0.25, linewidth=0.7)
-                loss_ax.plot(x, _ema(s.values, smoothing), color=c, linewidth=1.5)
+                loss_ax.plot(x, ema(s, smoothing), color=c, linewidth=1.5)
             if VAL in run.metrics:
                 s = run.metrics[VAL]
                 loss_ax.plot(steps_done(s) * scale, s.values, "o--", color=c, markersize=4, linewidth=1.2)
@@ -232,7 +250,7 @@ def plot_curves(runs: list[RunLog], path: str | Path, log_scale: bool = False, s
             lr_ax.set_yscale("log")
         else:
             lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-        loss_ax.plot([], [], "k-", label="train (EMA of per-step loss)")
+        loss_ax.plot([], [], "k-", label="train (moving average of the logged loss)")
         loss_ax.plot([], [], "ko--", markersize=4, label="validation")
         loss_ax.legend(fontsize=8)
     fig.tight_layout()
@@ -259,18 +277,20 @@ def plot_metric(runs: list[RunLog], key: str, path: str | Path, ylabel: str, tit
     return save_figure(fig, path, dpi=110)
 
 
-def summary_rows(runs: list[RunLog]) -> list[dict[str, str]]:
-    """Per run: steps, tokens, last train loss (mean of the last 20 steps), best and last val loss."""
-    rows = []
+def summary_rows(runs: list[RunLog], last_steps: int = 100) -> list[dict[str, str]]:
+    """Per run: steps, tokens, train loss (mean of the rows logged in the last `last_steps` optimizer
+    steps), best and last val loss."""
+    rows, name = [], f"train loss (last {last_steps} steps)"
     for run in runs:
         tr, va = run.metrics.get(TRAIN), run.metrics.get(VAL)
         steps = int(steps_done(tr)[-1]) if tr is not None else (int(steps_done(va)[-1]) if va is not None else 0)
+        recent = tr.values[steps_done(tr) > steps - last_steps] if tr is not None else None
         row = {"run": run.label, "steps": f"{steps:,}",
                "tokens": f"{steps * run.tokens_per_step:,}" if run.tokens_per_step else "?",
-               "train loss (last 20)": f"{tr.values[-20:].mean():.4f}" if tr is not None else "-",
+               name: f"{recent.mean():.4f}" if recent is not None else "-",
                "best val loss": f"{va.values.min():.4f} (step {int(steps_done(va)[va.values.argmin()])})" if va is not None else "-",
                "last val loss": f"{va.values[-1]:.4f}" if va is not None else "-"}
         if tr is not None and not math.isfinite(float(tr.values[-1])):
-            row["train loss (last 20)"] += " (diverged)"
+            row[name] += " (diverged)"
         rows.append(row)
     return rows

@@ -19,6 +19,7 @@ import numpy as np
 from gptlab.analysis import attention as att
 from gptlab.analysis import curves, probes, samples
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.errors import MissingFile, UserError
 from gptlab.model import GPT
 from gptlab.tokenizers import Tokenizer, tokenizer_from_spec
 
@@ -28,7 +29,7 @@ def pick_checkpoint(run_dir: Path, which: str = "best") -> Path:
     if which not in ("best", "last"):
         path = Path(which)
         if not path.is_file():
-            raise FileNotFoundError(f"ckpt={which!r}: no such file (or give 'best' or 'last')")
+            raise MissingFile(f"ckpt={which!r}: no such file (or give 'best' or 'last')")
         return path
     folder = run_dir / "checkpoints"
     best = sorted(folder.glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
@@ -37,7 +38,7 @@ def pick_checkpoint(run_dir: Path, which: str = "best") -> Path:
         return best[-1]
     if last.is_file():
         return last
-    raise FileNotFoundError(f"{folder}: no {'best*.ckpt or ' if which == 'best' else ''}last.ckpt to analyse")
+    raise MissingFile(f"{folder}: no {'best*.ckpt or ' if which == 'best' else ''}last.ckpt to analyse")
 
 
 def _table(rows: list[dict[str, str]]) -> str:
@@ -70,7 +71,7 @@ def _load(run_dir: Path, which: str) -> Loaded:
     path = pick_checkpoint(run_dir, which)
     model, ckpt = load_gpt_from_lightning_ckpt(path)
     if not ckpt.get("tokenizer"):
-        raise ValueError(f"{path} holds no tokenizer spec; it was not written by gptlab's train.py")
+        raise UserError(f"{path} holds no tokenizer spec; it was not written by gptlab's train.py")
     return Loaded(run_dir, model, tokenizer_from_spec(ckpt["tokenizer"]), ckpt.get("hyper_parameters", {}), path)
 
 
@@ -170,14 +171,23 @@ def _kind(m: Loaded) -> str:
     return "causal (decoder-only)" if m.model.config.causal else "bidirectional (encoder-style)"
 
 
+def _every(run: curves.RunLog) -> str:
+    """How often the run logged its train loss, from the rows themselves."""
+    series = run.metrics.get(curves.TRAIN)
+    k = curves.log_interval(series) if series is not None else None
+    if k is None:
+        return "once"
+    return "every optimizer step" if k == 1 else f"every {k} optimizer steps (trainer.log_every_n_steps)"
+
+
 def _curves_section(run_dir: Path, compare: Sequence[str | Path], labels: list[str] | None, log_scale: bool,
                     out: Path) -> tuple[list[str], list[curves.RunLog]]:
     runs = curves.load_runs([run_dir, *compare], labels)
     main = runs[:1]
     curves.plot_curves(main, out / "curves.png")
     md = ["## Loss curves", "",
-          "Train loss is logged every optimizer step (faint; the solid line is its exponential moving "
-          "average), validation loss at each evaluation on fixed windows; the learning rate is beneath. "
+          f"Train loss is logged {_every(main[0])} (faint; the solid line is its bias-corrected exponential "
+          "moving average), validation loss at each evaluation on fixed windows; the learning rate is beneath. "
           "Left against optimizer steps, right against tokens seen (batch × context × accumulation × devices).",
           "", _table(curves.summary_rows(main)), "", "![loss curves](curves.png)", ""]
     if log_scale:

@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import regex  # noqa: E402
 
 from gptlab.analysis import save_figure
+from gptlab.errors import UserError
 from gptlab.paths import SHIPPED_SHAKESPEARE  # noqa: E402, F401 (vocab_report.py names it here)
 from gptlab.tokenizers.bpe import BPETokenizer  # noqa: E402
 
@@ -192,11 +193,11 @@ def vocab_report(
     vocab.tsv (every token of the largest vocabulary) and bpe_<largest>.json. Returns report.md."""
     sizes = sorted(set(int(s) for s in vocab_sizes))
     if not sizes or sizes[0] < 256:
-        raise ValueError(
+        raise UserError(
             f"vocab_sizes={list(vocab_sizes)}: need at least one size, each >= 256 (the byte tokens)"
         )
     if not text:
-        raise ValueError(f"the text to analyse is empty ({source or 'no source given'})")
+        raise UserError(f"the text to analyse is empty ({source or 'no source given'})")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     v = _train_vocabs(text, sizes, pattern)

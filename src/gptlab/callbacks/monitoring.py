@@ -13,6 +13,8 @@ from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 
 from gptlab.callbacks.accumulation import optimizer_stepped
+from gptlab.callbacks.progress import StepSpeedColumn, is_terminal
+from gptlab.errors import UserError
 from gptlab.flops import device_peak_flops, estimate_mfu
 
 # strategies whose forward gathers weight shards from every rank
@@ -31,7 +33,7 @@ class Throughput(L.Callback):
 
     def __init__(self, window: int = 50, skip: int = 5, peak_flops: float | None = None):
         if window < 1 or skip < 0:
-            raise ValueError(f"Throughput: window must be ≥ 1 and skip ≥ 0, got window={window}, skip={skip}")
+            raise UserError(f"Throughput: window must be ≥ 1 and skip ≥ 0, got window={window}, skip={skip}")
         self.window, self.skip, self.peak_flops = window, skip, peak_flops
         self._t0: float | None = None
         self._tokens = 0
@@ -83,7 +85,7 @@ class TextSampler(L.Callback):
     def __init__(self, every_n_steps: int = 500, max_new_tokens: int = 200, prompt: str = "\n",
                  temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = None, seed: int = 1337):
         if every_n_steps < 1 or max_new_tokens < 1:
-            raise ValueError(f"TextSampler: every_n_steps and max_new_tokens must be ≥ 1, "
+            raise UserError(f"TextSampler: every_n_steps and max_new_tokens must be ≥ 1, "
                              f"got {every_n_steps}, {max_new_tokens}")
         self.every_n_steps, self.max_new_tokens, self.prompt = every_n_steps, max_new_tokens, prompt
         from gptlab.generation import Decoding
@@ -128,7 +130,11 @@ class TextSampler(L.Callback):
 
 
 class RichProgressBar(lightning.pytorch.callbacks.RichProgressBar):
-    """Lightning's rich progress bar, updated every `update_every` training batches (and at the last).
+    """Lightning's rich progress bar, counted in optimizer steps (global_step of max_steps, also across
+    a resume and under gradient accumulation), described as "Train" rather than an epoch of an endless
+    stream (Lightning's `Epoch 0/-2`), and updated every `update_every` training batches (and at the
+    last). When stdout is not a terminal the bar turns itself off: gptlab.callbacks.progress.ProgressLog
+    prints plain lines there instead.
 
     The bar's line redraws about once a second, so reading every logged metric and updating the rich
     task on each batch (Lightning's default) only spends step time: the cost is measured in
@@ -138,12 +144,35 @@ class RichProgressBar(lightning.pytorch.callbacks.RichProgressBar):
 
     def __init__(self, update_every: int = 10, **kwargs: Any):
         if update_every < 1:
-            raise ValueError(f"RichProgressBar: update_every must be ≥ 1, got {update_every}")
+            raise UserError(f"RichProgressBar: update_every must be ≥ 1, got {update_every}")
         super().__init__(**kwargs)
         self.update_every = update_every
+        if not is_terminal():
+            self.disable()
+
+    @property
+    def total_train_batches(self) -> int | float:
+        t = self.trainer
+        return t.max_steps if t.max_steps is not None and t.max_steps > 0 else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is None or self.trainer.max_epochs < 0:
+            return f"{'Train':{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
+
+    def configure_columns(self, trainer: L.Trainer) -> list:
+        return [*super().configure_columns(trainer)[:-1], StepSpeedColumn()]
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        self._update(self.train_progress_bar_id, trainer.global_step)  # a resumed run starts part-way
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         last = trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps
         if (batch_idx + 1) % self.update_every == 0 or last:
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            if not self.is_disabled and self.train_progress_bar_id is None:
+                self._initialize_train_progress_bar_id()
+            self._update(self.train_progress_bar_id, trainer.global_step)
+            self._update_metrics(trainer, pl_module)
+            self.refresh()

@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from gptlab.callbacks.accumulation import optimizer_stepped
 from gptlab.checkpoint import load_checkpoint, save_atomic
+from gptlab.errors import UserError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -64,9 +65,9 @@ class NonFiniteGuard(L.Callback):
 
     def __init__(self, mode: str = "stop", max_skips: int = 10):
         if mode not in self.MODES:
-            raise ValueError(f"NonFiniteGuard mode={mode!r}; choose one of {list(self.MODES)}")
+            raise UserError(f"NonFiniteGuard mode={mode!r}; choose one of {list(self.MODES)}")
         if max_skips < 0:
-            raise ValueError(f"NonFiniteGuard max_skips={max_skips} must be >= 0")
+            raise UserError(f"NonFiniteGuard max_skips={max_skips} must be >= 0")
         self.mode, self.max_skips = mode, max_skips
         self.skipped: list[int] = []  # global steps whose update was dropped
         self._losses: list[torch.Tensor] = []  # this step's micro-batch losses, read once at the step

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from gptlab.data.prepare import check_bin, read_meta
+from gptlab.errors import UserError
 
 
 def open_memmap(path: Path, dtype: np.dtype) -> np.ndarray:
@@ -120,7 +121,7 @@ class GPTDataModule(L.LightningDataModule):
         self.val_ids = open_memmap(self.data_dir / "val.bin", check_bin(self.data_dir, meta, "val"))
         for split, ids in (("train", self.train_ids), ("val", self.val_ids)):
             if len(ids) < self.block_size + 1:
-                raise ValueError(
+                raise UserError(
                     f"{self.data_dir / (split + '.bin')} holds {len(ids)} tokens, fewer than one window of "
                     f"block_size + 1 = {self.block_size + 1}; use more text or a smaller model.block_size"
                     + (" or a larger data.val_fraction" if split == "val" else "")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from gptlab.errors import MissingFile, UserError
 from gptlab.tokenizers import Tokenizer, tokenizer_for_data
 
 FORMAT_VERSION = 1
@@ -36,9 +37,9 @@ def text_files(path: str | Path) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
         if not files:
-            raise FileNotFoundError(f"data folder {path} holds no .txt files")
+            raise MissingFile(f"data folder {path} holds no .txt files")
         return files
-    raise FileNotFoundError(f"data path not found: {path} (give a text file or a folder of .txt files)")
+    raise MissingFile(f"data path not found: {path} (give a text file or a folder of .txt files)")
 
 
 def read_text(path: str | Path) -> tuple[str, str]:
@@ -55,13 +56,13 @@ def read_text(path: str | Path) -> tuple[str, str]:
         try:
             parts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
-            raise ValueError(
+            raise UserError(
                 f"{f} is not valid UTF-8 (byte {e.start}: {raw[e.start:e.start + 4]!r}); "
                 f"convert it, e.g. `iconv -f latin1 -t utf-8`"
             ) from None
     text = "\n".join(parts)
     if not text.strip():
-        raise ValueError(f"data path {path} contains no text")
+        raise UserError(f"data path {path} contains no text")
     return text, digest.hexdigest()
 
 
@@ -97,11 +98,11 @@ def read_meta(out_dir: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: the data folder was never prepared (or not completely)") from None
+        raise MissingFile(f"{path} not found: the data folder was never prepared (or not completely)") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is corrupt ({e}); delete the folder to prepare it again") from None
+        raise UserError(f"{path} is corrupt ({e}); delete the folder to prepare it again") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path} holds a JSON {type(meta).__name__}, not gptlab's meta object; delete the folder "
+        raise UserError(f"{path} holds a JSON {type(meta).__name__}, not gptlab's meta object; delete the folder "
                          f"to prepare it again")
     return meta
 
@@ -116,13 +117,13 @@ def check_bin(out_dir: str | Path, meta: dict[str, Any], split: str) -> np.dtype
     except (KeyError, TypeError):
         dtype = None
     if dtype is None or dtype.kind != "u":
-        raise ValueError(f"{meta_path}: dtype={meta.get('dtype')!r} is not an unsigned integer dtype such as "
+        raise UserError(f"{meta_path}: dtype={meta.get('dtype')!r} is not an unsigned integer dtype such as "
                          f"'uint16' or 'uint32'; delete the folder to prepare it again")
     if not path.exists():
-        raise FileNotFoundError(f"token file not found: {path}")
+        raise MissingFile(f"token file not found: {path}")
     tokens, size = meta.get(f"{split}_tokens"), path.stat().st_size
     if not isinstance(tokens, int) or size != tokens * dtype.itemsize:
-        raise ValueError(f"{path} holds {size} bytes but {meta_path} counts {split}_tokens={tokens!r} of {dtype} "
+        raise UserError(f"{path} holds {size} bytes but {meta_path} counts {split}_tokens={tokens!r} of {dtype} "
                          f"({dtype.itemsize} bytes each): the folder is incomplete or mixes two prepares; delete it "
                          f"to prepare it again")
     return dtype
@@ -145,7 +146,7 @@ def _prepare(out_dir: str | Path, tokenizer: dict[str, Any], val_fraction: float
     complete), load the source, build the tokenizer through the registry, write train.bin and
     val.bin, then meta.json last."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
+        raise UserError(f"data.val_fraction must be in (0, 1), got {val_fraction}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
@@ -234,19 +235,19 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train"):
         ds = datasets.load_from_disk(str(path))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
-                raise ValueError(f"data.split={split!r} is not in {path}; splits: {sorted(ds)}")
+                raise UserError(f"data.split={split!r} is not in {path}; splits: {sorted(ds)}")
             ds = ds[split]
         return ds
     source, files = name, {}
     if path.is_file():  # load_dataset reads a folder of data files or a Hub name; one file needs its format named
         source = HF_FILE_FORMATS.get(path.suffix.lower())
         if source is None:
-            raise ValueError(f"data.name={name!r} is a file, but not one of {sorted(HF_FILE_FORMATS)}")
+            raise UserError(f"data.name={name!r} is a file, but not one of {sorted(HF_FILE_FORMATS)}")
         files = {"data_files": str(path)}
     try:
         return datasets.load_dataset(source, config, split=split, **files)
     except (FileNotFoundError, ConnectionError, ValueError) as e:
-        raise ValueError(
+        raise UserError(
             f"data.name={name!r} (config {config!r}, split {split!r}) could not be loaded: not a local dataset "
             f"folder or file, and not in the Hugging Face cache (offline?). {type(e).__name__}: {e}"
         ) from None
@@ -287,14 +288,14 @@ def _write_split(path: Path, tokenized, dtype: np.dtype) -> int:
 
 def _check_text_column(ds, name: str, split: str, text_column: str) -> None:
     if text_column not in ds.column_names:
-        raise ValueError(f"data.text_column={text_column!r} is not a column of {name!r}; columns: {ds.column_names}")
+        raise UserError(f"data.text_column={text_column!r} is not a column of {name!r}; columns: {ds.column_names}")
     if getattr(ds.features[text_column], "dtype", None) not in ("string", "large_string"):
-        raise ValueError(f"data.text_column={text_column!r} of {name!r} holds {ds.features[text_column]}, not text; "
+        raise UserError(f"data.text_column={text_column!r} of {name!r} holds {ds.features[text_column]}, not text; "
                          f"columns: {ds.features}")
     if nulls := ds.data.column(text_column).null_count:  # Arrow counts them without reading the text
-        raise ValueError(f"data.text_column={text_column!r} of {name!r} has {nulls} null documents; drop or fill them")
+        raise UserError(f"data.text_column={text_column!r} of {name!r} has {nulls} null documents; drop or fill them")
     if len(ds) < 2:
-        raise ValueError(f"{name!r} split {split!r} has {len(ds)} documents: need ≥ 2 (one for validation)")
+        raise UserError(f"{name!r} split {split!r} has {len(ds)} documents: need ≥ 2 (one for validation)")
 
 
 def prepare_hf(name: str, out_dir: str | Path, tokenizer: dict[str, Any], *, config: str | None = None,

@@ -1,8 +1,14 @@
 """`python ehr_eval.py ckpt_path=... task=...`: risk for every label of a MEDS task, then a report.
 
-Writes to out_dir: predictions.csv (one row per label: trajectory risk, one-step baseline, oracle
-when the task has one), report.json and report.md (AUROC/AUPRC with bootstrap 95% CIs, N,
-prevalence, trajectory end reasons, counted data problems) and calibration.png.
+Writes to out_dir: predictions.csv (one row per label: subject_id, prediction_time, label, then
+one `risk_<method>` column per scorer: trajectory (the chosen estimator), naive / complete_case /
+km (the three censoring estimators), one_step, baseline (count logistic regression), oracle when
+the task has one), report.json and report.md (AUROC/AUPRC with bootstrap 95% CIs over patients,
+the paired difference trajectory − baseline, N, prevalence, how trajectories ended and the
+censored fraction, counted data problems per split) and calibration.png.
+
+The flow is `score_labels` (the label rows of the chosen splits) → `trajectory_scores` →
+`baseline_scores` → `write_report`; another scorer adds its column to the same rows.
 """
 
 from __future__ import annotations
@@ -20,9 +26,19 @@ from omegaconf import OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.ehr import metrics as M
-from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset, read_labels
-from gptlab.ehr.prepare import meds_source
-from gptlab.ehr.risk import prompt_ids, sample_trajectories
+from gptlab.ehr.aces import complement_risks, task_labels
+from gptlab.ehr.baseline import feature_matrix, fit_count_baseline
+from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset
+from gptlab.ehr.meds_eval import write_and_evaluate
+from gptlab.ehr.prepare import meds_source, pooled, problem_lines
+from gptlab.ehr.risk import (
+    END_NAMES,
+    ESTIMATORS,
+    estimate_risk,
+    horizon_token_budget,
+    prompt_ids,
+    sample_trajectories,
+)
 from gptlab.ehr.tokenizer import EHRTokenizer
 from gptlab.tokenizers import tokenizer_from_spec
 
@@ -42,8 +58,9 @@ def read_oracle(path: Path) -> dict[tuple[int, np.datetime64], float]:
 
 
 def evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
-    """cfg: ckpt_path, task {name, labels, oracle?, outcome, stop, horizon_days}, splits, meds_dir?,
-    n_trajectories, max_new_tokens, temperature, seed, device, threads, n_boot, max_labels, out_dir.
+    """cfg: ckpt_path, task {name, labels, oracle?, outcome, stop, censor?, horizon_days}, splits,
+    meds_dir?, n_trajectories, max_new_tokens (a number or "auto"), max_new_tokens_quantile,
+    risk_estimator, baseline, temperature, seed, device, threads, n_boot, max_labels, out_dir.
 
     `threads` holds only while scoring: the caller's torch thread count is restored afterwards (a
     training run later in the same process must not silently change its arithmetic)."""
@@ -56,6 +73,9 @@ def evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(before)
 
 
+CENSOR_WARN = 0.05  # a report warns when more trajectories than this end censored
+
+
 def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     ckpt_path = Path(cfg["ckpt_path"])
     device = torch.device(cfg["device"] if cfg["device"] != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -64,59 +84,118 @@ def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(tok, EHRTokenizer):
         raise ValueError(f"{ckpt_path} was trained with a {tok.kind!r} tokenizer; ehr_eval needs an EHR (MEDS) model")
     meds_dir = Path(cfg["meds_dir"]) if cfg.get("meds_dir") else meds_source(run_data_config(ckpt_path))
+    if cfg.get("risk_estimator", "km") not in ESTIMATORS:
+        raise ValueError(f"risk_estimator={cfg['risk_estimator']!r}: choose one of {list(ESTIMATORS)}")
+    data = score_labels(cfg, meds_dir)
+    budget = token_budget(cfg, tok, data, model.config.block_size)
+    preds, ends, wall, n_tokens = trajectory_scores(cfg, model, tok, data, budget["max_new_tokens"], device)
+    complement_risks(cfg["task"], preds)  # before the baseline: it is fitted on the labels themselves
+    baseline = baseline_scores(cfg, tok, data, preds) if cfg.get("baseline", True) else None
+    return write_report(cfg, preds, ends, data["problems"], wall, n_tokens, meds_dir,
+                        extra={"max_new_tokens_rule": budget, "baseline": baseline})
+
+
+def score_labels(cfg: dict[str, Any], meds_dir: Path) -> dict[str, Any]:
+    """The label rows of the chosen splits (and of train, for the baseline and the token budget),
+    with the timelines they need and the problems counted per split."""
     task = cfg["task"]
     bad = [s for s in cfg["splits"] if s not in SPLITS]
     if bad:
         raise ValueError(f"splits {bad} are not MEDS splits; choose from {list(SPLITS)}")
-
-    problems = Problems()
-    tables = read_dataset(meds_dir, problems)
-    timelines = {tl.subject_id: tl for s in cfg["splits"] for tl in iter_timelines(tables[s], problems)}
-    labels = read_labels(meds_dir / task["labels"])
+    problems = {"dataset": Problems(), **{s: Problems() for s in SPLITS}}
+    tables = read_dataset(meds_dir, problems["dataset"])
+    timelines = {s: {tl.subject_id: tl for tl in iter_timelines(tables[s], problems[s])}
+                 for s in dict.fromkeys([*cfg["splits"], "train"])}
+    labels = task_labels(task, meds_dir)
     sids = labels["subject_id"].to_numpy()
     times = labels["prediction_time"].to_numpy().astype("datetime64[us]")
     ys = labels["boolean_value"].to_numpy(zero_copy_only=False).astype(bool)
-    in_split = np.array([s in timelines for s in sids])
-    problems.add(f"labels_of_subjects_outside_{'+'.join(cfg['splits'])}_not_scored", int((~in_split).sum()))
+    scored = {sid: tl for s in cfg["splits"] for sid, tl in timelines[s].items()}
+    in_split = np.array([s in scored for s in sids])
+    problems["dataset"].add(f"labels_of_subjects_outside_{'+'.join(cfg['splits'])}_not_scored", int((~in_split).sum()))
     rows = np.flatnonzero(in_split)
     if cfg.get("max_labels"):
         rows = rows[: int(cfg["max_labels"])]
     if len(rows) == 0:
         raise ValueError(f"{meds_dir / task['labels']}: no labels for subjects of splits {cfg['splits']}")
+    train_rows = np.flatnonzero([s in timelines["train"] for s in sids])
     oracle = read_oracle(meds_dir / task["oracle"]) if task.get("oracle") else None
+    return {"sids": sids, "times": times, "ys": ys, "rows": rows, "train_rows": train_rows, "scored": scored,
+            "train": timelines["train"], "oracle": oracle, "problems": problems}
 
-    outcome_ids, stop_ids = tok.ids_with_prefix(task["outcome"]), tok.ids_with_prefix(task["stop"])
+
+def token_budget(cfg: dict[str, Any], tok: EHRTokenizer, data: dict[str, Any], block_size: int) -> dict[str, Any]:
+    """max_new_tokens: the configured number, or ("auto") the max_new_tokens_quantile of the
+    tokens train records hold within the horizon after a train prediction time, capped at half
+    the context so the prompt keeps the other half."""
+    if cfg["max_new_tokens"] != "auto":
+        return {"max_new_tokens": int(cfg["max_new_tokens"]), "rule": "configured"}
+    q = float(cfg.get("max_new_tokens_quantile", 0.99))
+    rows = data["train_rows"][:: max(1, len(data["train_rows"]) // 2000)]  # ≤ ~2,000 labels: a quantile, not a census
+    need, n = horizon_token_budget(tok, data["train"], data["sids"][rows], data["times"][rows],
+                                   float(cfg["task"]["horizon_days"]) * 1440, q)
+    out = {"max_new_tokens": min(need, block_size // 2), "rule": f"quantile {q} of train tokens within the horizon "
+           f"after a prediction time, + 1 ({n} train labels): {need}", "capped_at_half_block": need > block_size // 2}
+    print(f"[gptlab] max_new_tokens={out['max_new_tokens']} ({out['rule']})")
+    return out
+
+
+def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[str, Any], max_new: int,
+                      device: torch.device) -> tuple[list[dict[str, Any]], dict[str, int], float, int]:
+    """One predictions row per label: every censoring estimator's risk and the one-step score."""
+    task = cfg["task"]
+    outcome_ids = tok.ids_with_prefix(task["outcome"])
     if not outcome_ids:
         raise ValueError(f"task.outcome {task['outcome']} matches no token of the vocabulary; e.g. {tok.vocab[:8]}")
-    max_new = int(cfg["max_new_tokens"])
+    # <TL_END> means the record stops (outcome unknown): censoring, never a real "no outcome"
+    censor_ids = tok.ids_with_prefix(task.get("censor", ["<TL_END>"]))
+    stop_ids = sorted(set(tok.ids_with_prefix(task["stop"])) - set(censor_ids)) if task["stop"] else []
     g = torch.Generator(device=device).manual_seed(int(cfg["seed"]))
-    preds = []
-    ends = {"outcome": 0, "stop": 0, "horizon": 0, "unfinished": 0}
+    preds, ends = [], dict.fromkeys(END_NAMES, 0)
     t0, n_tokens = time.perf_counter(), 0
-    for k, r in enumerate(rows):
-        tl = timelines[int(sids[r])]
-        prompt = prompt_ids(tok, tl, times[r], model.config.block_size - max_new)
+    sids, times, ys = data["sids"], data["times"], data["ys"]
+    for k, r in enumerate(data["rows"]):
+        prompt = prompt_ids(tok, data["scored"][int(sids[r])], times[r], model.config.block_size - max_new)
         res = sample_trajectories(model, prompt, n=int(cfg["n_trajectories"]), outcome_ids=outcome_ids,
-                                  stop_ids=stop_ids, token_minutes=tok.token_minutes,
+                                  stop_ids=stop_ids, censor_ids=censor_ids, token_minutes=tok.token_minutes,
                                   horizon_minutes=float(task["horizon_days"]) * 1440, max_new_tokens=max_new,
                                   temperature=float(cfg["temperature"]), generator=g)
-        for key, v in (("outcome", res.outcomes), ("stop", res.stopped), ("horizon", res.past_horizon),
-                       ("unfinished", res.unfinished)):
-            ends[key] += v
+        for code, name in enumerate(END_NAMES):
+            ends[name] += int((res.end_kind == code).sum())
         n_tokens += res.tokens
+        risks = {e: estimate_risk(res.end_kind, res.end_minutes, e) for e in ESTIMATORS}
         row = {"subject_id": int(sids[r]), "prediction_time": str(times[r]), "label": bool(ys[r]),
-               "risk_trajectory": res.risk, "risk_one_step": res.one_step, "prompt_tokens": len(prompt)}
-        if oracle is not None:
-            row["risk_oracle"] = oracle[(int(sids[r]), times[r])]
+               "risk_trajectory": risks[cfg.get("risk_estimator", "km")],
+               **{f"risk_{e}": v for e, v in risks.items()}, "risk_one_step": res.one_step,
+               "censored_fraction": float(res.censored + res.unfinished) / len(res.end_kind),
+               "prompt_tokens": len(prompt)}
+        if data["oracle"] is not None:
+            row["risk_oracle"] = data["oracle"][(int(sids[r]), times[r])]
         preds.append(row)
         if (k + 1) % 100 == 0:
-            print(f"[gptlab] {k + 1}/{len(rows)} labels scored ({time.perf_counter() - t0:.0f} s)", flush=True)
-    wall = time.perf_counter() - t0
-    return write_report(cfg, preds, ends, problems, wall, n_tokens, meds_dir)
+            print(f"[gptlab] {k + 1}/{len(data['rows'])} labels scored ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return preds, ends, time.perf_counter() - t0, n_tokens
 
 
-def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[str, int], problems: Problems,
-                 wall: float, n_tokens: int, meds_dir: Path) -> dict[str, Any]:
+def baseline_scores(cfg: dict[str, Any], tok: EHRTokenizer, data: dict[str, Any],
+                    preds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fit the count baseline on the train split's labels and add `risk_baseline` to each row."""
+    t0 = time.perf_counter()
+    tr, rows = data["train_rows"], data["rows"]
+    X_train = feature_matrix(tok, data["train"], data["sids"][tr], data["times"][tr])
+    fitted = fit_count_baseline(X_train, data["ys"][tr], data["sids"][tr], seed=int(cfg["seed"]))
+    scores = fitted.predict(feature_matrix(tok, data["scored"], data["sids"][rows], data["times"][rows]))
+    for row, p in zip(preds, scores):
+        row["risk_baseline"] = float(p)
+    return {"model": "LogisticRegressionCV (L2) on standardised token counts up to the prediction time + age",
+            "C": fitted.C, "C_chosen_by": "5-fold GroupKFold over train patients, AUROC",
+            "train_labels": fitted.n_train, "train_patients": fitted.n_train_patients,
+            "seconds": time.perf_counter() - t0}
+
+
+def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[str, int],
+                 problems: dict[str, Problems], wall: float, n_tokens: int, meds_dir: Path,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     out = Path(cfg["out_dir"])
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "predictions.csv", "w", newline="") as f:
@@ -124,37 +203,77 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
         w.writeheader()
         w.writerows(preds)
     y = np.array([p["label"] for p in preds])
-    scorers = {"trajectory": "risk_trajectory", "one_step": "risk_one_step", "oracle": "risk_oracle"}
-    scores = {name: np.array([p[key] for p in preds]) for name, key in scorers.items() if key in preds[0]}
-    task, n_boot = cfg["task"], int(cfg["n_boot"])
+    scores = {k.removeprefix("risk_"): np.array([p[k] for p in preds]) for k in preds[0] if k.startswith("risk_")}
+    task, n_boot, seed = cfg["task"], int(cfg["n_boot"]), int(cfg["seed"])
     patients = np.array([p["subject_id"] for p in preds])  # the bootstrap resamples patients, not rows
-    results = {name: M.summarize(y, s, n_boot, int(cfg["seed"]), groups=patients) for name, s in scores.items()}
+    results = {name: M.summarize(y, s, n_boot, seed, groups=patients) for name, s in scores.items()}
+    n_traj = sum(ends.values())
     report = {
         "task": task, "ckpt_path": str(cfg["ckpt_path"]), "meds_dir": str(meds_dir), "splits": list(cfg["splits"]),
-        "n_trajectories": int(cfg["n_trajectories"]), "max_new_tokens": int(cfg["max_new_tokens"]),
+        "n_trajectories": int(cfg["n_trajectories"]), "risk_estimator": cfg.get("risk_estimator", "km"),
         "temperature": float(cfg["temperature"]), "patients": int(len(set(patients.tolist()))),
         "ci": "percentile bootstrap over patients", "metrics": results, "trajectory_ends": ends,
-        "sampling_seconds": wall, "tokens_sampled": n_tokens, "problems": problems.summary(),
+        "censored_fraction": (ends["censored"] + ends["unfinished"]) / n_traj if n_traj else 0.0,
+        "sampling_seconds": wall, "tokens_sampled": n_tokens,
+        "problems": pooled(problems.values()).summary(),
+        "problems_by_split": {k: p.summary() for k, p in problems.items() if p.counts},
+        **(extra or {}),
     }
+    report["max_new_tokens"] = (extra or {}).get("max_new_tokens_rule", {}).get("max_new_tokens", cfg["max_new_tokens"])
+    if "baseline" in scores:
+        report["trajectory_minus_baseline"] = {
+            m: M.paired_difference(f, y, scores["trajectory"], scores["baseline"], n_boot, seed, groups=patients)
+            for m, f in (("auroc", M.auroc), ("auprc", M.auprc))}
+    report["meds_evaluation"] = write_and_evaluate(
+        out, preds, {k.removeprefix("risk_"): k for k in preds[0] if k.startswith("risk_")}, int(cfg["seed"]))
     if "oracle" in results and results["oracle"]["auroc"] > 0:
         report["auroc_ratio_to_oracle"] = results["trajectory"]["auroc"] / results["oracle"]["auroc"]
+        report["estimator_bias_vs_oracle"] = {
+            e: {"mean_risk_minus_mean_oracle": float(scores[e].mean() - scores["oracle"].mean()),
+                "mean_abs_error": float(np.abs(scores[e] - scores["oracle"]).mean())}
+            for e in ESTIMATORS if e in scores}
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    M.calibration_plot(out / "calibration.png", y, scores,
+    shown = {k: v for k, v in scores.items() if k not in ESTIMATORS}  # trajectory already is the chosen one
+    M.calibration_plot(out / "calibration.png", y, shown,
                        f"{task['name']}: calibration\nN={len(y)}, prevalence {y.mean():.1%}, equal-count bins")
-    lines = [f"# {task['name']}", "", f"checkpoint `{cfg['ckpt_path']}`, MEDS `{meds_dir}`, splits {list(cfg['splits'])}",
-             f"N = {len(y)} predictions, {int(y.sum())} positive (prevalence {y.mean():.1%}); "
-             f"{cfg['n_trajectories']} trajectories each, horizon {task['horizon_days']} days", "",
-             "| scorer | AUROC (95% CI) | AUPRC (95% CI) |", "|---|---|---|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['auroc']:.3f} ({r['auroc_ci'][0]:.3f}–{r['auroc_ci'][1]:.3f}) | "
-                     f"{r['auprc']:.3f} ({r['auprc_ci'][0]:.3f}–{r['auprc_ci'][1]:.3f}) |")
-    if "auroc_ratio_to_oracle" in report:
-        lines.append(f"\ntrajectory AUROC / oracle AUROC = {report['auroc_ratio_to_oracle']:.3f}")
-    lines += ["", f"trajectory ends: {ends}; {n_tokens:,} tokens sampled in {wall:.0f} s",
-              "", "counted data problems: " + ("; ".join(problems.lines()) or "none"), "",
-              f"CIs: percentile bootstrap over patients ({len(set(patients.tolist()))}; all of a drawn patient's "
-              f"predictions together), {n_boot} resamples.", ""]
+    lines = report_lines(cfg, report, results, y, meds_dir)
     (out / "report.md").write_text("\n".join(lines))
     print("\n".join(lines))
     print(f"[gptlab] report: {out / 'report.md'}, {out / 'calibration.png'}, {out / 'predictions.csv'}")
     return report
+
+
+def report_lines(cfg: dict[str, Any], report: dict[str, Any], results: dict[str, Any], y: np.ndarray,
+                 meds_dir: Path) -> list[str]:
+    """report.md: the scorers' table, the paired difference, how trajectories ended, problems per split."""
+    task = cfg["task"]
+    lines = [f"# {task['name']}", "", f"checkpoint `{cfg['ckpt_path']}`, MEDS `{meds_dir}`, splits {list(cfg['splits'])}",
+             f"N = {len(y)} predictions, {int(y.sum())} positive (prevalence {y.mean():.1%}); "
+             f"{cfg['n_trajectories']} trajectories each, horizon {task['horizon_days']} days, "
+             f"max_new_tokens {report['max_new_tokens']}, risk estimator `{report['risk_estimator']}`", "",
+             "| scorer | AUROC (95% CI) | AUPRC (95% CI) |", "|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['auroc']:.3f} ({r['auroc_ci'][0]:.3f}–{r['auroc_ci'][1]:.3f}) | "
+                     f"{r['auprc']:.3f} ({r['auprc_ci'][0]:.3f}–{r['auprc_ci'][1]:.3f}) |")
+    for m, d in report.get("trajectory_minus_baseline", {}).items():
+        lines.append(f"\ntrajectory − count baseline, {m.upper()} (paired, same patient resamples): "
+                     f"{d['difference']:+.3f} (95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})")
+    agree = [m["max_abs_difference"] for m in report["meds_evaluation"].values() if "max_abs_difference" in m]
+    if agree:
+        lines.append(f"\nmeds-evaluation on `meds_predictions_<scorer>.parquet`: max |ours - theirs| = {max(agree):.1e}")
+    if "auroc_ratio_to_oracle" in report:
+        lines.append(f"\ntrajectory AUROC / oracle AUROC = {report['auroc_ratio_to_oracle']:.3f}")
+        lines.append("estimator bias vs the oracle (mean risk − mean oracle; mean |risk − oracle|): " + "; ".join(
+            f"{e} {b['mean_risk_minus_mean_oracle']:+.4f}, {b['mean_abs_error']:.4f}"
+            for e, b in report["estimator_bias_vs_oracle"].items()))
+    frac = report["censored_fraction"]
+    lines += ["", f"trajectory ends: {report['trajectory_ends']}; censored (<TL_END> or token budget used up before "
+              f"the horizon): {frac:.1%}; {report['tokens_sampled']:,} tokens sampled in {report['sampling_seconds']:.0f} s"]
+    if frac > CENSOR_WARN:
+        lines.append(f"**WARNING: {frac:.1%} of trajectories are censored (> {CENSOR_WARN:.0%})**: the risk leans on "
+                     f"the `{report['risk_estimator']}` estimator; raise max_new_tokens or check the task's censor tokens.")
+    lines += ["", "counted data problems, per split:"]
+    lines += [f"- {line}" for line in problem_lines(report["problems_by_split"])] or ["- none"]
+    lines += ["", f"CIs: percentile bootstrap over patients ({report['patients']}; all of a drawn patient's "
+              f"predictions together), {int(cfg['n_boot'])} resamples.", ""]
+    return lines

@@ -6,7 +6,9 @@ A MEDS dataset is `data/<split>/*.parquet` with one row per measurement (`subjec
 `prediction_time`, `boolean_value`, ...). Rows with a null `time` are static (e.g. `GENDER//F`).
 
 Bad input never disappears silently: structural faults (missing columns, null subject ids or
-codes, a subject in two splits) raise with the file and the count; recoverable ones (unsorted
+codes, a subject in two splits) raise with the file and the count; what passes our counted checks is
+then aligned to the `meds` package's own schemas (DataSchema, LabelSchema, SubjectSplitSchema: their
+types and null rules), and a table they refuse raises naming the file; recoverable ones (unsorted
 rows, subjects without timed events) are fixed or skipped and counted in a `Problems` tally that
 prepare writes into meta.json and the eval report prints.
 """
@@ -24,7 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-REQUIRED_COLUMNS = ("subject_id", "time", "code", "numeric_value")
+REQUIRED_COLUMNS = ("subject_id", "time", "code")
+DATA_COLUMNS = (*REQUIRED_COLUMNS, "numeric_value")  # numeric_value may be absent (MEDS: then all null)
 LABEL_COLUMNS = ("subject_id", "prediction_time", "boolean_value")
 SPLITS = ("train", "tuning", "held_out")
 BIRTH, DEATH = "MEDS_BIRTH", "MEDS_DEATH"
@@ -74,7 +77,7 @@ def split_files(meds_dir: str | Path, split: str) -> list[Path]:
     return files
 
 
-def read_table(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pa.Table:
+def read_table(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS, optional: tuple[str, ...] = ()) -> pa.Table:
     """Read only the needed columns of one parquet file; missing columns raise naming the file."""
     try:
         names = pq.read_schema(path).names
@@ -83,7 +86,21 @@ def read_table(path: Path, required: tuple[str, ...] = REQUIRED_COLUMNS) -> pa.T
     missing = [c for c in required if c not in names]
     if missing:
         raise ValueError(f"{path}: missing MEDS column(s) {missing}; required {list(required)}, found {names}")
-    return pq.read_table(path, columns=list(required))
+    return pq.read_table(path, columns=[*required, *(c for c in optional if c in names)])
+
+
+def meds_aligned(table: pa.Table, schema: str, source: object) -> pa.Table:
+    """`table` cast to the `meds` package's schema `schema` (DataSchema, LabelSchema, ...), which also
+    checks its null rules; a table it cannot align raises naming `source`."""
+    try:
+        import meds
+        from flexible_schema import SchemaValidationError, TableValidationError
+    except ImportError:
+        raise ImportError("the MEDS schemas need the `meds` package: pip install 'gptlab[ehr]'") from None
+    try:
+        return getattr(meds, schema).align(table)
+    except (SchemaValidationError, TableValidationError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise ValueError(f"{source}: not a valid MEDS table ({schema} of meds {meds.__version__}): {e}") from None
 
 
 def _check_not_null(table: pa.Table, column: str, source: Path) -> None:
@@ -99,13 +116,13 @@ def read_split(meds_dir: str | Path, split: str, problems: Problems) -> pa.Table
     float64), sorted by subject then time with static rows first."""
     tables = []
     for path in split_files(meds_dir, split):
-        t = read_table(path)
+        t = read_table(path, optional=("numeric_value",))
         for col in ("subject_id", "code"):
             _check_not_null(t, col, path)
-        t = t.set_column(1, "time", pc.cast(t["time"], pa.timestamp("us")))
-        t = t.set_column(2, "code", pc.cast(t["code"], pa.string()))
-        t = t.set_column(3, "numeric_value", pc.cast(t["numeric_value"], pa.float64()))
-        tables.append(t)
+        if "numeric_value" not in t.column_names:  # MEDS: an absent numeric_value is all null
+            t = t.append_column("numeric_value", pa.nulls(t.num_rows, pa.float32()))
+        t = meds_aligned(t, "DataSchema", path).select(list(DATA_COLUMNS))
+        tables.append(t.set_column(3, "numeric_value", pc.cast(t["numeric_value"], pa.float64())))
     table = pa.concat_tables(tables)
     # NaT (static rows) is int64's minimum, so a stable lexsort puts static rows first
     order = np.lexsort((table["time"].to_numpy(zero_copy_only=False).view(np.int64), table["subject_id"].to_numpy()))
@@ -120,7 +137,7 @@ def read_subject_splits(meds_dir: str | Path) -> dict[int, str] | None:
     path = Path(meds_dir) / "metadata" / "subject_splits.parquet"
     if not path.exists():
         return None
-    t = read_table(path, ("subject_id", "split"))
+    t = meds_aligned(read_table(path, ("subject_id", "split")), "SubjectSplitSchema", path)
     return dict(zip(t["subject_id"].to_pylist(), t["split"].to_pylist()))
 
 
@@ -184,10 +201,19 @@ def read_labels(path: str | Path) -> pa.Table:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"label file not found: {path}")
-    t = read_table(path, LABEL_COLUMNS)
+    return validate_labels(read_table(path, LABEL_COLUMNS), path)
+
+
+def validate_labels(t: pa.Table, source: object) -> pa.Table:
+    """Binary labels (subject_id, prediction_time, boolean_value) with no nulls, aligned to the MEDS
+    LabelSchema (subject_id int64, prediction_time timestamp[us], boolean_value bool)."""
+    missing = [c for c in LABEL_COLUMNS if c not in t.column_names]
+    if missing:
+        raise ValueError(f"{source}: missing label column(s) {missing}; required {list(LABEL_COLUMNS)}")
+    t = t.select(list(LABEL_COLUMNS))
     for col in LABEL_COLUMNS:
-        _check_not_null(t, col, path)
-    return t.set_column(1, "prediction_time", pc.cast(t["prediction_time"], pa.timestamp("us")))
+        _check_not_null(t, col, source)
+    return meds_aligned(t, "LabelSchema", source)
 
 
 def dataset_sha256(meds_dir: str | Path) -> str:

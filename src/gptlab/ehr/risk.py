@@ -2,9 +2,11 @@
 
 For one (subject, prediction_time) the prompt is the subject's timeline up to and including that
 time (never later: `prompt_ids`). The N trajectories run as one batch through the KV cache; each
-stops at an outcome token (→ counts), a stop token, or once its summed interval tokens pass the
-horizon (→ no outcome). Finished rows leave the batch, so the cost follows the live trajectories.
-risk = outcomes / N. The one-step baseline is the probability mass the model puts on the outcome
+stops at an outcome token (→ counts), a stop token (a real "no outcome"), a censor token (the
+record ends: unknown), or once its summed interval tokens pass the horizon (→ no outcome); a row
+still going after max_new_tokens is censored too. Finished rows leave the batch, so the cost
+follows the live trajectories. The risk is `estimate_risk` over how the N rows ended (naive,
+complete-case or Kaplan–Meier; see there). The one-step baseline is the probability mass the model puts on the outcome
 tokens as the very next token.
 """
 
@@ -20,33 +22,46 @@ from gptlab.ehr.meds import Timeline
 from gptlab.ehr.tokenizer import EHRTokenizer
 from gptlab.generation import Decoder
 
+# how each trajectory ended (TrajectoryResult.end_kind)
+OUTCOME, STOP, HORIZON, CENSORED, UNFINISHED = 0, 1, 2, 3, 4
+END_NAMES = ("outcome", "stop", "horizon", "censored", "unfinished")
+
 
 @dataclass
 class TrajectoryResult:
-    risk: float  # fraction of trajectories reaching an outcome within the horizon
+    risk: float  # naive: fraction of trajectories reaching an outcome within the horizon
     one_step: float  # P(next token is an outcome token)
     outcomes: int
-    stopped: int  # ended by a stop token
+    stopped: int  # ended by a stop token (a real "no outcome", e.g. death before readmission)
     past_horizon: int  # ended by the time horizon
-    unfinished: int  # hit max_new_tokens first (counted as no outcome)
+    unfinished: int  # hit max_new_tokens first (censored: the horizon was not reached)
     tokens: int  # new tokens generated over all trajectories
+    censored: int = 0  # ended by a censor token (<TL_END>: the record stops, the outcome is unknown)
+    end_kind: np.ndarray | None = None  # per trajectory: OUTCOME / STOP / HORIZON / CENSORED / UNFINISHED
+    end_minutes: np.ndarray | None = None  # per trajectory: summed interval minutes at its end
 
 
 def prompt_ids(tok: EHRTokenizer, tl: Timeline, prediction_time: np.datetime64, max_len: int) -> list[int]:
     """The timeline up to prediction_time (inclusive), cut to max_len tokens by dropping the oldest
-    events while keeping the demographic prefix (<TL_START>, static codes, age)."""
-    ids = tok.encode_timeline(tl, until=prediction_time)
+    events while keeping the demographic prefix (<TL_START>, static codes, age). With the
+    tokenizer's age_at="window" the AGE token of a cut prompt is the age at its first kept token,
+    as in every training window (windows.PatientWindows)."""
+    ids, times, prefix = tok.encode_with_times(tl, until=prediction_time)
     if len(ids) <= max_len:
         return ids
-    prefix = 2 + sum(len(tok.code_ids(c)) for c in tl.static)
-    return ids[:prefix] + ids[len(ids) - (max_len - prefix):]
+    first = len(ids) - (max_len - prefix)
+    age = ids[prefix - 1]
+    if tok.age_at == "window" and tl.birth is not None:
+        age = tok.age_id(tl.birth, times[first])
+    return ids[: prefix - 1] + [age] + ids[first:]
 
 
 @torch.no_grad()
 def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[int], stop_ids: list[int],
                         token_minutes: np.ndarray, horizon_minutes: float, max_new_tokens: int,
-                        temperature: float = 1.0, generator: torch.Generator | None = None) -> TrajectoryResult:
-    """Sample n continuations of `prompt` with the KV cache until outcome / stop / horizon.
+                        temperature: float = 1.0, generator: torch.Generator | None = None,
+                        censor_ids: list[int] = ()) -> TrajectoryResult:
+    """Sample n continuations of `prompt` with the KV cache until outcome / stop / censor / horizon.
 
     The decoding loop is gptlab.generation's: a `Decoder` (its own KV cache, prefilled once with the
     prompt and fanned out to n rows) and `next_token` under Decoding(temperature=...)."""
@@ -58,7 +73,7 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
         raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds block_size {block}; "
                          f"cut the prompt with prompt_ids(max_len=block_size - max_new_tokens)")
     device = next(model.parameters()).device
-    ends = _Ends(model.config.vocab_size, outcome_ids, stop_ids, token_minutes, horizon_minutes, n, device)
+    ends = _Ends(model.config.vocab_size, outcome_ids, stop_ids, censor_ids, token_minutes, horizon_minutes, n, device)
     decoding = Decoding(temperature=temperature, max_new_tokens=max_new_tokens)
     decoder = Decoder(model, 1, max_len=P + max_new_tokens)
     seq = torch.tensor([prompt], dtype=torch.long, device=device)
@@ -81,23 +96,27 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
             seq, nxt = seq[rows], nxt[rows]
         seq[:, P + step] = nxt
         last = decoder(seq[:, : P + step + 1])
-    unfinished = n - ends.outcomes - ends.stopped - ends.past
-    return TrajectoryResult(ends.outcomes / n, one_step, ends.outcomes, ends.stopped, ends.past, unfinished, tokens)
+    return ends.result(one_step, tokens)
 
 
 class _Ends:
-    """How the live trajectories end: an outcome token within the horizon, a stop token, or the
-    horizon passed (summed interval tokens); counts each and tracks every live row's elapsed time."""
+    """How the live trajectories end: an outcome token within the horizon, a stop token, a censor
+    token, or the horizon passed (summed interval tokens); counts each, and keeps every row's end
+    kind and elapsed minutes (rows still live at the end are UNFINISHED) for estimate_risk."""
 
-    def __init__(self, vocab_size: int, outcome_ids: list[int], stop_ids: list[int], token_minutes: np.ndarray,
-                 horizon_minutes: float, n: int, device: torch.device):
+    def __init__(self, vocab_size: int, outcome_ids: list[int], stop_ids: list[int], censor_ids: list[int],
+                 token_minutes: np.ndarray, horizon_minutes: float, n: int, device: torch.device):
         self.is_outcome = torch.zeros(vocab_size, dtype=torch.bool, device=device)
         self.is_outcome[outcome_ids] = True
-        self.is_stop = torch.zeros_like(self.is_outcome)
+        self.is_censor = torch.zeros_like(self.is_outcome)
+        self.is_censor[list(censor_ids)] = True
+        self.is_stop = self.is_censor.clone()
         self.is_stop[stop_ids] = True
         self.minutes = torch.as_tensor(token_minutes, dtype=torch.float64, device=device)
         self.horizon = horizon_minutes
         self.elapsed = torch.zeros(n, dtype=torch.float64, device=device)
+        self.live = np.arange(n)  # original row of each batch row
+        self.kind, self.when = np.full(n, UNFINISHED), np.zeros(n)
         self.outcomes = self.stopped = self.past = 0
 
     def update(self, nxt: torch.Tensor) -> torch.Tensor:
@@ -106,10 +125,79 @@ class _Ends:
         hit = self.is_outcome[nxt] & (self.elapsed <= self.horizon)
         over = self.elapsed > self.horizon
         stop = self.is_stop[nxt] & ~hit & ~over
+        censor = stop & self.is_censor[nxt]
         self.outcomes += int(hit.sum())
         self.past += int(over.sum())
         self.stopped += int(stop.sum())
+        mins = self.elapsed.cpu().numpy()
+        for mask, k in ((hit, OUTCOME), (over, HORIZON), (stop & ~censor, STOP), (censor, CENSORED)):
+            m = mask.cpu().numpy()
+            self.kind[self.live[m]], self.when[self.live[m]] = k, mins[m]
         return ~(hit | over | stop)
 
     def keep(self, rows: torch.Tensor) -> None:
         self.elapsed = self.elapsed[rows]
+        self.live = self.live[rows.cpu().numpy()]
+
+    def result(self, one_step: float, tokens: int) -> TrajectoryResult:
+        n = len(self.kind)
+        left = self.kind[self.live] == UNFINISHED
+        self.when[self.live[left]] = self.elapsed.cpu().numpy()[left]
+        censored = int((self.kind == CENSORED).sum())
+        unfinished = int((self.kind == UNFINISHED).sum())
+        return TrajectoryResult(self.outcomes / n, one_step, self.outcomes, self.stopped - censored, self.past,
+                                unfinished, tokens, censored, self.kind, self.when)
+
+
+ESTIMATORS = ("naive", "complete_case", "km")
+
+
+def estimate_risk(kind: np.ndarray, when: np.ndarray, estimator: str = "km") -> float:
+    """Risk within the horizon from N trajectory ends (kinds and the minutes at which they ended).
+
+    - naive: outcomes / N, a censored row (<TL_END>, token budget used up) counted as a survivor:
+      biased low by the outcomes those rows would have had.
+    - complete_case: outcomes / (outcomes + stops + reached horizon), censored rows dropped: biased
+      high, as a censored row had survived part of the horizon (its remaining risk is below average).
+    - km: 1 − Kaplan–Meier survival at the horizon, a censored row at risk until its censoring
+      time (an outcome at the same time counts first); a stop (a competing end such as death
+      before readmission) stays in the risk set with no outcome, so without censoring km equals
+      naive exactly (cumulative incidence). Unbiased when censoring is independent of the outcome
+      given the prompt, which is what sampling from one prompt gives.
+    """
+    n = len(kind)
+    if n == 0:
+        raise ValueError("estimate_risk needs at least one trajectory")
+    outcomes = int((kind == OUTCOME).sum())
+    if estimator == "naive":
+        return outcomes / n
+    censored = (kind == CENSORED) | (kind == UNFINISHED)
+    if estimator == "complete_case":
+        resolved = n - int(censored.sum())
+        return outcomes / resolved if resolved else 0.0
+    if estimator != "km":
+        raise ValueError(f"risk estimator {estimator!r}: choose one of {list(ESTIMATORS)}")
+    survival = 1.0
+    for t in np.unique(when[kind == OUTCOME]):
+        at_risk = int((~censored).sum() - ((kind == OUTCOME) & (when < t)).sum() + (censored & (when >= t)).sum())
+        events = int(((kind == OUTCOME) & (when == t)).sum())
+        survival *= 1 - events / at_risk
+    return 1 - survival
+
+
+def horizon_token_budget(tok: EHRTokenizer, timelines: dict, sids: np.ndarray, times: np.ndarray,
+                         horizon_minutes: float, quantile: float = 0.99) -> tuple[int, int]:
+    """(the `quantile` of the number of tokens training records hold in the horizon after a
+    prediction time, + 1 for the outcome token; the number of labels it was measured on). A
+    trajectory needs about that many new tokens to reach its horizon."""
+    counts = []
+    for s, t in zip(sids, times):
+        tl = timelines.get(int(s))
+        if tl is None:
+            continue
+        _, tt, plen = tok.encode_with_times(tl)
+        after = (tt[plen:] > t) & (tt[plen:] <= t + np.timedelta64(int(horizon_minutes), "m"))
+        counts.append(int(after.sum()))
+    if not counts:
+        raise ValueError("no training label to measure the token rate on: set max_new_tokens to a number")
+    return int(np.ceil(np.quantile(counts, quantile))) + 1, len(counts)

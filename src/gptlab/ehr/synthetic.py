@@ -12,7 +12,18 @@ gives the oracle AUROC that a model of the timelines can at best reach. p(h) dep
 conditions, the stay's last creatinine and albumin (only visible through value deciles) and the
 number of stays so far.
 
-    python -m gptlab.ehr.synthetic OUT_DIR --n-patients 3000 --seed 0
+shape="lifelong" (issue 16) grows the shapes of real exports: records start in childhood (age
+0-15: well-child visits with CVX immunizations, SNOMED childhood asthma), run for decades through
+sparse adult visits (gaps of years; conditions diagnosed at onset with their drugs), then the
+same chain of stays. Each discharge also carries a second label, readmission within 30 days,
+exactly Bernoulli(q(h)) (q logistic in age, heart failure, COPD, CKD, the stay's last
+haemoglobin, an emergency admission and the number of stays). To keep both labels exact, a
+death drawn for a discharge falls 30 days to H after it (never before a 30-day readmission) and
+never before an earlier discharge's survived horizon; a readmission stay inside a death's
+horizon gets no labels. shape="adult" is the cohort of the figures before issue 16 (same seed →
+same data).
+
+    python -m gptlab.ehr.synthetic OUT_DIR --n-patients 3000 --seed 0 [--shape lifelong]
 """
 
 from __future__ import annotations
@@ -55,15 +66,32 @@ def days(x: float) -> np.timedelta64:
     return np.timedelta64(int(round(x * 1440)), "m")
 
 
+SHAPES = ("adult", "lifelong")
+VACCINES = ["IMMUNIZATION//CVX//08", "IMMUNIZATION//CVX//20", "IMMUNIZATION//CVX//03", "IMMUNIZATION//CVX//21",
+            "IMMUNIZATION//CVX//10"]
+FLU_VACCINE = "IMMUNIZATION//CVX//140"
+ASTHMA = "DIAGNOSIS//SNOMED//195967001"
+VISIT = "VISIT//OUTPATIENT"
+READMIT_DAYS = 30.0
+
+
 @dataclass
 class Patient:
     rows: list[tuple[np.datetime64 | None, str, float | None]]
     labels: list[tuple[np.datetime64, bool, float]]  # (prediction_time, died within H, p)
+    readmissions: list[tuple[np.datetime64, bool, float]] = None  # (prediction_time, readmitted ≤ 30 d, q)
 
 
 def death_probability(age: float, conditions: np.ndarray, creatinine: float, albumin: float, stays: int) -> float:
     logit = (-3.0 + 0.04 * (age - 65) + sum(c[2] for c, on in zip(CONDITIONS, conditions) if on)
              + 0.9 * (creatinine - 1.2) - 1.2 * (albumin - 3.8) + 0.25 * (stays - 1))
+    return float(1 / (1 + np.exp(-logit)))
+
+
+def readmission_probability(age: float, conditions: np.ndarray, hemoglobin: float, emergency: bool,
+                            stays: int) -> float:
+    logit = (-2.2 + 0.02 * (age - 65) + 1.2 * conditions[HF] + 0.9 * conditions[4] + 0.8 * conditions[CKD]
+             - 0.45 * (hemoglobin - 12.5) + 0.8 * emergency + 0.4 * (stays - 1))
     return float(1 / (1 + np.exp(-logit)))
 
 
@@ -73,6 +101,52 @@ def _labs(rng: np.random.Generator, t: np.datetime64, cond: np.ndarray, sick: fl
     hgb = float(rng.normal(13.5 - 1.5 * cond[CKD] - 1.0 * cond[CANCER], 1.4))
     names = list(LABS)
     return [(t, names[0], round(creat, 2)), (t, names[1], round(alb, 1)), (t, names[2], round(hgb, 1))]
+
+
+def _stay(rng: np.random.Generator, t: np.datetime64, cond: np.ndarray) -> tuple[list[tuple], np.datetime64, list, bool]:
+    """One hospital stay from admission at t: (rows, discharge time, the last labs, emergency?)."""
+    sick = float(rng.random())
+    elective = bool(rng.random() < 0.3)
+    rows = [(t, ADMISSIONS[int(elective)], None)]
+    dx_t = t + int(rng.integers(5, 60)) * MINUTE
+    rows += [(dx_t, c[0], None) for c, on in zip(CONDITIONS, cond) if on]
+    lab_t = t + int(rng.integers(60, 240)) * MINUTE
+    rows += _labs(rng, lab_t, cond, sick)
+    med_t = lab_t + int(rng.integers(30, 180)) * MINUTE
+    rows += [(med_t, "MEDICATION//START//" + c[3], None) for c, on in zip(CONDITIONS, cond) if on and c[3]]
+    los = days(1 + rng.exponential(2 + 2 * sick))
+    last_labs = _labs(rng, t + los - int(rng.integers(120, 600)) * MINUTE, cond, sick)
+    rows += last_labs
+    rows.append((t + los, DISCHARGE, None))
+    return rows, t + los, last_labs, not elective
+
+
+def _early_life(rng: np.random.Generator, birth: np.datetime64, start_age: float, stay_age: float,
+                onset: np.ndarray) -> list[tuple]:
+    """Childhood visits from start_age to 18, then sparse adult visits until stay_age (gaps of
+    years, some over five); a condition is diagnosed, with its drug, at the first visit after its
+    onset age."""
+    rows: list[tuple] = []
+    age, told = start_age, np.zeros(len(CONDITIONS), dtype=bool)
+    asthma = rng.random() < 0.1
+    while age < stay_age:
+        t = birth + days(age * 365.25)
+        rows.append((t, VISIT, None))
+        if age < 18:
+            rows += [(t + 10 * MINUTE, v, None) for v in rng.choice(VACCINES, int(rng.integers(1, 3)), replace=False)]
+            if asthma and rng.random() < 0.5:
+                rows.append((t + 20 * MINUTE, ASTHMA, None))
+        else:
+            if rng.random() < 0.3:
+                rows.append((t + 10 * MINUTE, FLU_VACCINE, None))
+            new = (onset <= age) & ~told
+            rows += [(t + 20 * MINUTE, c[0], None) for c, on in zip(CONDITIONS, new) if on]
+            rows += [(t + 40 * MINUTE, "MEDICATION//START//" + c[3], None) for c, on in zip(CONDITIONS, new) if on and c[3]]
+            told |= new
+            if rng.random() < 0.4:
+                rows.append(_labs(rng, t + 60 * MINUTE, told, 0.0)[0])
+        age += (0.2 + rng.exponential(1.2)) if age < 18 else (0.3 + rng.exponential(2.5))
+    return rows
 
 
 def simulate_patient(rng: np.random.Generator, horizon_days: float) -> Patient:
@@ -85,19 +159,8 @@ def simulate_patient(rng: np.random.Generator, horizon_days: float) -> Patient:
     t = start
     for stay in range(1, MAX_STAYS + 1):
         cond |= rng.random(len(CONDITIONS)) < NEW_CONDITION_PER_STAY
-        sick = float(rng.random())
-        rows.append((t, ADMISSIONS[int(rng.random() < 0.3)], None))
-        dx_t = t + int(rng.integers(5, 60)) * MINUTE
-        rows += [(dx_t, c[0], None) for c, on in zip(CONDITIONS, cond) if on]
-        lab_t = t + int(rng.integers(60, 240)) * MINUTE
-        rows += _labs(rng, lab_t, cond, sick)
-        med_t = lab_t + int(rng.integers(30, 180)) * MINUTE
-        rows += [(med_t, "MEDICATION//START//" + c[3], None) for c, on in zip(CONDITIONS, cond) if on and c[3]]
-        los = days(1 + rng.exponential(2 + 2 * sick))
-        last_labs = _labs(rng, t + los - int(rng.integers(120, 600)) * MINUTE, cond, sick)
-        rows += last_labs
-        t = t + los
-        rows.append((t, DISCHARGE, None))
+        stay_rows, t, last_labs, _ = _stay(rng, t, cond)
+        rows += stay_rows
         age = float((t - birth) / days(1)) / 365.25
         p = death_probability(age, cond, last_labs[0][2], last_labs[1][2], stay)
         dies = bool(rng.random() < p)
@@ -119,14 +182,69 @@ def simulate_patient(rng: np.random.Generator, horizon_days: float) -> Patient:
     return Patient(rows, labels)
 
 
+def _outpatient(rng: np.random.Generator, t: np.datetime64, end: np.datetime64, cond: np.ndarray) -> list[tuple]:
+    """Outpatient creatinine visits after a discharge at t, until end."""
+    rows, visit = [], t + days(rng.exponential(75))
+    while visit < end:
+        rows.append(_labs(rng, visit, cond, 0.0)[0])
+        visit = visit + days(7 + rng.exponential(75))
+    return rows
+
+
+def simulate_lifelong(rng: np.random.Generator, horizon_days: float) -> Patient:
+    """A record from childhood through decades of sparse visits into the chain of stays (module doc)."""
+    start_age, stay_age = float(rng.uniform(0, 15)), float(rng.uniform(35, 85))
+    birth = np.datetime64("1935-01-01T00:00") + int(rng.integers(0, 50 * 365 * 1440)) * MINUTE
+    present = rng.random(len(CONDITIONS)) < np.array([c[1] for c in CONDITIONS])
+    onset = np.where(present, rng.uniform(18, stay_age, len(CONDITIONS)), np.inf)
+    rows: list[tuple] = [(None, "GENDER//" + ("F" if rng.random() < 0.5 else "M"), None), (birth, "MEDS_BIRTH", None)]
+    rows += _early_life(rng, birth, start_age, stay_age, onset)
+    cond, deaths, readmissions = present.copy(), [], []
+    t, alive_until = birth + days(stay_age * 365.25), np.datetime64("NaT")
+    for stay in range(1, MAX_STAYS + 1):
+        cond |= rng.random(len(CONDITIONS)) < NEW_CONDITION_PER_STAY
+        stay_rows, t, last, emergency = _stay(rng, t, cond)
+        rows += stay_rows
+        age = float((t - birth) / days(1)) / 365.25
+        p = death_probability(age, cond, last[0][2], last[1][2], stay)
+        q = readmission_probability(age, cond, last[2][2], emergency, stay)
+        dies, readmit = bool(rng.random() < p), bool(rng.random() < q)
+        deaths.append((t, dies, p))
+        readmissions.append((t, readmit, q))
+        lo = t + days(READMIT_DAYS) if np.isnat(alive_until) else max(t + days(READMIT_DAYS), alive_until)
+        death_t = lo + days(rng.uniform(0, 1) * float((t + days(horizon_days) - lo) / days(1)))
+        nxt = t + days(rng.uniform(1, READMIT_DAYS)) if readmit else None
+        if nxt is None and not dies and stay < MAX_STAYS and rng.random() < 0.45:
+            nxt = t + days(rng.uniform(READMIT_DAYS, 1.5 * horizon_days))
+        if stay == MAX_STAYS:
+            nxt = None
+        end = death_t if dies else (nxt if nxt is not None else t + days(1.5 * horizon_days))
+        rows += _outpatient(rng, t, min(end, nxt) if nxt is not None else end, cond)
+        if dies:
+            if nxt is not None:  # a readmission inside the death's horizon: no labels, death after it
+                extra, d2, _, _ = _stay(rng, nxt, cond)
+                rows += extra
+                death_t = min(max(death_t, d2 + days(1)), t + days(horizon_days))
+            rows.append((death_t, "MEDS_DEATH", None))
+            break
+        if nxt is None:
+            break
+        alive_until, t = t + days(horizon_days), nxt
+    return Patient(rows, deaths, readmissions)
+
+
 def generate_cohort(out_dir: str | Path, n_patients: int = 3000, seed: int = 0, horizon_days: float = 365.0,
-                    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)) -> Path:
-    """Write a MEDS dataset (data/, metadata/, tasks/death_<H>d.parquet and its oracle) to out_dir."""
+                    split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2), shape: str = "adult") -> Path:
+    """Write a MEDS dataset (data/, metadata/, tasks/death_<H>d.parquet and its oracle; lifelong
+    also tasks/readmission_30d.parquet and its oracle) to out_dir."""
     if n_patients < 10:
         raise ValueError(f"n_patients must be >= 10 (three splits need subjects), got {n_patients}")
+    if shape not in SHAPES:
+        raise ValueError(f"synthetic cohort shape={shape!r}: choose one of {list(SHAPES)}")
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
-    patients = [simulate_patient(rng, horizon_days) for _ in range(n_patients)]
+    simulate = simulate_patient if shape == "adult" else simulate_lifelong
+    patients = [simulate(rng, horizon_days) for _ in range(n_patients)]
     ids = np.arange(1, n_patients + 1) + 100000
     n_train, n_tune = int(split_fractions[0] * n_patients), int(split_fractions[1] * n_patients)
     splits = ["train"] * n_train + ["tuning"] * n_tune + ["held_out"] * (n_patients - n_train - n_tune)
@@ -150,15 +268,25 @@ def generate_cohort(out_dir: str | Path, n_patients: int = 3000, seed: int = 0, 
     (out / "metadata").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.table({"subject_id": pa.array(ids, pa.int64()), "split": splits}),
                    out / "metadata" / "subject_splits.parquet")
-    names = {**LABS, **{c[0]: c[4] for c in CONDITIONS}}
+    names = {**LABS, **{c[0]: c[4] for c in CONDITIONS}, ASTHMA: "asthma (SNOMED)", VISIT: "outpatient visit",
+             FLU_VACCINE: "influenza vaccine (CVX 140)"}
     pq.write_table(pa.table({"code": list(names), "description": list(names.values())}),
                    out / "metadata" / "codes.parquet")
+    version = f"n{n_patients}-seed{seed}-h{horizon_days:g}d" + ("" if shape == "adult" else f"-{shape}")
     (out / "metadata" / "dataset.json").write_text(json.dumps(
-        {"dataset_name": "gptlab-synthetic", "dataset_version": f"n{n_patients}-seed{seed}-h{horizon_days:g}d",
+        {"dataset_name": "gptlab-synthetic", "dataset_version": version,
          "etl_name": "gptlab.ehr.synthetic", "meds_version": "0.3.3"}))
-    label_rows = [(int(s), t.astype("datetime64[us]"), d, p) for s, pat in zip(ids, patients) for t, d, p in pat.labels]
     (out / "tasks").mkdir(parents=True, exist_ok=True)
-    task = f"death_{horizon_days:g}d"
+    write_task(out, f"death_{horizon_days:g}d", [(s, lab) for s, pat in zip(ids, patients) for lab in pat.labels])
+    if shape != "adult":
+        write_task(out, f"readmission_{READMIT_DAYS:g}d",
+                   [(s, lab) for s, pat in zip(ids, patients) for lab in pat.readmissions])
+    return out
+
+
+def write_task(out: Path, task: str, labels: list[tuple[int, tuple]]) -> None:
+    """tasks/<task>.parquet (MEDS label schema) and tasks/<task>_oracle.parquet (the true risk)."""
+    label_rows = [(int(s), t.astype("datetime64[us]"), d, p) for s, (t, d, p) in labels]
     n = len(label_rows)
     pq.write_table(pa.table({
         "subject_id": pa.array([r[0] for r in label_rows], pa.int64()),
@@ -170,7 +298,6 @@ def generate_cohort(out_dir: str | Path, n_patients: int = 3000, seed: int = 0, 
         "subject_id": pa.array([r[0] for r in label_rows], pa.int64()),
         "prediction_time": pa.array([r[1] for r in label_rows], pa.timestamp("us")),
         "probability": pa.array([r[3] for r in label_rows], pa.float64())}), out / "tasks" / f"{task}_oracle.parquet")
-    return out
 
 
 def main() -> None:
@@ -179,8 +306,9 @@ def main() -> None:
     ap.add_argument("--n-patients", type=int, default=3000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--horizon-days", type=float, default=365.0)
+    ap.add_argument("--shape", choices=SHAPES, default="adult")
     args = ap.parse_args()
-    out = generate_cohort(args.out_dir, args.n_patients, args.seed, args.horizon_days)
+    out = generate_cohort(args.out_dir, args.n_patients, args.seed, args.horizon_days, shape=args.shape)
     print(f"wrote {out}")
 
 

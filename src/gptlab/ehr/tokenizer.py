@@ -4,9 +4,17 @@
     ATC//A ATC//A10 ATC//A10B ATC//A10BA ATC//A10BA02  LAB//creatinine Q7  TIME//1d-3d  ...  <TL_END>
 
 - Prefix: static (null-time) codes such as the sex, then the age at the first event in bins.
-  MEDS_BIRTH is used for the age and not emitted as an event.
+  MEDS_BIRTH is used for the age and not emitted as an event. With age_at="window" a window or
+  prompt that starts later in the timeline restates the age at its own first timed token
+  (`window_age_ids`, `encode_with_times`), as ETHOS restates the static prefix per window: a
+  model should not have to sum decades of interval tokens to know how old the patient is. With
+  age_updates the timeline itself says each new age bin (an AGE token before the first event in
+  it), so a prompt whose newest tokens span decades of sparse visits still ends knowing the age
+  at the prediction time.
 - Time: between consecutive distinct timestamps, one interval token from configurable edges
-  (ETHOS: 5m-15m … 3mt-6mt); gaps ≥ the last edge give that token repeated, then the remainder.
+  (ETHOS: 5m-15m … 3mt-6mt, then 6mt-1y 1y-2y 2y-5y 5y+). long_gaps="bounded": a gap ≥ the last
+  edge is one top token, so any gap costs at most one token; "repeat" (the old layout, kept to
+  read old checkpoints) repeats the top token per multiple of the last edge, then the remainder.
 - Codes are split into hierarchy parts so rare codes still say something: ICD-10-CM as chapter /
   category / full code (ICD-9 mapped to ICD-10 first), medications as their verb + ATC levels,
   other codes whole. A part seen fewer than min_count times in training becomes its family's
@@ -36,23 +44,33 @@ ETHOS_TIME_EDGES = (5, 15, 60, 120, 360, 720, 1440, 4320, 10080, 20160, 43200, 1
 MINUTE_US = 60_000_000
 
 
+LONG_GAPS = ("repeat", "bounded")
+AGE_AT = ("first_event", "window")
+
+
 def format_minutes(m: int) -> str:
-    for unit, size in (("mt", 43200), ("w", 10080), ("d", 1440), ("h", 60)):
+    for unit, size in (("y", 525600), ("mt", 43200), ("w", 10080), ("d", 1440), ("h", 60)):
         if m % size == 0:
             return f"{m // size}{unit}"
     return f"{m}m"
 
 
-def time_bin_names(edges: Iterable[int]) -> list[str]:
+def time_bin_names(edges: Iterable[int], long_gaps: str = "repeat") -> list[str]:
+    """One name per bin; the top bin is `TIME//5y+` when bounded (it stands for any longer gap)."""
     edges = list(edges)
-    return [f"TIME//{format_minutes(a)}-{format_minutes(b)}" for a, b in zip(edges, edges[1:])] + \
-        [f"TIME//{format_minutes(edges[-1])}"]
+    top = f"TIME//{format_minutes(edges[-1])}" + ("+" if long_gaps == "bounded" else "")
+    return [f"TIME//{format_minutes(a)}-{format_minutes(b)}" for a, b in zip(edges, edges[1:])] + [top]
 
 
-def gap_tokens(gap_minutes: float, edges: tuple[int, ...], names: list[str]) -> list[str]:
-    """Interval tokens for one gap: nothing below edges[0], the top token repeated for each full
-    multiple of edges[-1], then the bin of the remainder."""
+def gap_tokens(gap_minutes: float, edges: tuple[int, ...], names: list[str], long_gaps: str = "repeat") -> list[str]:
+    """Interval tokens for one gap: nothing below edges[0]; bounded: the one bin holding the gap
+    (the top bin for any gap ≥ edges[-1]); repeat: the top token for each full multiple of
+    edges[-1], then the bin of the remainder."""
     top = edges[-1]
+    if long_gaps == "bounded":
+        if gap_minutes < edges[0]:
+            return []
+        return [names[min(int(np.searchsorted(edges, gap_minutes, side="right")) - 1, len(names) - 1)]]
     out = [names[-1]] * int(gap_minutes // top)
     rest = gap_minutes - top * len(out)
     if rest >= edges[0]:
@@ -103,7 +121,8 @@ def part_family(token: str) -> str:
 class EHRTokenizer(Tokenizer):
     def __init__(self, vocab: list[str], quantiles: dict[str, list[float]], *, time_edges: Iterable[int],
                  atc_levels: Iterable[int], age_bin_years: int, names: dict[str, str] | None = None,
-                 min_count: int = 5):
+                 min_count: int = 5, long_gaps: str = "repeat", age_at: str = "first_event",
+                 age_updates: bool = False):
         self.vocab = list(vocab)
         self.stoi = {t: i for i, t in enumerate(self.vocab)}
         if len(self.stoi) != len(self.vocab):
@@ -112,14 +131,19 @@ class EHRTokenizer(Tokenizer):
         self.time_edges, self.atc_levels = tuple(int(e) for e in time_edges), tuple(int(a) for a in atc_levels)
         self.age_bin_years, self.min_count = int(age_bin_years), int(min_count)
         self.names = dict(names or {})
-        self.time_names = time_bin_names(self.time_edges)
+        for key, value, allowed in (("long_gaps", long_gaps, LONG_GAPS), ("age_at", age_at, AGE_AT)):
+            if value not in allowed:
+                raise ValueError(f"EHR tokenizer {key}={value!r}: choose one of {list(allowed)}")
+        self.long_gaps, self.age_at, self.age_updates = long_gaps, age_at, bool(age_updates)
+        self.time_names = time_bin_names(self.time_edges, long_gaps)
         self._code_cache: dict[str, list[int]] = {}
 
     # ---- fitting --------------------------------------------------------------------------------
     @classmethod
     def fit(cls, timelines: Iterable[Timeline], *, min_count: int = 5, time_edges: Iterable[int] = ETHOS_TIME_EDGES,
             atc_levels: Iterable[int] = C.ATC_LEVELS, age_bin_years: int = 5, n_quantiles: int = 10,
-            code_names: dict[str, str] | None = None) -> EHRTokenizer:
+            code_names: dict[str, str] | None = None, long_gaps: str = "repeat",
+            age_at: str = "first_event", age_updates: bool = False) -> EHRTokenizer:
         """Learn the vocabulary and value deciles from (training) timelines only."""
         atc_levels, time_edges = tuple(atc_levels), tuple(time_edges)
         if list(time_edges) != sorted(set(time_edges)) or time_edges[0] <= 0:
@@ -144,7 +168,7 @@ class EHRTokenizer(Tokenizer):
         kept = sorted(t for t, c in counts.items() if c >= min_count)
         families = sorted({part_family(t) for t in counts} | {"ICD10", "ATC", "DRUG", "ICD9", "AGE"})
         ages = [f"AGE//{a}-{a + age_bin_years - 1}" for a in range(0, 90, age_bin_years)] + ["AGE//90+"]
-        vocab = [START, END, UNK, DEATH, *time_bin_names(time_edges), *(f"Q{i}" for i in range(1, n_quantiles + 1)),
+        vocab = [START, END, UNK, DEATH, *time_bin_names(time_edges, long_gaps), *(f"Q{i}" for i in range(1, n_quantiles + 1)),
                  *ages, *(f"{f}//UNK" for f in families)]
         vocab += [t for t in kept if t not in set(vocab)]
         qs = np.linspace(0, 1, n_quantiles + 1)[1:-1]
@@ -158,7 +182,7 @@ class EHRTokenizer(Tokenizer):
             if name:
                 names[tok] = name
         return cls(vocab, quantiles, time_edges=time_edges, atc_levels=atc_levels, age_bin_years=age_bin_years,
-                   names=names, min_count=min_count)
+                   names=names, min_count=min_count, long_gaps=long_gaps, age_at=age_at, age_updates=age_updates)
 
     @staticmethod
     def _lookup_name(token: str, raw_code: str | None, code_names: dict[str, str]) -> str | None:
@@ -216,42 +240,77 @@ class EHRTokenizer(Tokenizer):
         lo = int(max(years, 0) // self.age_bin_years) * self.age_bin_years
         return f"AGE//{lo}-{lo + self.age_bin_years - 1}"
 
+    def age_id(self, birth: np.datetime64 | None, at: np.datetime64 | None) -> int:
+        """The AGE token id of someone born at `birth` at time `at` (AGE//UNK without a birth)."""
+        if birth is None or at is None:
+            return self.stoi["AGE//UNK"]
+        years = float((at - birth) / np.timedelta64(1, "D")) / 365.25
+        return self.stoi.get(self.age_token(years), self.stoi["AGE//UNK"])
+
     def prefix_ids(self, tl: Timeline, has_events: bool = True, problems: Problems | None = None) -> list[int]:
         """`<TL_START>`, the static codes and the AGE token: what precedes the first timed event."""
-        age = None
-        if tl.birth is not None and has_events:
-            age = float((tl.times[0] - tl.birth) / np.timedelta64(1, "D")) / 365.25
-        elif problems is not None:
+        if (tl.birth is None or not has_events) and problems is not None:
             problems.add("subjects_without_MEDS_BIRTH_age_UNK", 1, f"subject {tl.subject_id}")
         ids = [self.stoi[START]]
         for code in tl.static:
             ids.extend(self.code_ids(code, problems))
-        ids.append(self.stoi.get(self.age_token(age), self.stoi["AGE//UNK"]))
+        ids.append(self.age_id(tl.birth, tl.times[0] if has_events else None))
         return ids
 
     def encode_timeline(self, tl: Timeline, until: np.datetime64 | None = None,
                         problems: Problems | None = None) -> list[int]:
         """The token ids of a timeline; with `until`, only events at or before it and no end token
         (a prompt for prediction at that time)."""
+        return self.encode_with_times(tl, until, problems)[0]
+
+    def encode_with_times(self, tl: Timeline, until: np.datetime64 | None = None,
+                          problems: Problems | None = None) -> tuple[list[int], np.ndarray, int]:
+        """(ids, the time each token is known at, prefix length). An event's tokens carry its time;
+        the interval tokens before event i carry event i-1's (the gap is what follows it); the
+        prefix carries the first event's. A window starting at token k is "as of" times[k]."""
         n = len(tl.times) if until is None else int(np.searchsorted(tl.times, until, side="right"))
         ids = self.prefix_ids(tl, n > 0, problems)
+        plen = len(ids)
+        at: list[int] = [0] * plen  # index of the event each token is known at
         minutes = (tl.times[:n] - tl.times[0]).astype("timedelta64[us]").astype(np.int64) / MINUTE_US
         for i in range(n):
             if i:
                 gap = minutes[i] - minutes[i - 1]
                 if gap >= self.time_edges[0]:
-                    ids.extend(self.stoi[t] for t in gap_tokens(gap, self.time_edges, self.time_names))
-            ids.extend(self.code_ids(tl.codes[i], problems))
-            v = tl.values[i]
-            if np.isfinite(v):
-                q = self.value_id(tl.codes[i], v)
-                if q is not None:
-                    ids.append(q)
-                elif problems is not None:
-                    problems.add("values_of_codes_without_deciles_dropped", 1, tl.codes[i])
+                    gaps = gap_tokens(gap, self.time_edges, self.time_names, self.long_gaps)
+                    ids.extend(self.stoi[t] for t in gaps)
+                    at.extend([i - 1] * len(gaps))
+            before = len(ids)
+            if self.age_updates and i and tl.birth is not None:
+                age = self.age_id(tl.birth, tl.times[i])
+                if age != self.age_id(tl.birth, tl.times[i - 1]):
+                    ids.append(age)  # a new age bin: said before the first event in it
+            self._event_ids(tl, i, ids, problems)
+            at.extend([i] * (len(ids) - before))
         if until is None:
             ids.append(self.stoi[END])
-        return ids
+            at.append(max(n - 1, 0))
+        times = tl.times[np.asarray(at, dtype=np.int64)] if n else np.full(len(ids), np.datetime64("NaT", "us"))
+        return ids, times, plen
+
+    def window_age_ids(self, tl: Timeline, times: np.ndarray) -> np.ndarray:
+        """For each token, the AGE token id a window starting there restates (age_at="window"), or
+        the timeline's own first-event age everywhere (age_at="first_event")."""
+        if self.age_at == "first_event" or tl.birth is None:
+            return np.full(len(times), self.age_id(tl.birth, tl.times[0] if len(tl.times) else None), dtype=np.int64)
+        years = (times - tl.birth) / np.timedelta64(1, "D") / 365.25
+        return np.array([self.stoi.get(self.age_token(float(y)), self.stoi["AGE//UNK"]) for y in years], dtype=np.int64)
+
+    def _event_ids(self, tl: Timeline, i: int, ids: list[int], problems: Problems | None) -> None:
+        """Append event i's code tokens and its value decile."""
+        ids.extend(self.code_ids(tl.codes[i], problems))
+        v = tl.values[i]
+        if np.isfinite(v):
+            q = self.value_id(tl.codes[i], v)
+            if q is not None:
+                ids.append(q)
+            elif problems is not None:
+                problems.add("values_of_codes_without_deciles_dropped", 1, tl.codes[i])
 
     @property
     def eot_token_id(self) -> int:
@@ -280,8 +339,9 @@ class EHRTokenizer(Tokenizer):
     # ---- what risk estimation needs -------------------------------------------------------------
     @cached_property
     def token_minutes(self) -> np.ndarray:
-        """Minutes each token stands for: the bin's midpoint for interval tokens (the top bin its
-        edge, as longer gaps repeat it), 0 for every other token."""
+        """Minutes each token stands for: the bin's midpoint for interval tokens, the top bin its
+        lower edge (the least it can mean: a longer gap repeats it or, bounded, says only "at
+        least"), 0 for every other token."""
         out = np.zeros(self.vocab_size)
         edges = list(self.time_edges)
         for k, name in enumerate(self.time_names):
@@ -296,10 +356,12 @@ class EHRTokenizer(Tokenizer):
     def to_spec(self) -> dict[str, Any]:
         return {"kind": "ehr", "vocab": self.vocab, "time_edges": list(self.time_edges),
                 "atc_levels": list(self.atc_levels), "age_bin_years": self.age_bin_years,
-                "min_count": self.min_count, "quantiles": {k: v.tolist() for k, v in self.quantiles.items()},
+                "min_count": self.min_count, "long_gaps": self.long_gaps, "age_at": self.age_at, "age_updates": self.age_updates, "quantiles": {k: v.tolist() for k, v in self.quantiles.items()},
                 "names": self.names}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> EHRTokenizer:
         return cls(spec["vocab"], spec["quantiles"], time_edges=spec["time_edges"], atc_levels=spec["atc_levels"],
-                   age_bin_years=spec["age_bin_years"], names=spec.get("names"), min_count=spec["min_count"])
+                   age_bin_years=spec["age_bin_years"], names=spec.get("names"), min_count=spec["min_count"],
+                   long_gaps=spec.get("long_gaps", "repeat"), age_at=spec.get("age_at", "first_event"),
+                   age_updates=spec.get("age_updates", False))

@@ -6,6 +6,10 @@ hold the previous patient's. As in ETHOS, each window here is built as
 
     prefix (<TL_START> … AGE) + timeline[o : o + block_size + 1 - len(prefix)]
 
+where AGE is the age at timeline[o]'s time (`{split}_age.npy`, written by prepare), so a window
+deep in a decades-long record says how old the patient is there, as a risk prompt cut to its
+newest tokens does (risk.prompt_ids).
+
 for a patient drawn with probability ∝ its number of timed tokens and an offset o drawn uniformly
 among them. The target at the join (predicting timeline[o] from the AGE token) is ignored (-1)
 unless o is the first timed token: for a later o, AGE is not what precedes timeline[o]. A
@@ -32,8 +36,11 @@ class PatientWindows(BatchStream):
     """Patient-aligned windows; batch n is drawn from rng(seed, rank, n)."""
 
     def __init__(self, ids: np.ndarray, index: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 start: int = 0, rank: int = 0, pack: bool = False):
+                 start: int = 0, rank: int = 0, pack: bool = False, ages: np.ndarray | None = None):
         self.ids, self.block_size, self.batch_size, self.seed = ids, block_size, batch_size, seed
+        if ages is not None and len(ages) != len(ids):
+            raise ValueError(f"window ages hold {len(ages)} tokens but the bin {len(ids)}: re-run prepare")
+        self.ages = ages
         self.start, self.rank, self.pack = start, rank, pack
         self.begin, self.end, self.prefix_end = (index[:, k].astype(np.int64) for k in (1, 2, 3))
         too_long = self.prefix_end - self.begin >= block_size
@@ -48,7 +55,9 @@ class PatientWindows(BatchStream):
 
     def window(self, patient: int, o: int) -> tuple[np.ndarray, np.ndarray]:
         """x, y (each block_size long) for one patient and one offset into its timed tokens."""
-        prefix = self.ids[self.begin[patient] : self.prefix_end[patient]]
+        prefix = self.ids[self.begin[patient] : self.prefix_end[patient]].astype(np.int64)
+        if self.ages is not None:
+            prefix[-1] = self.ages[o]  # the age at the window's first timed token
         stop = len(self.ids) if self.pack else self.end[patient]
         rest = self.ids[o : min(o + self.block_size + 1 - len(prefix), stop)]
         chunk = np.concatenate([prefix, rest]).astype(np.int64)
@@ -73,9 +82,10 @@ class PatientWindows(BatchStream):
 def patient_windows(data_dir: Path, ids: np.ndarray, block_size: int, batch_size: int, seed: int,
                     start: int = 0, rank: int = 0, pack: bool = False, split: str = "train") -> PatientWindows:
     """The `data.windows` factory GPTDataModule calls for the train and val splits (reads `<split>_index.npy`)."""
-    from gptlab.ehr.prepare import read_index
+    from gptlab.ehr.prepare import read_index, read_window_ages
 
-    return PatientWindows(ids, read_index(data_dir, split), block_size, batch_size, seed, start, rank, pack)
+    return PatientWindows(ids, read_index(data_dir, split), block_size, batch_size, seed, start, rank, pack,
+                          ages=read_window_ages(data_dir, split))
 
 
 packed_patient_windows = partial(patient_windows, pack=True)  # data.windows with short timelines packed

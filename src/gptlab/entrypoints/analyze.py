@@ -12,6 +12,7 @@ from gptlab.analysis.report import ReportOptions, write_report
 from gptlab.data import GPTDataModule
 from gptlab.data.build import build_datamodule
 from gptlab.entrypoints.config import hydra_entry, to_plain
+from gptlab.errors import MissingFile, UserError
 
 
 def run_datamodule(run_dir: Path, data_dir: str | None) -> GPTDataModule:
@@ -23,7 +24,7 @@ def run_datamodule(run_dir: Path, data_dir: str | None) -> GPTDataModule:
     """
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: analyze.py needs the run's resolved config to find its data")
+        raise MissingFile(f"{path} not found: analyze.py needs the run's resolved config to find its data")
     cfg = OmegaConf.load(path)
     dm = build_datamodule(cfg)
     if data_dir:
@@ -33,7 +34,7 @@ def run_datamodule(run_dir: Path, data_dir: str | None) -> GPTDataModule:
     try:
         dm.prepare_data()
     except FileNotFoundError as e:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{e}: cannot rebuild the data of {run_dir} (data.path={cfg.data.path}); give data_dir=<folder of "
             f"prepared bins> or point data.path at the text in {path}"
         ) from None
@@ -44,7 +45,7 @@ def run_datamodule(run_dir: Path, data_dir: str | None) -> GPTDataModule:
 def run_analyze(cfg: DictConfig) -> Path:
     """Write <run_dir>/report/ (report.md and PNGs); returns the report folder."""
     if not cfg.run_dir:
-        raise ValueError("give run_dir=outputs/<run_name>/<time> (a run folder written by train.py, or a multirun folder)")
+        raise UserError("give run_dir=outputs/<run_name>/<time> (a run folder written by train.py, or a multirun folder)")
     runs = find_runs(cfg.run_dir)
     main, compare = runs[0], [*runs[1:], *(cfg.compare or [])]  # a multirun folder: its first job vs the rest
     cache: dict[str, np.ndarray] = {}
@@ -75,6 +76,6 @@ def run_analyze(cfg: DictConfig) -> Path:
     return out
 
 
-@hydra_entry("analyze")
+@hydra_entry("analyze", free_text=("prompt",))  # prompt=... as typed
 def main(cfg: DictConfig) -> None:
     run_analyze(cfg)

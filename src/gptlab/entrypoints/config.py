@@ -3,13 +3,19 @@ resolvers registered), the OmegaConf resolvers used by conf/, and to_plain."""
 
 from __future__ import annotations
 
+import functools
+import re
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import OmegaConf
 
 from gptlab.data.build import to_plain  # noqa: F401  (the entry points' import of it)
+from gptlab.entrypoints.argv import quote_free_text
+from gptlab.errors import user_errors
 from gptlab.paths import asset
 
 
@@ -22,17 +28,42 @@ def _eval(expr: str) -> Any:
     return eval(expr, {"__builtins__": {}}, {})
 
 
+def _slug(name: Any) -> str:
+    """One folder name for a dataset name: a path's last part (`/data/docs.jsonl` → `docs.jsonl`), a
+    Hub name's slash as `_` (`stas/openwebtext-10k` → `stas_openwebtext-10k`), nothing else but
+    letters, digits and `._-`; so that outputs/<run_name>/ is one folder, never a nested path."""
+    text = str(name)
+    if text.startswith(("/", "~", ".")) or "\\" in text:
+        text = Path(text.rstrip("/\\")).name or text
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "data"
+
+
 def register_resolvers() -> None:
-    for name, fn in (("asset", _asset), ("eval", _eval)):
+    for name, fn in (("asset", _asset), ("eval", _eval), ("slug", _slug)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
 
-def hydra_entry(config_name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def hydra_entry(config_name: str, free_text: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`@hydra_entry("train") def main(cfg)`: a Hydra CLI over conf/<config_name>.yaml, read from the
-    installed package (pkg://gptlab.conf), so it runs from any folder; the resolvers are registered first."""
+    installed package (pkg://gptlab.conf), so it runs from any folder; the resolvers are registered first.
+    A UserError prints as `error: <message>` with exit status 2 (gptlab.errors); the `free_text` keys
+    (e.g. prompt) take what the shell passes verbatim (gptlab.entrypoints.argv)."""
     register_resolvers()
-    return hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name=config_name)
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        cli = hydra.main(version_base="1.3", config_path="pkg://gptlab.conf", config_name=config_name)(
+            user_errors(fn))
+
+        @functools.wraps(fn)
+        def main(*args: Any, **kwargs: Any) -> Any:
+            if free_text and not args and not kwargs:  # a command line, not a call with a config
+                sys.argv = quote_free_text(sys.argv, free_text)
+            return cli(*args, **kwargs)
+
+        return main
+
+    return decorate
 
 
 register_resolvers()

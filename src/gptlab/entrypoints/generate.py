@@ -1,6 +1,6 @@
 """`python generate.py ...`: load a checkpoint (or HF GPT-2 weights), decode a prompt, print text.
 
-decoding=greedy|temperature|top_k|top_p|beam picks the strategy (conf/decoding); `stream=true`
+decoding=greedy|temperature|top_k|top_p|beam picks the strategy (src/gptlab/conf_generate/decoding); `stream=true`
 prints tokens as they come, `stop=[...]` ends a sample at a string, `compare=true` decodes the
 prompt under every entry of `compare_decodings` with per-token log-likelihood and tokens/s.
 """
@@ -16,10 +16,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
+from gptlab.entrypoints.argv import unescape
 from gptlab.entrypoints.config import hydra_entry
+from gptlab.errors import MissingFile, UserError
 from gptlab.generation import Decoding, TextStream, beam_search, stream, token_logprobs
 from gptlab.hf import from_pretrained
 from gptlab.model import GPT
+from gptlab.tasks import answer_text, load_task_model
 from gptlab.tokenizers import TiktokenTokenizer, Tokenizer, tokenizer_from_spec
 
 SHORTCUTS = ("temperature", "top_k", "top_p")  # top-level keys that override the chosen decoding's
@@ -35,24 +38,24 @@ def load_model(cfg: DictConfig) -> tuple[GPT, Tokenizer]:
     if cfg.ckpt_path:
         model, ckpt = load_gpt_from_lightning_ckpt(cfg.ckpt_path)
         if not ckpt.get("tokenizer"):
-            raise ValueError(f"{cfg.ckpt_path} holds no tokenizer spec; it was not written by gptlab's train.py")
+            raise UserError(f"{cfg.ckpt_path} holds no tokenizer spec; it was not written by gptlab's train.py")
         return model, tokenizer_from_spec(ckpt["tokenizer"])
     if cfg.init_from:
         return from_pretrained(cfg.init_from), TiktokenTokenizer("gpt2")
-    raise ValueError("give ckpt_path=<a .ckpt from train.py> or init_from=<HF GPT-2 folder or name>")
+    raise UserError("give ckpt_path=<a .ckpt from train.py> or init_from=<HF GPT-2 folder or name>")
 
 
 def read_prompt(prompt: str) -> str:
     if prompt.startswith("FILE:"):
         path = Path(prompt[5:]).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"prompt file not found: {path}")
+            raise MissingFile(f"prompt file not found: {path}")
         return path.read_text(encoding="utf-8")
-    return prompt
+    return unescape(prompt)  # `prompt='ROMEO:\n'` ends with a newline, as stop= reads escapes
 
 
 def decoding_from(cfg: DictConfig, tok: Tokenizer, entry: Any, shortcuts: bool = True) -> Decoding:
-    """The Decoding of a conf/decoding mapping (or a compare_decodings entry), with the top-level
+    """The Decoding of a decoding-group mapping (or a compare_decodings entry), with the top-level
     shortcuts (temperature, top_k, top_p) over it and the run's length, stops, seed and cache."""
     d = OmegaConf.to_container(entry) if OmegaConf.is_config(entry) else dict(entry)
     if shortcuts:
@@ -68,7 +71,7 @@ def stop_strings(cfg: DictConfig) -> list[str]:
     `stop=END`, without brackets, arrives as one string: one stop string, not one per character;
     Hydra reads `stop=[42]` as a number, which stays the string "42"."""
     stops = [cfg.stop] if isinstance(cfg.stop, (str, int, float)) else cfg.stop or []
-    return [str(s).encode("latin-1", "backslashreplace").decode("unicode_escape") for s in stops]
+    return [unescape(str(s)) for s in stops]
 
 
 def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, d: Decoding, generator: torch.Generator | None,
@@ -92,10 +95,20 @@ def decode_one(model: GPT, tok: Tokenizer, idx: torch.Tensor, d: Decoding, gener
     return {"ids": new, "text": text.text, "seconds": dt}
 
 
+def answer_input(cfg: DictConfig, model, ckpt: dict[str, Any], device: torch.device) -> str:
+    """A classify/seq2seq checkpoint answers its input (gptlab.tasks): prompt= is that input."""
+    d = decoding_from(cfg, tokenizer_from_spec(ckpt["tokenizer"]), cfg.decoding)
+    answer = answer_text(model.to(device), ckpt, read_prompt(cfg.prompt), d)
+    print(answer)
+    return answer
+
+
 def run_generate(cfg: DictConfig) -> list[str] | list[dict[str, Any]]:
     """Print and return num_samples continuations of the prompt (prompt included); with compare=true,
     the rows of the comparison table instead (see `run_compare`)."""
     device = pick_device(cfg.device)
+    if cfg.ckpt_path and (task_model := load_task_model(cfg.ckpt_path)) is not None:
+        return [answer_input(cfg, *task_model, device)]
     model, tok = load_model(cfg)
     model.to(device).eval()
     if cfg.compare:
@@ -104,6 +117,10 @@ def run_generate(cfg: DictConfig) -> list[str] | list[dict[str, Any]]:
     prompt, idx = encode_prompt(cfg.prompt, tok, model.config.block_size, device)
     if d.strategy == "beam":
         return run_beam(cfg, model, tok, prompt, idx, d)
+    if cfg.num_samples > 1 and d.greedy:
+        raise UserError(f"num_samples={cfg.num_samples} with {d.label()} decoding: greedy decoding is deterministic, "
+                        f"so every sample would be the same text. Use num_samples=1, a sampling decoding (e.g. "
+                        f"decoding=top_k) for different samples, or decoding=beam for the best num_samples hypotheses")
     g = d.generator(device)  # one stream of draws shared by all samples, so each sample differs
     texts = []
     for i in range(cfg.num_samples):
@@ -124,7 +141,7 @@ def encode_prompt(prompt: str, tok: Tokenizer, block_size: int, device: torch.de
     prompt = read_prompt(prompt)
     ids = tok.encode(prompt)
     if not ids:
-        raise ValueError("the prompt encodes to no tokens; give at least one character")
+        raise UserError("the prompt encodes to no tokens; give at least one character")
     if len(ids) > block_size:
         print(f"[gptlab] warning: the prompt has {len(ids)} tokens; the model sees only the last {block_size} "
               f"(block_size), and recomputes that window for every new token", file=sys.stderr)
@@ -150,7 +167,7 @@ def search_beams(model: GPT, tok: Tokenizer, idx: torch.Tensor, d: Decoding) -> 
 def run_beam(cfg: DictConfig, model: GPT, tok: Tokenizer, prompt: str, idx: torch.Tensor, d: Decoding) -> list[str]:
     """Beam search is one deterministic search: num_samples prints its best hypotheses, best first."""
     if cfg.num_samples > d.num_beams:
-        raise ValueError(f"num_samples={cfg.num_samples} > decoding.num_beams={d.num_beams}: beam search returns "
+        raise UserError(f"num_samples={cfg.num_samples} > decoding.num_beams={d.num_beams}: beam search returns "
                          f"at most num_beams hypotheses")
     hyps, dt = search_beams(model, tok, idx, d)
     rate = max(len(h["ids"]) for h in hyps) / dt
@@ -197,6 +214,6 @@ def print_comparison(rows: list[dict[str, Any]], prompt: str) -> None:
         print(f"\n========== {r['decoding']} (loglik/token {r['loglik_per_token']:.3f})\n{r['text']}")
 
 
-@hydra_entry("generate")
+@hydra_entry("generate", free_text=("prompt",))  # prompt=Café ROMEO: the text as typed
 def main(cfg: DictConfig) -> None:
     run_generate(cfg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -16,22 +17,28 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from gptlab.callbacks.history import continue_history
 from gptlab.callbacks.monitoring import SHARDED_STRATEGIES
-from gptlab.checkpoint import check_resumable, check_writable
+from gptlab.callbacks.progress import emit
+from gptlab.checkpoint import check_resumable, check_writable, load_checkpoint
 from gptlab.data import GPTDataModule, read_meta
 from gptlab.data.build import build_datamodule, to_plain
 from gptlab.entrypoints.config import hydra_entry
+from gptlab.errors import UserError, unknown_key
 from gptlab.lit_module import GPTLitModule
+from gptlab.preflight import run_checks
+from gptlab.tasks import TASK_OBJECTIVES
 
 
 @rank_zero_only
 def say(message: str) -> None:
-    """User-facing progress lines, printed once (rank 0) to stdout."""
-    print(message, flush=True)
+    """User-facing progress lines, printed once (rank 0) to stdout and logged to train.log."""
+    for line in message.splitlines():
+        emit(line)
 
 
 def in_multirun() -> bool:
@@ -63,10 +70,12 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 
 class _DropAdvert(logging.Filter):
-    """Lightning 2.6 logs a tip advertising its cloud logger at every run; the run's own lines matter."""
+    """Lightning 2.6 logs a tip advertising its cloud logger at every run, and a notice whenever the run
+    brings its own model summary (conf/callbacks/default.yaml does); the run's own lines matter."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in record.getMessage()
+        message = record.getMessage()
+        return "litlogger" not in message and "already configured with model summary" not in message
 
 
 def quiet_lightning_notices() -> None:
@@ -83,47 +92,67 @@ def check_schedule(cfg: DictConfig) -> None:
     bare ZeroDivisionError at its first step or validation, or never end it."""
     acc, o, t = cfg.trainer.accumulate_grad_batches, cfg.optim, cfg.trainer
     if not (isinstance(cfg.eval_interval, int) and cfg.eval_interval >= 1):
-        raise ValueError(f"eval_interval={cfg.eval_interval!r}: give an integer ≥ 1 (optimizer steps between "
+        raise UserError(f"eval_interval={cfg.eval_interval!r}: give an integer ≥ 1 (optimizer steps between "
                          f"validations and checkpoints)")
     if not (isinstance(acc, int) and acc >= 1):
-        raise ValueError(f"trainer.accumulate_grad_batches={acc!r}: give an integer ≥ 1 (micro-batches per "
+        raise UserError(f"trainer.accumulate_grad_batches={acc!r}: give an integer ≥ 1 (micro-batches per "
                          f"optimizer step)")
     if not o.lr > 0:
-        raise ValueError(f"optim.lr={o.lr}: the peak learning rate must be > 0")
+        raise UserError(f"optim.lr={o.lr}: the peak learning rate must be > 0")
     if not 0 <= o.min_lr <= o.lr:
-        raise ValueError(f"optim.min_lr={o.min_lr}: give a value in [0, optim.lr={o.lr}] (the cosine decays "
+        raise UserError(f"optim.min_lr={o.min_lr}: give a value in [0, optim.lr={o.lr}] (the cosine decays "
                          f"from lr to min_lr)")
     # the training stream is endless, so an epoch never ends unless limit_train_batches sizes it
     sized = isinstance(t.get("limit_train_batches"), int) or t.get("overfit_batches") or t.get("fast_dev_run")
     if t.max_steps < 0 and t.get("max_epochs") != -1 and not t.get("max_time") and not sized:
-        raise ValueError(
+        raise UserError(
             f"trainer.max_steps={t.max_steps} with trainer.max_epochs={t.get('max_epochs')} would train forever: "
             f"the training batches are an endless stream of random windows, so no epoch ever ends. Set "
             f"trainer.max_steps (optimizer steps), or trainer.limit_train_batches=<batches per epoch>"
         )
 
 
+def check_trainer_keys(trainer: DictConfig) -> None:
+    """`+trainer.max_step=5` names the unknown key and the nearest real one now, not as Trainer's
+    TypeError after the data is prepared."""
+    if trainer.get("_target_") not in ("lightning.pytorch.Trainer", "lightning.pytorch.trainer.trainer.Trainer"):
+        return
+    known = inspect.signature(L.Trainer).parameters
+    for key in trainer:
+        if not str(key).startswith("_") and key not in known:
+            raise unknown_key("trainer", str(key), known)
+
+
 def check_config(cfg: DictConfig) -> None:
     if cfg.resume not in (None, "auto"):
-        raise ValueError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
+        raise UserError(f"resume={cfg.resume!r}: use resume=auto (newest last.ckpt of this run_name) or "
                          f"ckpt_path=<a .ckpt>; null starts fresh")
     check_schedule(cfg)
+    check_trainer_keys(cfg.trainer)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # DDP's other ranks: their launcher checked
+        run_checks(cfg)  # before any data is prepared: ckpt_path exists, GPUs are there, the memory fits
 
 
 def build_module(cfg: DictConfig, meta: dict[str, Any], data_dir: Path) -> GPTLitModule:
-    """conf's `module` (a partial GPTLitModule) completed with what only the prepared data knows: its
-    vocabulary size (when model.vocab_size is null) and its tokenizer."""
-    model_cfg = to_plain(cfg.model)
-    if model_cfg.get("vocab_size") is None:
-        model_cfg["vocab_size"] = meta["vocab_size"]
-    elif meta["vocab_size"] > model_cfg["vocab_size"]:
-        raise ValueError(
+    """conf's `module` (a partial GPTLitModule) completed with what only the prepared data knows: the
+    model (the model node, a partial GPTConfig, given the data's vocabulary size when model.vocab_size is
+    null) and the data's tokenizer."""
+    node = to_plain(cfg.model)
+    compile_model = node.pop("compile", False)  # the LitModule's setting (configure_model), not a GPTConfig field
+    if node.get("vocab_size") is not None and meta["vocab_size"] > node["vocab_size"]:
+        raise UserError(
             f"data {data_dir} has vocab_size {meta['vocab_size']} but model.vocab_size is "
-            f"{model_cfg['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
+            f"{node['vocab_size']}: set model.vocab_size=null (take the data's) or ≥ {meta['vocab_size']}"
         )
-    module = instantiate(cfg.module, _convert_="all")(model=model_cfg, tokenizer=meta["tokenizer"])
+    vocab_size = meta["vocab_size"] if node.get("vocab_size") is None else node["vocab_size"]
+    try:
+        config = instantiate(node)(vocab_size=vocab_size)
+    except TypeError as e:  # e.g. a misspelt +model.<key>
+        raise UserError(f"model: {e} (the model node passes every key but compile to {node['_target_']})") from e
+    model = config.to_dict() | {"compile": compile_model}
+    module = instantiate(cfg.module, _convert_="all")(model=model, tokenizer=meta["tokenizer"])
     if meta["vocab_size"] > module.model.config.vocab_size:  # init_from: the vocabulary is the checkpoint's
-        raise ValueError(
+        raise UserError(
             f"data {data_dir} has vocab_size {meta['vocab_size']} but init_from={cfg.init_from} has "
             f"{module.model.config.vocab_size} token embeddings: train it on data tokenized as it was (GPT-2: "
             f"data.tokenizer=tiktoken), or from scratch (init_from=scratch)"
@@ -137,6 +166,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = instantiate_all(cfg.get("callbacks"))
     if not cfg.trainer.get("enable_progress_bar", True):  # a bar callback with the bar disabled is an error
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.get("objective") in TASK_OBJECTIVES:  # task models answer inputs; val/acc reports them, not a text sample
+        callbacks = [c for c in callbacks if type(c).__name__ != "TextSampler"]
+    if not cfg.trainer.get("enable_model_summary", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ModelSummary)]
     return instantiate(cfg.trainer, logger=instantiate_all(cfg.get("logger")) or False, callbacks=callbacks)
 
 
@@ -179,6 +212,12 @@ def checkpoint_to_resume(cfg: DictConfig, module: GPTLitModule) -> str | None:
     return ckpt_path
 
 
+def keep_history(cfg: DictConfig, trainer: L.Trainer, ckpt_path: str | None) -> None:
+    """The loggers continue the metrics of the run being resumed; nothing logged is deleted."""
+    step = load_checkpoint(ckpt_path, mmap=True).get("global_step") if ckpt_path else None
+    continue_history(trainer.loggers, cfg.paths.run_dir, ckpt_path, step)
+
+
 def fit(trainer: L.Trainer, module: GPTLitModule, datamodule: GPTDataModule, ckpt_path: str | None) -> float:
     """trainer.fit; returns its wall-clock seconds."""
     start = time.perf_counter()
@@ -205,10 +244,13 @@ def report(cfg: DictConfig, trainer: L.Trainer, wall: float) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         (Path(cfg.paths.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
-    best_text = result["best_val_loss"] if result["best_val_loss"] is None else round(result["best_val_loss"], 4)
+    best = result["best_val_loss"]
+    best_text = f"best val loss {best:.4f}" if best is not None else \
+        f"no validation ran (one every eval_interval={cfg.eval_interval} steps)"
+    best_ckpt = f", {result['best_ckpt']} (best)" if result["best_ckpt"] else ""
     say(
-        f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | best val loss {best_text}\n"
-        f"[gptlab] checkpoints: {result['last_ckpt']} (last), {result['best_ckpt']} (best)\n"
+        f"[gptlab] done: {result['steps']} steps in {wall:.0f} s | {best_text}\n"
+        f"[gptlab] checkpoints: {result['last_ckpt']} (last){best_ckpt}\n"
         f"[gptlab] logs: {trainer.log_dir}"
     )
     return result
@@ -217,7 +259,7 @@ def report(cfg: DictConfig, trainer: L.Trainer, wall: float) -> dict[str, Any]:
 def sample_after_training(cfg: DictConfig, trainer: L.Trainer, module: GPTLitModule, meta: dict[str, Any]) -> None:
     # sharded weights (FSDP, DeepSpeed): every rank decodes in step, since each forward is collective
     decodes = trainer.is_global_zero or isinstance(trainer.strategy, SHARDED_STRATEGIES)
-    if not decodes or cfg.sample_after_training <= 0 or trainer.interrupted:
+    if not decodes or cfg.sample_after_training <= 0 or trainer.interrupted or module.objective in TASK_OBJECTIVES:
         return
     from gptlab.generation import Decoding, generate_text
     from gptlab.tokenizers import tokenizer_from_spec
@@ -235,7 +277,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     datamodule, module, trainer, meta = build(cfg)
     announce(cfg, datamodule, module, trainer, meta)
-    wall = fit(trainer, module, datamodule, checkpoint_to_resume(cfg, module))
+    ckpt_path = checkpoint_to_resume(cfg, module)
+    keep_history(cfg, trainer, ckpt_path)
+    wall = fit(trainer, module, datamodule, ckpt_path)
     result = report(cfg, trainer, wall)
     sample_after_training(cfg, trainer, module, meta)
     return result

@@ -9,13 +9,14 @@ from omegaconf import DictConfig
 
 from gptlab.analysis.vocab import SHIPPED_SHAKESPEARE, vocab_report
 from gptlab.entrypoints.config import hydra_entry
+from gptlab.errors import MissingFile
 
 
 @hydra_entry("vocab_report")
 def main(cfg: DictConfig) -> None:
     path = Path(cfg.text) if cfg.text else SHIPPED_SHAKESPEARE
     if not path.is_file():
-        raise FileNotFoundError(f"text={cfg.text!r}: no such file")
+        raise MissingFile(f"text={cfg.text!r}: no such file")
     source = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
     report = vocab_report(
         path.read_text(encoding="utf-8"), cfg.vocab_sizes, cfg.out, cfg.pattern, source=str(source)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from gptlab.errors import MissingFile, UserError
+
 
 class Tokenizer(ABC):
     """encode/decode between text and token ids, with a fixed vocabulary size."""
@@ -84,7 +86,7 @@ def tokenizer_from_spec(spec: dict[str, Any]) -> Tokenizer:
     if kind not in _REGISTRY and kind in _LAZY:
         importlib.import_module(_LAZY[kind])
     if kind not in _REGISTRY:
-        raise ValueError(f"unknown tokenizer kind {kind!r}; known: {sorted({*_REGISTRY, *_LAZY})}")
+        raise UserError(f"unknown tokenizer kind {kind!r}; known: {sorted({*_REGISTRY, *_LAZY})}")
     return _REGISTRY[kind].from_spec(spec)
 
 
@@ -96,7 +98,7 @@ def tokenizer_for_data(cfg: dict[str, Any], train_text: str | Iterable[str], ful
     kind = cfg.get("kind")
     kinds = [k for k, c in _REGISTRY.items() if c.builds_from_data()]
     if kind not in kinds:
-        raise ValueError(f"data.tokenizer.kind={kind!r} is not one of: {', '.join(kinds)}")
+        raise UserError(f"data.tokenizer.kind={kind!r} is not one of: {', '.join(kinds)}")
     return _REGISTRY[kind].from_data(cfg, train_text, full_text)
 
 
@@ -105,7 +107,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))  # as saved, whatever the locale's encoding
     except FileNotFoundError:
-        raise FileNotFoundError(f"tokenizer file not found: {path}") from None
+        raise MissingFile(f"tokenizer file not found: {path}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"tokenizer file {path} is not valid JSON: {e}") from None
+        raise UserError(f"tokenizer file {path} is not valid JSON: {e}") from None
     return tokenizer_from_spec(spec)

@@ -118,7 +118,7 @@ def _train_merges(chunk_counts: Counter[str], n_merges: int, progress: bool = Tr
     vocab = [bytes([i]) for i in range(256)]
     token_id = {token: i for i, token in enumerate(vocab)}
     merges: list[tuple[int, int]] = []
-    bar = tqdm(total=n_merges, desc="BPE merges", disable=not progress, leave=False)
+    bar = tqdm(total=n_merges, desc="BPE merges", disable=None if progress else True, leave=False)  # None: off when not a terminal
     while len(merges) < n_merges and heap:
         neg_count, pair = heapq.heappop(heap)
         count = stats.get(pair, 0)

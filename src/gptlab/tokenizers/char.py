@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gptlab.errors import UserError
 from gptlab.tokenizers.base import Tokenizer, register
 
 
@@ -18,7 +19,7 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def fit(cls, text: str) -> CharTokenizer:
         if not text:
-            raise ValueError("cannot fit a char tokenizer on empty text")
+            raise UserError("cannot fit a char tokenizer on empty text")
         return cls(text)
 
     @classmethod
@@ -34,7 +35,7 @@ class CharTokenizer(Tokenizer):
             return [self.stoi[c] for c in text]
         except KeyError:
             unknown = sorted({c for c in text if c not in self.stoi})
-            raise ValueError(
+            raise UserError(
                 f"characters {unknown!r} are not in this char vocabulary of {self.vocab_size} "
                 f"characters ({''.join(self.chars)!r})"
             ) from None

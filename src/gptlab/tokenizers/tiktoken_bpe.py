@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gptlab.errors import UserError
 from gptlab.paths import asset
 from gptlab.tokenizers.base import Tokenizer, register
 
@@ -33,7 +34,7 @@ class TiktokenTokenizer(Tokenizer):
         try:
             self.enc = tiktoken.get_encoding(encoding)
         except ValueError as e:  # unknown name
-            raise ValueError(f"unknown tiktoken encoding {encoding!r}: {e}") from None
+            raise UserError(f"unknown tiktoken encoding {encoding!r}: {e}") from None
         self.encoding = encoding
 
     @classmethod
