@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from gptlab.lit_module import GPTLitModule, get_lr, param_groups
+from gptlab.lit_module import GPTLitModule, get_lr
+from gptlab.optim import adamw
 from gptlab.model import GPTConfig
 from tests.conftest import tiny_gpt
 
@@ -26,7 +27,7 @@ def test_lr_schedule_warmup_cosine_constant():
 
 def test_weight_decay_groups_cover_every_parameter_exactly_once():
     model = tiny_gpt(n_embd=16, block_size=8, vocab_size=20)
-    decay, no_decay = param_groups(model, 0.1)
+    decay, no_decay = adamw(model, lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1).param_groups
     ids = [id(p) for g in (decay, no_decay) for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))
     named = dict(model.named_parameters())

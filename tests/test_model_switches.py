@@ -18,7 +18,7 @@ from gptlab.decoding import Decoding, next_token
 from gptlab.ehr import risk
 from gptlab.generation import Decoder, beam_search, generate
 from gptlab.hf import from_pretrained, hf_architecture, save_pretrained
-from gptlab.lit_module import param_groups
+from gptlab.optim import adamw
 from gptlab.model import GPT, GPTConfig
 from tests.conftest import tiny_gpt
 
@@ -133,7 +133,7 @@ def test_attention_maps_are_the_weights_of_the_forward(name):
 def test_training_steps_reduce_the_loss_and_reach_every_parameter(name):
     torch.manual_seed(0)
     model = tiny_gpt(seed=0, n_head=4, vocab_size=V, block_size=24, **SWITCHES[name]).train()
-    opt = torch.optim.AdamW(param_groups(model, 0.1), lr=1e-2)
+    opt = adamw(model, lr=1e-2, betas=(0.9, 0.999), weight_decay=0.1)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     idx = tokens(24, B=4)
     losses = []

@@ -72,14 +72,18 @@ RESUME_RUN = ("model=tiny", "model.dropout=0.1", "trainer.accelerator=cpu", "tra
               "trainer.log_every_n_steps=1")
 
 
-def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("optim", [(), ("optim=muon", "optim/schedule=wsd", "optim.optimizer.muon_lr=2e-2",
+                                          "optim.schedule.decay_fraction=0.5")], ids=["adamw-cosine", "muon-wsd"])
+def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_path, optim):
     """8 steps straight vs 4 steps + resume to 8 from last.ckpt: same per-step losses (bitwise on
     CPU fp32), same final weights, same best val loss. Dropout is on, so the restored RNG matters;
-    the sampler callback runs in between and must not disturb it."""
-    data = tmp_path / "data"
-    straight = train(compose_train_cfg(tmp_path / "straight", data, [*RESUME_RUN, "trainer.max_steps=8"]))
-    half = train(compose_train_cfg(tmp_path / "half", data, [*RESUME_RUN, "trainer.max_steps=4"]))
-    resumed = train(compose_train_cfg(tmp_path / "resumed", data, [*RESUME_RUN, "trainer.max_steps=8",
+    the sampler callback runs in between and must not disturb it. Muon + WSD: both optimizers' states
+    (Muon's momentum, AdamW's moments) and the trapezoid's LR (its decay starts at step 5, after the
+    resume) must come back too."""
+    data, run = tmp_path / "data", (*RESUME_RUN, *optim)
+    straight = train(compose_train_cfg(tmp_path / "straight", data, [*run, "trainer.max_steps=8"]))
+    half = train(compose_train_cfg(tmp_path / "half", data, [*run, "trainer.max_steps=4"]))
+    resumed = train(compose_train_cfg(tmp_path / "resumed", data, [*run, "trainer.max_steps=8",
                                                                     f"ckpt_path={half['last_ckpt']}"]))
     assert straight["steps"] == resumed["steps"] == 8
     losses_straight = read_metrics(tmp_path / "straight", "train/loss")
@@ -90,7 +94,7 @@ def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_pa
     assert resumed["best_val_loss"] == straight["best_val_loss"]
 
     # the best val loss survives a resume into a new run folder, even before the next validation
-    no_val_yet = train(compose_train_cfg(tmp_path / "resumed6", data, [*RESUME_RUN, "trainer.max_steps=6",
+    no_val_yet = train(compose_train_cfg(tmp_path / "resumed6", data, [*run, "trainer.max_steps=6",
                                                                        f"ckpt_path={half['last_ckpt']}"]))
     assert no_val_yet["best_val_loss"] == half["best_val_loss"] is not None
     assert Path(no_val_yet["best_ckpt"]).exists() and Path(half["best_ckpt"]).exists()
@@ -100,6 +104,7 @@ def test_resume_gives_the_same_losses_and_weights_as_an_uninterrupted_run(tmp_pa
     for name, tensor in a["state_dict"].items():
         assert torch.equal(tensor, b["state_dict"][name]), name
     assert a["lr_schedulers"][0]["last_epoch"] == b["lr_schedulers"][0]["last_epoch"] == 8
+    assert read_metrics(tmp_path / "resumed", "lr/decay") == read_metrics(tmp_path / "straight", "lr/decay")
 
 
 def test_a_resume_takes_this_runs_lr_and_accumulation(tmp_path):

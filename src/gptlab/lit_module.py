@@ -6,11 +6,12 @@ this file only says *what* one training step is, never *how* it is run.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.strategies import FSDPStrategy
 
 from gptlab.callbacks.accumulation import optimizer_stepped
@@ -20,31 +21,27 @@ from gptlab.errors import UserError
 from gptlab.families import build_model
 from gptlab.hf import from_pretrained
 from gptlab.model import IGNORE_INDEX
+from gptlab.optim import cosine
 from gptlab.tasks import TASK_OBJECTIVES, check_task, task_loss
 
 
-def get_lr(step: int, *, lr: float, min_lr: float, warmup_steps: int, lr_decay_steps: int) -> float:
-    """nanoGPT's schedule, per optimizer step: linear warmup, cosine decay to min_lr, then constant."""
-    if step < warmup_steps:
-        return lr * (step + 1) / (warmup_steps + 1)
-    if step > lr_decay_steps:
-        return min_lr
-    ratio = (step - warmup_steps) / max(1, lr_decay_steps - warmup_steps)
-    coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # goes 1 → 0
-    return min_lr + coeff * (lr - min_lr)
+# nanoGPT's warmup + cosine, kept under its old name for callers that import it from here
+get_lr = cosine
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay every ≥2-D tensor (matmul weights and the tied embedding); not biases or LayerNorms.
+def build_optimizer(model: torch.nn.Module, optim: dict[str, Any], fused: bool | None = None) -> torch.optim.Optimizer:
+    """optim.optimizer (a `_partial_` `_target_` taking the model) → the optimizer; AdamW when unset."""
+    spec = optim.get("optimizer") or {"_target_": "gptlab.optim.adamw", "_partial_": True, "lr": optim["lr"],
+                                       "betas": optim.get("betas", (0.9, 0.95)),
+                                       "weight_decay": optim.get("weight_decay", 0.1)}
+    return instantiate(spec, _convert_="all")(model, fused=fused)
 
-    Decaying a LayerNorm gain pulls it towards 0 (not its neutral 1) and biases hold no
-    capacity worth regularising, so only the matrices are decayed (as in nanoGPT and GPT-3).
-    """
-    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) tensors listed once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-            {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+
+def lr_schedule(optim: dict[str, Any]) -> Callable[[int], float]:
+    """optim.schedule (a `_partial_` `_target_` taking the step) → step ↦ LR; warmup + cosine when unset."""
+    spec = optim.get("schedule") or {"_target_": "gptlab.optim.cosine", "_partial_": True,
+                                     **{k: optim[k] for k in ("lr", "min_lr", "warmup_steps", "lr_decay_steps")}}
+    return instantiate(spec, _convert_="all")
 
 
 def mask_tokens(x: torch.Tensor, mask_prob: float, mask_token_id: int, vocab_size: int,
@@ -204,23 +201,23 @@ class GPTLitModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        o = self.hparams.optim
-        betas = tuple(o.get("betas", (0.9, 0.95)))
         # Fused AdamW (CUDA; CPU since torch 2.4) wherever Lightning allows it: it is the fastest kernel
         # (experiments/benchmarks/README.md, train_throughput.py). Lightning's mixed-precision plugin refuses
         # to clip the gradients of a fused optimizer (it assumes the optimizer unscales them itself), so
         # mixed precision keeps the default kernel.
         mixed = self._trainer is not None and "mixed" in str(self._trainer.precision)
         fused = self.device.type in ("cuda", "cpu") and not mixed
-        optimizer = torch.optim.AdamW(param_groups(self.model, o.get("weight_decay", 0.1)), lr=o["lr"],
-                                      betas=betas, fused=fused or None)
-        schedule = self._schedule()
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: get_lr(step, **schedule) / o["lr"])
+        optimizer = build_optimizer(self.model, self.hparams.optim, fused=fused or None)
+        # Every group's LR is its own peak LR × the schedule's factor at the step (one factor for all).
+        factor = self._lr_factor()
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1, "name": "lr"}}
 
-    def _schedule(self) -> dict[str, Any]:
-        return {k: self.hparams.optim[k] for k in ("lr", "min_lr", "warmup_steps", "lr_decay_steps")}
+    def _lr_factor(self) -> Callable[[int], float]:
+        """step ↦ schedule(step) / optim.lr: the fraction of its peak LR each group runs at."""
+        schedule, peak = lr_schedule(self.hparams.optim), self.hparams.optim["lr"]
+        return lambda step: schedule(step) / peak
 
     # The tokenizer travels inside every checkpoint, and with it the torch RNG state so that a
     # resumed run draws the same dropout masks as an uninterrupted one.
@@ -244,20 +241,24 @@ class GPTLitModule(L.LightningModule):
         """Resume with this run's optim.lr and accumulate_grad_batches where they differ from the
         checkpoint's (a no-op, bitwise, where they do not).
 
-        Invariants after a resume: the LR at step s is get_lr(s) of *this* config (LambdaLR scales
-        get_lr / optim.lr by the base LRs it saved, so those are set to this optim.lr); and the
-        micro-batches done count as global_step × this accumulate_grad_batches, because Lightning
-        places accumulation windows and validations by micro-batches since the start — so the first
-        window is whole, validations stay on multiples of eval_interval and each row keeps its step.
-        Tested by tests/test_training.py::test_a_resume_takes_this_runs_lr_and_accumulation.
+        Invariants after a resume: the LR of each parameter group at step s is this config's peak LR for
+        that group × schedule(s) / optim.lr (LambdaLR scales the base LRs it saved, so those are set to
+        this config's); and the micro-batches done count as global_step × this accumulate_grad_batches,
+        because Lightning places accumulation windows and validations by micro-batches since the start —
+        so the first window is whole, validations stay on multiples of eval_interval and each row keeps
+        its step. Tested by tests/test_training.py::test_a_resume_takes_this_runs_lr_and_accumulation.
         """
-        o, step = self.hparams.optim, checkpoint["global_step"]
-        lr = o["lr"] * (get_lr(step, **self._schedule()) / o["lr"])  # LambdaLR's arithmetic: bitwise if unchanged
+        step = checkpoint["global_step"]
+        peaks = [g["lr"] for g in build_optimizer(self.model, self.hparams.optim).param_groups]  # no state yet
+        factor = self._lr_factor()(step)
         for scheduler in checkpoint.get("lr_schedulers", []):
-            scheduler["base_lrs"] = [o["lr"]] * len(scheduler["base_lrs"])
+            scheduler["base_lrs"] = list(peaks)
         for optimizer in checkpoint.get("optimizer_states", []):
-            for group in optimizer["param_groups"]:
-                group["initial_lr"], group["lr"] = o["lr"], lr
+            # MuonAdamW saves {"muon": state, "adamw": state}, groups in its param_groups' order
+            saved = optimizer["param_groups"] if "param_groups" in optimizer else \
+                [g for part in optimizer.values() for g in part["param_groups"]]
+            for group, peak in zip(saved, peaks, strict=True):
+                group["initial_lr"], group["lr"] = peak, peak * factor  # LambdaLR's arithmetic: bitwise
         progress = checkpoint["loops"].get("fit_loop", {}).get("epoch_loop.batch_progress")
         if progress and progress["current"] == progress["total"]:  # the one endless epoch
             shift = step * self.trainer.accumulate_grad_batches - progress["total"]["ready"]
