@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gptlab.lit_module import GPTLitModule, get_lr
-from gptlab.optim import adamw
 from gptlab.model import GPTConfig
+from gptlab.optim import adamw
 from tests.conftest import tiny_gpt
 
 SCHEDULE = dict(lr=1e-3, min_lr=1e-4, warmup_steps=100, lr_decay_steps=2000)

@@ -18,8 +18,8 @@ from gptlab.decoding import Decoding, next_token
 from gptlab.ehr import risk
 from gptlab.generation import Decoder, beam_search, generate
 from gptlab.hf import from_pretrained, hf_architecture, save_pretrained
-from gptlab.optim import adamw
 from gptlab.model import GPT, GPTConfig
+from gptlab.optim import adamw
 from tests.conftest import tiny_gpt
 
 LLAMA = dict(position="rope", norm="rmsnorm", mlp="swiglu", bias=False, tie_embeddings=False)

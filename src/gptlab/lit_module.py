@@ -24,7 +24,6 @@ from gptlab.model import IGNORE_INDEX
 from gptlab.optim import cosine
 from gptlab.tasks import TASK_OBJECTIVES, check_task, task_loss
 
-
 # nanoGPT's warmup + cosine, kept under its old name for callers that import it from here
 get_lr = cosine
 
