@@ -141,9 +141,11 @@ def test_sigkill_mid_step_then_resume_auto_matches_an_uninterrupted_run(referenc
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from {runs / 'first' / 'checkpoints' / 'last.ckpt'}" in resumed.stdout
     assert load_checkpoint(runs / "second" / "checkpoints" / "last.ckpt")["global_step"] == 30
-    # steps 10..29 again, the same batches and dropout masks: same losses as the uninterrupted run
-    assert same_losses(read_metrics(runs / "second", "train/loss"), reference["train"][10:])
-    assert same_losses(read_metrics(runs / "second", "val/loss"), reference["val"][1:])  # after steps 20 and 30
+    # steps 10..29 again, the same batches and dropout masks: same losses as the uninterrupted run; the
+    # resumed log starts with the first run's rows before step 10 (callbacks/history.py): every step once
+    train_rows = read_metrics(runs / "second", "train/loss")
+    assert same_losses(train_rows[-20:], reference["train"][10:]) and same_losses(train_rows, reference["train"])
+    assert same_losses(read_metrics(runs / "second", "val/loss")[-2:], reference["val"][1:])  # after steps 20, 30
     assert read_metrics(runs / "second", "val/loss")[-1][1] == pytest.approx(reference["final_val_loss"], abs=1e-4)
 
 
@@ -165,7 +167,8 @@ def test_sigint_or_sigterm_saves_a_checkpoint_after_the_current_step_and_it_resu
 
     resumed = train(compose_train_cfg(tmp_path / "resumed", data_dir, [*RUN, f"ckpt_path={last}"]))
     assert resumed["steps"] == 30
-    assert same_losses(read_metrics(tmp_path / "resumed", "train/loss"), reference["train"][16:])
+    train_rows = read_metrics(tmp_path / "resumed", "train/loss")  # the interrupted run's rows, then its own
+    assert same_losses(train_rows[-14:], reference["train"][16:]) and same_losses(train_rows, reference["train"])
     assert resumed["final_val_loss"] == pytest.approx(reference["final_val_loss"], abs=1e-4)
 
 

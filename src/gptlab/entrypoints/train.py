@@ -149,6 +149,8 @@ def build_module(cfg: DictConfig, meta: dict[str, Any], data_dir: Path) -> GPTLi
         config = instantiate(node)(vocab_size=vocab_size)
     except TypeError as e:  # e.g. a misspelt +model.<key>
         raise UserError(f"model: {e} (the model node passes every key but compile to {node['_target_']})") from e
+    except ValueError as e:  # the config's own checks of model.* values (model.py raises plain ValueError)
+        raise UserError(f"model: {e}") from None
     model = config.to_dict() | {"compile": compile_model}
     module = instantiate(cfg.module, _convert_="all")(model=model, tokenizer=meta["tokenizer"])
     if meta["vocab_size"] > module.model.config.vocab_size:  # init_from: the vocabulary is the checkpoint's
