@@ -3,6 +3,7 @@ test what a 4-GPU machine would do), and the estimate against a measured peak.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -80,8 +81,11 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 def test_the_estimate_is_close_to_a_measured_peak(tmp_path):
     """Peak RSS of two AdamW steps (the whole process) against the estimate: within 25%."""
     args = ["4", "256", "256", "8", "8192"]
+    # a clean environment: variables earlier tests leave in this process (Lightning's DDP and seed
+    # variables, thread settings) must not change what the measured process allocates
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
     peak = int(subprocess.run([sys.executable, "-c", PEAK, *args], capture_output=True, text=True,
-                              check=True).stdout)
+                              check=True, env=env).stdout)
     c = cfg(tmp_path, "model.n_layer=4", "model.n_embd=256", "model.n_head=4", "model.block_size=256",
             "data.batch_size=8", "model.vocab_size=8192")
     assert estimate(c)["total"] == pytest.approx(peak, rel=0.25)
