@@ -52,5 +52,6 @@ def test_pip_install_then_gptlab_train_from_an_unrelated_folder(tmp_path):
               cwd=elsewhere)
     assert "[gptlab] done: 5 steps" in out
     assert list(elsewhere.glob("outputs/*/*/checkpoints/last.ckpt"))  # relative paths: under the folder it ran in
-    help_ = run(venv / "bin" / "gptlab-generate", "--help", cwd=elsewhere)
-    assert "decoding: beam, greedy" in help_
+    # generate's decoding group ships in its own package folder (gptlab.conf_generate) and composes from it
+    job = run(venv / "bin" / "gptlab-generate", "--cfg", "job", "decoding=greedy", cwd=elsewhere)
+    assert "decoding:\n  strategy: greedy" in job
