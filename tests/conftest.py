@@ -39,22 +39,9 @@ def read_metrics(run_dir: Path, key: str) -> list[tuple[int, float]]:
 
 def compose_train_cfg(run_dir: Path, data_dir: Path, overrides: list[str] | tuple[str, ...] = ()):
     """The config `python train.py <overrides>` would see, with run and data folders under tmp."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from gptlab.entrypoints.config import compose_train
 
-    from gptlab.entrypoints.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.run_dir={run_dir}", f"paths.data_dir={data_dir}", *overrides],
-                      return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_train(run_dir, data_dir, overrides)
 
 
 def compose_generate_cfg(overrides: list[str] | tuple[str, ...] = ()):

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from gptlab.entrypoints.config import compose_train
+
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 
@@ -42,26 +44,6 @@ COMMON = ["model.n_embd=48", "model.n_head=4", "model.block_size=128", "model.dr
           "data.batch_size=32", "data.val_batches=5", "trainer.log_every_n_steps=25"]
 
 
-def compose(run_dir: Path, data_dir: Path, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    from gptlab.entrypoints.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=[f"paths.run_dir={run_dir}", f"paths.data_dir={data_dir}", *overrides],
-                            return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
-
 def score(ckpt: str, data_dir: Path, objective: str) -> dict[str, float]:
     from gptlab.data.tasks import eval_batches
     from gptlab.tasks import exact_match, model_from_checkpoint
@@ -78,7 +60,7 @@ def one_run(out: Path, task: str, family: str, seed: int, steps: int) -> dict:
     overrides = [*FAMILIES[family], f"data={task}", *TASK_OVERRIDES[task], f"objective={objective}", f"seed={seed}", *COMMON,
                  f"trainer.max_steps={steps}", f"eval_interval={steps // 2}", f"optim.lr_decay_steps={steps}"]
     run_dir = out / "runs" / f"{task}-{family}-s{seed}-{steps}steps"
-    cfg = compose(run_dir, out / "data", overrides)
+    cfg = compose_train(run_dir, out / "data", overrides)
     result = train(cfg)
     start = time.perf_counter()
     scores = score(result["last_ckpt"], data_folder(cfg), objective)
@@ -98,7 +80,7 @@ def baselines(out: Path) -> dict:
 
     from gptlab.data.tasks import speaker_examples
 
-    cfg = compose(out / "runs" / "baselines", out / "data", ["data=speakers", *TASK_OVERRIDES["speakers"]]).data
+    cfg = compose_train(out / "runs" / "baselines", out / "data", ["data=speakers", *TASK_OVERRIDES["speakers"]]).data
     splits, labels = speaker_examples(dict(cfg))
     (xtr, ytr), (xte, yte) = (tuple(zip(*splits[s])) for s in ("train", "test"))
     majority = max(set(ytr), key=ytr.count)

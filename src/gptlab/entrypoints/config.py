@@ -67,3 +67,25 @@ def hydra_entry(config_name: str, free_text: tuple[str, ...] = ()) -> Callable[[
 
 
 register_resolvers()
+
+
+def compose_train(run_dir: str | Path, data_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """The config `python train.py <overrides>` would see, with its run and prepared-data folders set,
+    for code that calls `train()` in-process (tests, experiment drivers). HydraConfig is set as
+    under @hydra.main, so `${hydra:...}` interpolations resolve."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from gptlab.conf import CONF_DIR
+
+    register_resolvers()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.run_dir={run_dir}", f"paths.data_dir={data_dir}", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
