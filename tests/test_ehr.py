@@ -561,6 +561,34 @@ def test_trajectories_report_how_each_ended(tok):
     assert r.outcomes == int((r.end_kind == OUTCOME).sum()) and r.outcomes + r.censored == 500
 
 
+def test_hazard_sampling_is_unbiased_with_less_noise(tok):
+    """Each step: death 0.1, a 6-month gap 0.3, a timeless code 0.4, <TL_END> 0.2 (censoring). With
+    censoring removed, death comes before the 3rd gap (which passes 365 d) with probability
+    1 − (0.3 / (0.3 + 0.1))³ = 0.578125 exactly. Hazard sampling (outcome/censor never drawn, their
+    probability accumulated) hits it with per-row spread below the 0/1 draws'. km on drawn
+    trajectories cannot: its clock is minutes, and a row censored between two timeless tokens ties
+    with every outcome of that minute (it stays "at risk" for them), so it runs low here."""
+    from gptlab.ehr.risk import estimate_risk
+
+    V, death, end, six = tok.vocab_size, tok.token_id("MEDS_DEATH"), tok.token_id("<TL_END>"), tok.token_id("TIME//6mt")
+    code = next(i for i in range(V) if tok.token_minutes[i] == 0 and i not in (death, end))
+    model = FixedNext(probs_map(V, {death: 0.1, six: 0.3, code: 0.4, end: 0.2}), block_size=256)
+    kw = dict(outcome_ids=[death], stop_ids=[], censor_ids=[end], token_minutes=tok.token_minutes,
+              horizon_minutes=365 * 1440, max_new_tokens=200)
+    truth = 1 - 0.75 ** 3
+    r = sample_trajectories(model, [0], n=2000, hazard=True, generator=torch.Generator().manual_seed(0), **kw)
+    assert r.outcomes == 0 and r.censored == 0 and r.past_horizon == 2000  # never drawn: every row reaches the horizon
+    assert abs(r.row_risk.mean() - truth) < 0.01 and r.row_risk.std() < 0.6 * np.sqrt(truth * (1 - truth))
+    drawn = sample_trajectories(model, [0], n=4000, generator=torch.Generator().manual_seed(1), **kw)
+    assert estimate_risk(drawn.end_kind, drawn.end_minutes, "km") < truth - 0.1
+    with pytest.raises(ValueError, match="hazard=True"):
+        estimate_risk(drawn.end_kind, drawn.end_minutes, "hazard")
+    # all the mass on the outcome: risk 1, and the row still goes on without drawing it
+    r = sample_trajectories(FixedNext(probs_map(V, {death: 1.0}), block_size=256), [0], n=3, hazard=True,
+                            generator=torch.Generator().manual_seed(0), **{**kw, "max_new_tokens": 4})
+    assert np.allclose(r.row_risk, 1.0) and r.outcomes == 0
+
+
 def test_token_budget_is_a_quantile_of_the_tokens_in_the_horizon(tok16):
     from gptlab.ehr.risk import horizon_token_budget
 

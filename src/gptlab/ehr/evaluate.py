@@ -2,7 +2,7 @@
 
 Writes to out_dir: predictions.csv (one row per label: subject_id, prediction_time, label, then
 one `risk_<method>` column per scorer: trajectory (the chosen estimator), naive / complete_case /
-km (the three censoring estimators), one_step, baseline (count logistic regression), oracle when
+km (the three censoring estimators; or hazard, which samples its own way), one_step, baseline (count logistic regression), oracle when
 the task has one), report.json and report.md (AUROC/AUPRC with bootstrap 95% CIs over patients,
 the paired difference trajectory − baseline, N, prevalence, how trajectories ended and the
 censored fraction, counted data problems per split) and calibration.png.
@@ -32,6 +32,7 @@ from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset
 from gptlab.ehr.meds_eval import write_and_evaluate
 from gptlab.ehr.prepare import meds_source, pooled, problem_lines
 from gptlab.ehr.risk import (
+    CENSORING_ESTIMATORS,
     END_NAMES,
     ESTIMATORS,
     estimate_risk,
@@ -142,7 +143,8 @@ def token_budget(cfg: dict[str, Any], tok: EHRTokenizer, data: dict[str, Any], b
 
 def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[str, Any], max_new: int,
                       device: torch.device) -> tuple[list[dict[str, Any]], dict[str, int], float, int]:
-    """One predictions row per label: every censoring estimator's risk and the one-step score."""
+    """One predictions row per label: every censoring estimator's risk (or, for risk_estimator=hazard,
+    the hazard risk, from its own sampling) and the one-step score."""
     task = cfg["task"]
     outcome_ids = tok.ids_with_prefix(task["outcome"])
     if not outcome_ids:
@@ -151,6 +153,8 @@ def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[
     censor_ids = tok.ids_with_prefix(task.get("censor", ["<TL_END>"]))
     stop_ids = sorted(set(tok.ids_with_prefix(task["stop"])) - set(censor_ids)) if task["stop"] else []
     g = torch.Generator(device=device).manual_seed(int(cfg["seed"]))
+    estimator = cfg.get("risk_estimator", "km")
+    hazard = estimator == "hazard"  # its own sampling: the censoring estimators do not apply to its rows
     preds, ends = [], dict.fromkeys(END_NAMES, 0)
     t0, n_tokens = time.perf_counter(), 0
     sids, times, ys = data["sids"], data["times"], data["ys"]
@@ -159,13 +163,14 @@ def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[
         res = sample_trajectories(model, prompt, n=int(cfg["n_trajectories"]), outcome_ids=outcome_ids,
                                   stop_ids=stop_ids, censor_ids=censor_ids, token_minutes=tok.token_minutes,
                                   horizon_minutes=float(task["horizon_days"]) * 1440, max_new_tokens=max_new,
-                                  temperature=float(cfg["temperature"]), generator=g)
+                                  temperature=float(cfg["temperature"]), generator=g, hazard=hazard)
         for code, name in enumerate(END_NAMES):
             ends[name] += int((res.end_kind == code).sum())
         n_tokens += res.tokens
-        risks = {e: estimate_risk(res.end_kind, res.end_minutes, e) for e in ESTIMATORS}
+        risks = ({"hazard": float(res.row_risk.mean())} if hazard else
+                 {e: estimate_risk(res.end_kind, res.end_minutes, e) for e in CENSORING_ESTIMATORS})
         row = {"subject_id": int(sids[r]), "prediction_time": str(times[r]), "label": bool(ys[r]),
-               "risk_trajectory": risks[cfg.get("risk_estimator", "km")],
+               "risk_trajectory": risks[estimator],
                **{f"risk_{e}": v for e, v in risks.items()}, "risk_one_step": res.one_step,
                "censored_fraction": float(res.censored + res.unfinished) / len(res.end_kind),
                "prompt_tokens": len(prompt)}

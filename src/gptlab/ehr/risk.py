@@ -8,6 +8,14 @@ still going after max_new_tokens is censored too. Finished rows leave the batch,
 follows the live trajectories. The risk is `estimate_risk` over how the N rows ended (naive,
 complete-case or Kaplan–Meier; see there). The one-step baseline is the probability mass the model puts on the outcome
 tokens as the very next token.
+
+`hazard=True` samples differently (Rao–Blackwellised, the estimator named "hazard"): at every step
+the probability the model gives the outcome tokens (its hazard h) is accumulated instead of drawn,
+and the next token is drawn with the outcome and censor tokens masked out. A row's risk is
+1 − ∏(1 − h'), h' = h / (1 − c) the hazard once censoring (mass c on the censor tokens) is removed,
+and the estimate is the mean over rows: P(no outcome) = E_q[∏(1 − h')] for q the masked process,
+so it is unbiased for the model's risk (censoring independent given the history, as for km), with
+no 0/1 draw per row: far less Monte Carlo noise at the same N.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ class TrajectoryResult:
     censored: int = 0  # ended by a censor token (<TL_END>: the record stops, the outcome is unknown)
     end_kind: np.ndarray | None = None  # per trajectory: OUTCOME / STOP / HORIZON / CENSORED / UNFINISHED
     end_minutes: np.ndarray | None = None  # per trajectory: summed interval minutes at its end
+    row_risk: np.ndarray | None = None  # hazard sampling only: per trajectory 1 − ∏(1 − h')
 
 
 def prompt_ids(tok: EHRTokenizer, tl: Timeline, prediction_time: np.datetime64, max_len: int) -> list[int]:
@@ -60,11 +69,13 @@ def prompt_ids(tok: EHRTokenizer, tl: Timeline, prediction_time: np.datetime64, 
 def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[int], stop_ids: list[int],
                         token_minutes: np.ndarray, horizon_minutes: float, max_new_tokens: int,
                         temperature: float = 1.0, generator: torch.Generator | None = None,
-                        censor_ids: list[int] = ()) -> TrajectoryResult:
+                        censor_ids: list[int] = (), hazard: bool = False) -> TrajectoryResult:
     """Sample n continuations of `prompt` with the KV cache until outcome / stop / censor / horizon.
 
     The decoding loop is gptlab.generation's: a `Decoder` (its own KV cache, prefilled once with the
-    prompt and fanned out to n rows) and `next_token` under Decoding(temperature=...)."""
+    prompt and fanned out to n rows) and `next_token` under Decoding(temperature=...). With
+    hazard=True the outcome and censor tokens are never drawn; their probabilities are accumulated
+    into TrajectoryResult.row_risk (module docstring)."""
     if not model.config.causal:
         raise ValueError("sample_trajectories needs a causal model (model.causal=true): a bidirectional model's "
                          "cached keys go stale as the trajectory grows")
@@ -84,7 +95,7 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
     seq = torch.cat([seq, seq.new_zeros(n, max_new_tokens)], dim=1)  # preallocated: no torch.cat per step
     tokens = 0
     for step in range(max_new_tokens):
-        nxt = next_token(last, decoding, generator)
+        nxt = ends.draw_hazard(last, temperature, generator) if hazard else next_token(last, decoding, generator)
         tokens += len(nxt)
         keep = ends.update(nxt)
         if not bool(keep.any()) or step == max_new_tokens - 1:
@@ -118,6 +129,19 @@ class _Ends:
         self.live = np.arange(n)  # original row of each batch row
         self.kind, self.when = np.full(n, UNFINISHED), np.zeros(n)
         self.outcomes = self.stopped = self.past = 0
+        self.log_survival = np.zeros(n)  # hazard sampling: Σ log(1 − h') per original row
+
+    def draw_hazard(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+        """Accumulate each live row's outcome hazard (censoring removed), then draw the next token
+        with the outcome and censor tokens masked out (module docstring)."""
+        probs = torch.softmax(logits.double() / temperature, dim=-1)
+        h = probs[:, self.is_outcome].sum(-1) / (1 - probs[:, self.is_censor].sum(-1)).clamp_min(1e-12)
+        self.log_survival[self.live] += torch.log1p(-h.clamp(max=1.0)).cpu().numpy()
+        masked = probs.masked_fill(self.is_outcome | self.is_censor, 0.0)
+        empty = masked.sum(-1) == 0  # all mass on outcome/censor: the row's risk is already 1; go on with any other token
+        if bool(empty.any()):
+            masked[empty] = (~(self.is_outcome | self.is_censor)).double()
+        return torch.multinomial(masked, 1, generator=generator).squeeze(1)
 
     def update(self, nxt: torch.Tensor) -> torch.Tensor:
         """Count the rows that end with token nxt (B,); returns which rows go on."""
@@ -146,10 +170,12 @@ class _Ends:
         censored = int((self.kind == CENSORED).sum())
         unfinished = int((self.kind == UNFINISHED).sum())
         return TrajectoryResult(self.outcomes / n, one_step, self.outcomes, self.stopped - censored, self.past,
-                                unfinished, tokens, censored, self.kind, self.when)
+                                unfinished, tokens, censored, self.kind, self.when,
+                                row_risk=-np.expm1(self.log_survival))
 
 
-ESTIMATORS = ("naive", "complete_case", "km")
+CENSORING_ESTIMATORS = ("naive", "complete_case", "km")  # from how sampled rows ended (estimate_risk)
+ESTIMATORS = (*CENSORING_ESTIMATORS, "hazard")  # hazard: its own sampling (sample_trajectories(hazard=True))
 
 
 def estimate_risk(kind: np.ndarray, when: np.ndarray, estimator: str = "km") -> float:
@@ -175,6 +201,9 @@ def estimate_risk(kind: np.ndarray, when: np.ndarray, estimator: str = "km") -> 
     if estimator == "complete_case":
         resolved = n - int(censored.sum())
         return outcomes / resolved if resolved else 0.0
+    if estimator == "hazard":
+        raise ValueError("the hazard estimator is not computed from trajectory ends: sample with "
+                         "sample_trajectories(hazard=True) and average its row_risk")
     if estimator != "km":
         raise ValueError(f"risk estimator {estimator!r}: choose one of {list(ESTIMATORS)}")
     survival = 1.0
