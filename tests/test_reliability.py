@@ -169,8 +169,9 @@ def test_sigint_or_sigterm_saves_a_checkpoint_after_the_current_step_and_it_resu
     assert resumed["steps"] == 30
     train_rows = read_metrics(tmp_path / "resumed", "train/loss")  # the interrupted run's rows, then its own
     assert same_losses(train_rows[-14:], reference["train"][16:])
-    # the rows the interrupted run had written (steps 0..14) lead the resumed log unchanged
-    assert same_losses([r for r in train_rows if r[0] < 15], reference["train"][:15])
+    # the rows the interrupted run wrote (steps 0..15, the interrupted step's too) lead the resumed log
+    assert [r[0] for r in train_rows] == list(range(30))
+    assert same_losses([r for r in train_rows if r[0] < 16], reference["train"][:16])
     assert resumed["final_val_loss"] == pytest.approx(reference["final_val_loss"], abs=1e-4)
 
 

@@ -142,16 +142,19 @@ class NonFiniteGuard(L.Callback):
 class SaveOnInterrupt(L.Callback):
     """First Ctrl-C (SIGINT) or SIGTERM: finish the optimizer step in progress, write last.ckpt
     beside the other checkpoints, then stop the way Lightning stops on Ctrl-C (exit status 1).
-    The checkpoint is taken between steps, so resuming from it continues exactly."""
+    The checkpoint is taken between steps, so resuming from it continues exactly. The stop itself
+    waits for the next hook after the step's metrics are logged (the next batch or a validation):
+    Lightning logs a step after on_train_batch_end, so stopping there would lose that step's row."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested: int | None = None  # the signal received, if any
+        self.saved = False  # last.ckpt is written: stop at the next hook
         self._previous: dict[int, Any] = {}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.requested = None
+        self.requested, self.saved = None, False
         if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
             self._previous = {sig: signal.signal(sig, self._request) for sig in self.SIGNALS}
 
@@ -183,7 +186,20 @@ class SaveOnInterrupt(L.Callback):
             f"[gptlab] saved {path} at step {trainer.global_step}; continue with ckpt_path={path} "
             f"(or resume=auto)"
         )
-        raise KeyboardInterrupt  # Lightning's own Ctrl-C path: on_exception hooks, teardown, exit(1)
+        self.saved = True
+
+    def _stop_if_saved(self) -> None:
+        if self.saved:
+            raise KeyboardInterrupt  # Lightning's own Ctrl-C path: on_exception hooks, loggers finalised, exit(1)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        self._stop_if_saved()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_saved()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._stop_if_saved()
 
     @staticmethod
     def last_path(trainer: L.Trainer) -> Path:
