@@ -11,7 +11,7 @@ from omegaconf import open_dict
 from gptlab.checkpoint import check_resumable
 from gptlab.data import GPTDataModule, read_meta
 from gptlab.data.build import build_datamodule, data_folder, to_plain
-from gptlab.entrypoints.train import build_module
+from gptlab.training import build_module
 from gptlab.families import FamilyConfig
 from gptlab.lit_module import GPTLitModule
 from gptlab.model import GPTConfig

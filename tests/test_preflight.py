@@ -29,6 +29,28 @@ def test_design_card_on_a_cpu_machine_stops_with_the_estimate_and_advice(tmp_pat
         assert advice in msg
 
 
+REFUSED_BEFORE_LIGHTNING = """
+import sys
+from gptlab.entrypoints.train import main
+try:
+    main()
+except SystemExit as e:
+    print("exit", e.code, "lightning imported:", any(m.startswith("lightning") for m in sys.modules))
+"""
+
+
+def test_the_refusal_comes_before_lightning_is_imported(tmp_path):
+    """The command a user typed is refused in seconds: the preflight runs before the training code
+    (and Lightning's ~10 s import) is loaded."""
+    argv = ["train.py", *DESIGN_CARD, f"hydra.run.dir={tmp_path}/run", f"paths.data_dir={tmp_path}/data"]
+    code = f"import sys; sys.argv = {argv!r}\n" + REFUSED_BEFORE_LIGHTNING
+    env = {**__import__("os").environ, "GPTLAB_RAM_AVAILABLE": str(22 * GiB), "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
+                         cwd=tmp_path)
+    assert "exit 2 lightning imported: False" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert "this run needs about" in out.stderr + out.stdout and not (tmp_path / "data").exists()
+
+
 def test_design_card_on_a_4_gpu_machine_runs_one_process_per_gpu(tmp_path):
     r = check_memory(cfg(tmp_path, *DESIGN_CARD), Machine(gpu_bytes=[80 * GiB] * 4, ram_available=200 * GiB))
     assert (r["on_gpu"], r["processes"]) == (True, 4) and r["need"] < r["have"]

@@ -426,7 +426,7 @@ def test_resume_auto_in_a_sweep_only_takes_the_jobs_own_checkpoint(tmp_path, mon
     """Jobs of one sweep train different settings: job 1 must never continue job 0's last.ckpt."""
     from omegaconf import OmegaConf
 
-    from gptlab.entrypoints import train as train_entry
+    from gptlab import training as train_entry
 
     sweep = tmp_path / "outputs" / "run" / "multirun-x"
     (sweep / "0" / "checkpoints").mkdir(parents=True)

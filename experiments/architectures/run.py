@@ -54,7 +54,8 @@ def score(ckpt: str, data_dir: Path, objective: str) -> dict[str, float]:
 
 
 def one_run(out: Path, task: str, family: str, seed: int, steps: int) -> dict:
-    from gptlab.entrypoints.train import data_folder, train
+    from gptlab.data.build import data_folder
+    from gptlab.entrypoints.train import train
 
     objective = TASKS[task]
     overrides = [*FAMILIES[family], f"data={task}", *TASK_OVERRIDES[task], f"objective={objective}", f"seed={seed}", *COMMON,

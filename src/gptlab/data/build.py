@@ -16,14 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from gptlab.conf import CONF_DIR
 from gptlab.data.datamodule import GPTDataModule
 from gptlab.data.prepare import ensure_prepared, ensure_prepared_hf
+from gptlab.cfg import to_plain  # noqa: F401  (re-exported: data.build is where callers took it from)
 from gptlab.errors import UserError
-
-
-def to_plain(cfg: Any) -> Any:
-    """A resolved plain dict/list (checkpoints must hold no OmegaConf objects: weights_only loading)."""
-    if isinstance(cfg, DictConfig) or OmegaConf.is_list(cfg):
-        return OmegaConf.to_container(cfg, resolve=True)
-    return cfg
 
 
 def tokenizer_config(tok: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import OmegaConf
 
-from gptlab.data.build import to_plain  # noqa: F401  (the entry points' import of it)
+from gptlab.cfg import to_plain  # noqa: F401  (the entry points' import of it)
 from gptlab.entrypoints.argv import quote_free_text
 from gptlab.errors import user_errors
 from gptlab.paths import asset
