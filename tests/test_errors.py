@@ -294,10 +294,6 @@ CASES: list[tuple[str, Callable[[Case], object], type[BaseException], str]] = [
 ]
 
 
-# raised in gptlab.hf, which issue 17 (Llama folders) is reworking: converted to UserError when it lands
-NOT_YET_USER_ERRORS = {"hf_block_size_beyond_position_table", "hf_folder_missing"}
-
-
 @pytest.mark.parametrize(("name", "action", "error", "pattern"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_gives_a_clear_error(case, name, action, error, pattern):
     from gptlab.errors import user_error_in
@@ -305,7 +301,7 @@ def test_bad_input_gives_a_clear_error(case, name, action, error, pattern):
     with pytest.raises(error) as raised:
         action(case)
     assert re.search(pattern, str(raised.value), re.DOTALL), str(raised.value)
-    if error is not OSError and not re.match(r"Could not find", pattern) and name not in NOT_YET_USER_ERRORS:
+    if error is not OSError and not re.match(r"Could not find", pattern):
         assert user_error_in(raised.value) is not None, f"{type(raised.value).__name__} is no UserError: a traceback"
 
 

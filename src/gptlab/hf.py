@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from gptlab.checkpoint import safe_torch_load
+from gptlab.errors import MissingFile, UserError
 from gptlab.model import GPT, GPTConfig
 
 # HF GPT-2 keeps these four projections as Conv1D, whose weight is the transpose of nn.Linear's.
@@ -67,14 +68,14 @@ def from_pretrained(path_or_name: str | Path, **overrides: Any) -> GPT:
     """
     unknown = sorted(set(overrides) - set(OVERRIDABLE))
     if unknown:
-        raise ValueError(f"from_pretrained: cannot override {unknown}; allowed: {list(OVERRIDABLE)}")
+        raise UserError(f"from_pretrained: cannot override {unknown}; allowed: {list(OVERRIDABLE)}")
     folder = resolve_hf_folder(path_or_name)
     hf_config = _read_json(folder / "config.json")
     is_llama = hf_config.get("model_type") == "llama"
     config = (gpt_config_from_llama if is_llama else gpt_config_from_hf)(hf_config, folder / "config.json")
     block_size = overrides.pop("block_size", config.block_size)
     if block_size > config.block_size:
-        raise ValueError(
+        raise UserError(
             f"block_size={block_size} is larger than the checkpoint's position table "
             f"(n_positions={config.block_size} in {folder / 'config.json'}); use at most {config.block_size}"
         )
@@ -97,7 +98,7 @@ def resolve_hf_folder(path_or_name: str | Path) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise ValueError(
+        raise UserError(
             f"{path} is a file; from_pretrained wants the folder holding config.json and the weights"
         )
 
@@ -112,11 +113,11 @@ def resolve_hf_folder(path_or_name: str | Path) -> Path:
             return cached
         reason = "the cached snapshot has no weights"
     except HFValidationError as e:
-        raise FileNotFoundError(f"{looked}: '{name}' is not a valid hub model name either ({e})") from None
+        raise MissingFile(f"{looked}: '{name}' is not a valid hub model name either ({e})") from None
     except Exception as e:  # whatever the hub raises for "not cached"; a download decides below
         reason = type(e).__name__
     if constants.HF_HUB_OFFLINE:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{looked} ({reason}), and HF_HUB_OFFLINE is set so it cannot be downloaded. "
             f"Pass a local folder, or download '{name}' once with internet."
         )
@@ -130,25 +131,25 @@ def resolve_hf_folder(path_or_name: str | Path) -> Path:
             if _weights_file(folder):
                 return folder
     except Exception as e:
-        raise FileNotFoundError(f"{looked}, and downloading it failed: {type(e).__name__}: {e}") from None
-    raise FileNotFoundError(f"hub repo '{name}' ({folder}) has none of the weight files {list(WEIGHT_FILES)}")
+        raise MissingFile(f"{looked}, and downloading it failed: {type(e).__name__}: {e}") from None
+    raise MissingFile(f"hub repo '{name}' ({folder}) has none of the weight files {list(WEIGHT_FILES)}")
 
 
 def gpt_config_from_hf(hf: dict[str, Any], source: Path | str = "config.json") -> GPTConfig:
     """GPTConfig for a GPT2Config dict; refuses GPT-2 variants this GPT would compute differently."""
     if hf.get("model_type", "gpt2") != "gpt2":
-        raise ValueError(f"{source}: model_type={hf['model_type']!r}; only 'gpt2' and 'llama' checkpoints can be loaded")
+        raise UserError(f"{source}: model_type={hf['model_type']!r}; only 'gpt2' and 'llama' checkpoints can be loaded")
     for key, safe in UNSUPPORTED.items():
         if hf.get(key, safe) != safe:
-            raise ValueError(f"{source}: {key}={hf[key]!r} is not supported by gptlab's GPT (only {safe!r})")
+            raise UserError(f"{source}: {key}={hf[key]!r} is not supported by gptlab's GPT (only {safe!r})")
     activation = hf.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS:
-        raise ValueError(
+        raise UserError(
             f"{source}: activation_function={activation!r} is not supported; allowed: {list(ACTIVATIONS)}"
         )
     n_embd = hf.get("n_embd", 768)
     if hf.get("n_inner") not in (None, 4 * n_embd):
-        raise ValueError(
+        raise UserError(
             f"{source}: n_inner={hf['n_inner']} is not supported; the MLP width is 4*n_embd={4 * n_embd}"
         )
     return GPTConfig(
@@ -179,7 +180,7 @@ def gpt_config_from_llama(hf: dict[str, Any], source: Path | str = "config.json"
     }
     for key, (value, supported) in refused.items():
         if value != supported:
-            raise ValueError(f"{source}: {key}={value!r} is not supported by gptlab's GPT (only {supported!r})")
+            raise UserError(f"{source}: {key}={value!r} is not supported by gptlab's GPT (only {supported!r})")
     return GPTConfig(
         block_size=hf.get("max_position_embeddings", 2048),
         vocab_size=hf["vocab_size"],
@@ -196,13 +197,13 @@ def gpt_config_from_llama(hf: dict[str, Any], source: Path | str = "config.json"
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{path} not found; a HF GPT-2 folder needs config.json and {WEIGHT_FILES[0]}"
         )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+        raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
 def _weights_file(folder: Path) -> Path | None:
@@ -221,7 +222,7 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
     file = _weights_file(folder)
     if file is None:
-        raise FileNotFoundError(f"no weights in {folder}: expected one of {list(WEIGHT_FILES)}")
+        raise MissingFile(f"no weights in {folder}: expected one of {list(WEIGHT_FILES)}")
     if file.name.endswith(".index.json"):  # sharded: the index maps each tensor to its shard
         shards = sorted(set(_read_json(file)["weight_map"].values()))
         return {k: v for shard in shards for k, v in load(folder / shard).items()}
@@ -244,7 +245,7 @@ def _hf_state_to_gpt(hf_state: dict[str, torch.Tensor], folder: Path, tied: bool
     lm_head = state.pop("lm_head.weight", None)
     wte = state.get("transformer.wte.weight")
     if not tied and lm_head is not None and wte is not None and not torch.equal(lm_head, wte):
-        raise ValueError(
+        raise UserError(
             f"{folder}: lm_head.weight differs from wte (tie_word_embeddings=false); gptlab's GPT ties them"
         )
     return state
@@ -270,7 +271,7 @@ def _copy_into(model: GPT, state: dict[str, torch.Tensor], folder: Path) -> None
     targets = {k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}  # tied: = wte
     missing, unexpected = sorted(set(targets) - set(state)), sorted(set(state) - set(targets))
     if missing or unexpected:
-        raise ValueError(
+        raise UserError(
             f"weights in {folder} do not match the model of its config.json: missing {missing}, unexpected {unexpected}"
         )
     vocab_size = model.config.vocab_size
@@ -278,7 +279,7 @@ def _copy_into(model: GPT, state: dict[str, torch.Tensor], folder: Path) -> None
         src = state[key]
         dst = param[:vocab_size] if key in ("transformer.wte.weight", "lm_head.weight") else param
         if src.shape != dst.shape:
-            raise ValueError(
+            raise UserError(
                 f"{folder}: {key} has shape {tuple(src.shape)}, its config.json implies {tuple(dst.shape)}"
             )
         dst.copy_(src)
@@ -292,7 +293,7 @@ def hf_architecture(config: GPTConfig) -> str:
     """"gpt2" or "llama": the HF architecture that computes exactly this GPT; a ValueError naming
     the GPTConfig keys that keep it from each, when neither does."""
     if not config.causal:
-        raise ValueError(
+        raise UserError(
             "GPTConfig.causal=False (bidirectional attention) has no GPT-2 or Llama equivalent; cannot export"
         )
     gpt2 = _differences(config, GPT2_SWITCHES)
@@ -303,7 +304,7 @@ def hf_architecture(config: GPTConfig) -> str:
     llama = _differences(config, LLAMA_SWITCHES)
     if not llama:
         return "llama"
-    raise ValueError(
+    raise UserError(
         f"this GPTConfig has no Hugging Face equivalent, cannot export: as GPT-2 it differs in {', '.join(gpt2)}; "
         f"as Llama in {', '.join(llama)}"
     )
@@ -316,7 +317,7 @@ def _differences(config: GPTConfig, switches: dict[str, Any]) -> list[str]:
 def hf_config_from_gpt(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The GPT2Config dict (config.json) of a GPT: GPT2LMHeadModel builds the same network from it."""
     if hf_architecture(config) != "gpt2":
-        raise ValueError(f"GPTConfig differs from GPT-2 in {', '.join(_differences(config, GPT2_SWITCHES))}")
+        raise UserError(f"GPTConfig differs from GPT-2 in {', '.join(_differences(config, GPT2_SWITCHES))}")
     is_gpt2_vocab = config.vocab_size == 50257  # GPT-2's <|endoftext|> is token 50256
     return {
         "architectures": ["GPT2LMHeadModel"],
@@ -365,7 +366,7 @@ def gpt_state_to_hf(model: GPT) -> dict[str, torch.Tensor]:
 def llama_config_from_gpt(config: GPTConfig, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     """The LlamaConfig dict (config.json) of a GPT with LLAMA_SWITCHES: LlamaForCausalLM builds the same network."""
     if hf_architecture(config) != "llama":
-        raise ValueError(f"GPTConfig differs from Llama in {', '.join(_differences(config, LLAMA_SWITCHES))}")
+        raise UserError(f"GPTConfig differs from Llama in {', '.join(_differences(config, LLAMA_SWITCHES))}")
     rope = {"rope_type": "default", "rope_theta": config.rope_theta}
     return {
         "architectures": ["LlamaForCausalLM"],
