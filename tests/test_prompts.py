@@ -34,3 +34,22 @@ def test_without_quoting_hydra_refuses_them():
 def test_other_keys_and_flags_pass_through():
     argv = ["generate.py", "-m", "max_new_tokens=5", "stop=[a,b]", "+prompt=x y"]
     assert quote_free_text(argv) == ["generate.py", "-m", "max_new_tokens=5", "stop=[a,b]", "+prompt='x y'"]
+
+
+def test_a_multirun_sweeps_over_comma_separated_prompts():
+    """`-m prompt=a,b` is Hydra's sweep over two prompts, each still free text (`Café ROMEO`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parse = OverridesParser.create().parse_overrides
+
+    def jobs(o):  # what each job of the sweep gets: Hydra passes it sweep_string_iterator's override
+        return [parse([f"prompt={v}"])[0].value() for v in o.sweep_string_iterator()]
+
+    (o,) = parse(quote_free_text(["-m", "prompt=Café ROMEO,JULIET:\\n"])[1:])
+    assert o.is_sweep_override() and jobs(o) == ["Café ROMEO", "JULIET:\\n"]
+    (o,) = parse(quote_free_text(["-m", "prompt=choice(a,b)"])[1:])
+    assert jobs(o) == ["a", "b"]
+    (o,) = parse(quote_free_text(["-m", "prompt='a, b'"])[1:])
+    assert not o.is_sweep_override() and o.value() == "a, b"
+    (o,) = parse(quote_free_text(["prompt=a,b"]))  # a single run: one prompt with a comma
+    assert o.value() == "a,b"

@@ -24,13 +24,23 @@ def hydra_quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
+# Hydra's sweep functions (`prompt=choice(a,b)`): a multirun value that calls one is Hydra's to parse
+SWEEP_FUNCTION = re.compile(r"(choice|range|interval|glob|shuffle|sort|tag)\(")
+
+
 def quote_free_text(argv: list[str], keys: tuple[str, ...] = FREE_TEXT_KEYS) -> list[str]:
-    """argv with each unquoted `key=value` of a free-text key quoted for Hydra."""
+    """argv with each unquoted `key=value` of a free-text key quoted for Hydra. In a multirun (`-m`)
+    a comma separates sweep values, as everywhere in Hydra: each is quoted on its own
+    (`-m prompt=ROMEO,JULIET` runs both); quote a prompt that holds a comma (`-m "prompt='a, b'"`)."""
+    multirun = any(a in ("-m", "--multirun") for a in argv)
     out = []
     for arg in argv:
         key, eq, value = arg.partition("=")
         if eq and key.lstrip("+~") in keys and value[:1] not in ("'", '"'):
-            arg = f"{key}={hydra_quote(value)}"
+            if not multirun:
+                arg = f"{key}={hydra_quote(value)}"
+            elif not SWEEP_FUNCTION.match(value):
+                arg = f"{key}=" + ",".join(hydra_quote(v) for v in value.split(","))
         out.append(arg)
     return out
 
