@@ -84,6 +84,16 @@ def test_train_script_help_and_cfg_show_the_config():
     assert "\ndecoding:" not in groups and "\ntask:" not in groups, groups
 
 
+@pytest.mark.parametrize(("script", "group", "folder"), [("generate.py", "decoding", "conf_generate"),
+                                                         ("ehr_eval.py", "task", "conf_ehr_eval")])
+def test_generate_and_ehr_eval_help_list_their_own_groups(script, group, folder):
+    help_ = run_script(script, "--help", timeout=60)
+    assert help_.returncode == 0, help_.stderr
+    options = sorted(p.stem for p in (ROOT / "src" / "gptlab" / folder / group).glob("*.yaml"))
+    assert f"\n{group}: {', '.join(options)}\n" in help_.stdout, help_.stdout[:600]
+    assert "\nexperiment:" not in help_.stdout and "== Config ==" in help_.stdout  # not train's groups
+
+
 def test_default_config_is_the_nanogpt_cpu_recipe():
     from tests.conftest import compose_train_cfg
 

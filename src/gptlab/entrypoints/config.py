@@ -38,8 +38,17 @@ def _slug(name: Any) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_") or "data"
 
 
+def _options(package: str, group: str) -> str:
+    """The options of a config group in a package's config folder, e.g. ${options:gptlab.conf_generate,decoding}
+    for generate's --help (Hydra's help lists only the groups of the primary config folder)."""
+    from importlib.resources import files
+
+    return ", ".join(sorted(p.name.removesuffix(".yaml") for p in files(package).joinpath(group).iterdir()
+                            if p.name.endswith(".yaml")))
+
+
 def register_resolvers() -> None:
-    for name, fn in (("asset", _asset), ("eval", _eval), ("slug", _slug)):
+    for name, fn in (("asset", _asset), ("eval", _eval), ("slug", _slug), ("options", _options)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
