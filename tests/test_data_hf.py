@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -39,6 +40,18 @@ def test_tiktoken_ids_with_workers_equal_tiktoken_per_document(local_dataset, tm
         assert np.array_equal(got, expected) and meta[f"{name}_tokens"] == len(expected)
     assert meta["documents"] == {"train": 380, "val": 20} and meta["dtype"] == "uint16"
     assert meta["source_bytes"] == sum(len(d.encode()) for d in docs)
+
+
+def test_no_progress_bars_when_stderr_is_not_a_terminal(local_dataset, monkeypatch):
+    import datasets
+
+    from gptlab.data.prepare import load_hf_dataset
+
+    datasets.enable_progress_bars()
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    load_hf_dataset(str(local_dataset[0]))
+    assert not datasets.is_progress_bar_enabled()
+    datasets.enable_progress_bars()
 
 
 def test_char_tokenizer_and_json_files(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -230,6 +231,8 @@ def load_hf_dataset(name: str, config: str | None = None, split: str = "train"):
     file (json/csv/parquet/text), or a Hub name (from the local cache, or downloaded when online)."""
     import datasets
 
+    if not sys.stderr.isatty():  # a log file, CI or SLURM: tqdm's redrawn bars are only noise there
+        datasets.disable_progress_bars()
     path = Path(name).expanduser()
     if path.is_dir() and any((path / f).exists() for f in ("dataset_dict.json", "state.json")):
         ds = datasets.load_from_disk(str(path))
