@@ -118,6 +118,19 @@ def score_peer(zs_dir: Path, labels: Path, oracle: Path | None, out_csv: Path) -
     df.with_columns(pl.col("risk_determinable").fill_nan(None)).write_csv(out_csv)
 
 
+def first_labels(cohort: Path, labels: str, split: str, max_labels: int | None):
+    """The task's labels; with max_labels, the first that many of `split`'s subjects in label-file
+    order (what `ehr_eval.py splits=[split] max_labels=K` scores), so both models see the same rows."""
+    import pyarrow.compute as pc
+
+    table = pq.read_table(cohort / labels)
+    if not max_labels:
+        return table
+    splits = pq.read_table(cohort / "metadata" / "subject_splits.parquet")
+    members = splits.filter(pc.equal(splits["split"], split))["subject_id"]
+    return table.filter(pc.is_in(table["subject_id"], members)).slice(0, max_labels)
+
+
 def peer_stages(args: argparse.Namespace, out: Path, task: dict) -> dict:
     venv, cohort, bin_ = Path(args.venv), Path(args.cohort), Path(args.venv) / "bin"
     times = {"venv": stage(out, "venv", make_venv, venv, out)}
@@ -134,7 +147,7 @@ def peer_stages(args: argparse.Namespace, out: Path, task: dict) -> dict:
         out / "pretrain.log", venv)
     labels_dir = out / "task_labels"
     labels_dir.mkdir(exist_ok=True)
-    pq.write_table(pq.read_table(cohort / task["labels"]), labels_dir / "task.parquet")
+    pq.write_table(first_labels(cohort, task["labels"], args.split, args.max_labels), labels_dir / "task.parquet")
     traj = out / "trajectories"
     times["generate"] = stage(out, "generate", run, [
         bin_ / "MEICAR_generate_trajectories", f"model_initialization_dir={out.resolve() / 'pretrain'}",
@@ -167,17 +180,26 @@ def gptlab_stages(args: argparse.Namespace, out: Path) -> dict:
     times["eval"] = stage(out, "gptlab_eval", run, [
         sys.executable, ROOT / "ehr_eval.py", f"task={args.task}", f"ckpt_path={run_dir.resolve()}/checkpoints/last.ckpt",
         f"meds_dir={Path(args.cohort).resolve()}", f"splits=[{args.split}]", f"n_trajectories={args.n_trajectories}",
+        *([f"max_labels={args.max_labels}"] if args.max_labels else []),
         f"max_new_tokens={args.max_new_tokens}", f"seed={args.seed}", f"hydra.run.dir={eval_dir.resolve()}"],
         out / "gptlab_eval.log")
     return times
 
 
-def summarize(path: Path, n_boot: int) -> dict:
-    """AUROC/AUPRC with patient-bootstrap CIs of every risk_* column of a predictions csv."""
+def prediction_keys(path: Path) -> set[tuple[int, str]]:
+    with open(path) as fh:
+        return {(int(r["subject_id"]), str(np.datetime64(r["prediction_time"], "us"))) for r in csv.DictReader(fh)}
+
+
+def summarize(path: Path, n_boot: int, keys: set[tuple[int, str]] | None = None) -> dict:
+    """AUROC/AUPRC with patient-bootstrap CIs of every risk_* column of a predictions csv (only the
+    rows whose (subject_id, prediction_time) is in `keys`, when given)."""
     from gptlab.ehr import metrics as M
 
     with open(path) as fh:
         rows = list(csv.DictReader(fh))
+    if keys is not None:
+        rows = [r for r in rows if (int(r["subject_id"]), str(np.datetime64(r["prediction_time"], "us"))) in keys]
     y = np.array([r["label"].lower() == "true" for r in rows])
     groups = np.array([int(r["subject_id"]) for r in rows])
     out = {"n": len(rows), "positives": int(y.sum())}
@@ -223,10 +245,14 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=192)
     ap.add_argument("--val-batches", type=int, default=5)
     ap.add_argument("--n-trajectories", type=int, default=20)
+    ap.add_argument("--max-labels", type=int, default=None,
+                    help="score only the first K labels of --split (ehr_eval's max_labels): the same rows for both")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-gptlab", action="store_true", help="only the peer")
+    ap.add_argument("--gptlab-predictions", default=None,
+                    help="an ehr_eval.py predictions.csv to compare with (instead of training gptlab here)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,7 +260,10 @@ def main() -> None:
     times = {"cohort": {"cohort": stage(out, "cohort", make_cohort, Path(args.cohort), args.n_patients, args.seed)}}
     times["meds_eic_ar"] = peer_stages(args, out, task)
     results = {"meds_eic_ar": summarize(out / "peer_predictions.csv", args.n_boot)}
-    if not args.skip_gptlab:
+    if args.gptlab_predictions:  # an ehr_eval.py predictions.csv of gptlab's own recipe: the peer's rows of it
+        results["gptlab"] = summarize(Path(args.gptlab_predictions), args.n_boot,
+                                      prediction_keys(out / "peer_predictions.csv"))
+    elif not args.skip_gptlab:
         times["gptlab"] = gptlab_stages(args, out)
         results["gptlab"] = summarize(out / "gptlab_eval" / "predictions.csv", args.n_boot)
     write_report(out, args, times, results)
