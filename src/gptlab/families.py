@@ -10,6 +10,12 @@
 - The decoder-only family is `gptlab.model.GPT`, unchanged.
 
 All pre-norm, GELU, learned positions, as GPT. `build_model` picks the family from `arch`.
+
+Padding: task batches are right-padded (gptlab.data.tasks). Wherever padded inputs meet attention that
+is not causal (the encoder's self-attention, the decoder's cross-attention) the caller passes
+`pad_mask` (B, S), True at the input's padding (torch.nn.Transformer's key_padding_mask), and no query
+reads those keys; gptlab.tasks derives it from the task's pad id. The decoder's own self-attention is
+causal over right-padded targets, so a real target token never reads a pad (they all come after it).
 """
 
 from __future__ import annotations
@@ -68,26 +74,46 @@ class Encoder(GPT):
         if self.cls_head is not None:
             self._init_weights(self.cls_head)
 
-    def hidden(self, idx: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, list]:
-        """The final-normed states (B, T, n_embd) and, with need_weights, every layer's attention."""
+    def hidden(self, idx: torch.Tensor, need_weights: bool = False,
+               pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, list]:
+        """The final-normed states (B, T, n_embd) and, with need_weights, every layer's attention;
+        pad_mask (B, T) True at padding, which no position reads (the pads' own states are junk)."""
         x, rope = self._embed(idx, 0)
         maps = []
         for block in self.transformer.h:
-            x, att = block(x, 0, need_weights=need_weights, rope=rope)
+            x, att = block(x, 0, need_weights=need_weights, rope=rope, pad_mask=pad_mask)
             maps.append(att)
         return self.transformer.ln_f(x), maps
 
-    def classify(self, idx: torch.Tensor) -> torch.Tensor:
-        """Class logits (B, n_classes) from position 0 ([CLS]) or the mean over positions."""
+    def classify(self, idx: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits (B, n_classes) from position 0 ([CLS]) or the mean over the non-pad positions."""
         if self.cls_head is None:
             raise ValueError("this encoder has no classification head: build it with model.n_classes > 0")
-        h, _ = self.hidden(idx)
-        return self.cls_head(h[:, 0] if self.pool == "cls" else h.mean(dim=1))
+        h, _ = self.hidden(idx, pad_mask=pad_mask)
+        if self.pool == "cls":
+            return self.cls_head(h[:, 0])
+        keep = torch.ones_like(idx, dtype=h.dtype) if pad_mask is None else (~pad_mask).to(h.dtype)
+        return self.cls_head((h * keep[..., None]).sum(1) / keep.sum(1, keepdim=True))
+
+
+@dataclass
+class Memory:
+    """The encoder output as the decoder reads it: each decoder block's cross-attention keys and
+    values (B, nh, S, hs), computed once per input, and the input's pad_mask (B, S) or None. The two
+    travel together, so whatever reorders the rows (beam search) reorders the mask with them."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    pad_mask: torch.Tensor | None = None
+
+    def index_select(self, index: torch.Tensor) -> Memory:
+        """Row i becomes row index[i]."""
+        kv = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.kv]
+        return Memory(kv, None if self.pad_mask is None else self.pad_mask.index_select(0, index))
 
 
 class CrossAttention(nn.Module):
-    """Queries from the decoder, keys and values from the encoder output (no mask: the whole input
-    is known before the first output token)."""
+    """Queries from the decoder, keys and values from the encoder output. No causal mask (the whole
+    input is known before the first output token); only the input's padding is hidden."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -104,17 +130,20 @@ class CrossAttention(nn.Module):
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
         return k, v
 
-    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
-                need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], need_weights: bool = False,
+                pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.size()
         q = self.q_proj(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k, v = kv
+        keep = None if pad_mask is None else ~pad_mask[:, None, None, :]  # (B, 1, 1, S): True = read
         att = None
         if need_weights:
-            att = F.softmax((q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1)), dim=-1)
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+            att = F.softmax(scores if keep is None else scores.masked_fill(~keep, float("-inf")), dim=-1)
             y = att @ v
         else:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y)), att
 
@@ -128,11 +157,11 @@ class DecoderBlock(Block):
         self.cross = CrossAttention(config)
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], pos: int = 0,
-                need_weights: bool = False, cache: LayerKVCache | None = None,
+                need_weights: bool = False, cache: LayerKVCache | None = None, pad_mask: torch.Tensor | None = None,
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor | None, torch.Tensor | None]]:
-        a, self_att = self.attn(self.ln_1(x), pos, need_weights, cache)
+        a, self_att = self.attn(self.ln_1(x), pos, need_weights, cache)  # causal: needs no pad mask
         x = x + a
-        c, cross_att = self.cross(self.ln_x(x), kv, need_weights)
+        c, cross_att = self.cross(self.ln_x(x), kv, need_weights, pad_mask)  # pad_mask: the input's
         x = x + c
         x = x + self.mlp(self.ln_2(x))
         return x, (self_att, cross_att)
@@ -141,9 +170,10 @@ class DecoderBlock(Block):
 class EncoderDecoder(nn.Module):
     """Encoder over the input, causal decoder with cross-attention over the encoder output.
 
-    `forward(src, tgt_in, targets)` is teacher forcing: logits (B, T, vocab) for the token after each
-    of tgt_in's, which starts with the decoder start token. `for_input(src)` wraps the model as a
-    decoder-only view conditioned on src, for gptlab.generation."""
+    `forward(src, tgt_in, targets, src_pad_mask)` is teacher forcing: logits (B, T, vocab) for the token
+    after each of tgt_in's, which starts with the decoder start token. `for_input(src, src_pad_mask)` wraps
+    the model as a decoder-only view conditioned on src, for gptlab.generation. src_pad_mask (B, S), True
+    at src's padding, hides it from the encoder's self-attention and the decoder's cross-attention."""
 
     def __init__(self, config: FamilyConfig):
         super().__init__()
@@ -172,13 +202,14 @@ class EncoderDecoder(nn.Module):
             n -= self.encoder.transformer.wpe.weight.numel() + self.decoder.wpe.weight.numel()
         return n
 
-    def encode(self, src: torch.Tensor) -> torch.Tensor:
-        return self.encoder.hidden(src)[0]
+    def encode(self, src: torch.Tensor, src_pad_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.encoder.hidden(src, pad_mask=src_pad_mask)[0]
 
-    def cross_keys_values(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [block.cross.keys_values(memory) for block in self.decoder.h]
+    def memory(self, encoded: torch.Tensor, src_pad_mask: torch.Tensor | None = None) -> Memory:
+        """The decoder's view of the encoder output: its cross-attention keys/values and the pad mask."""
+        return Memory([block.cross.keys_values(encoded) for block in self.decoder.h], src_pad_mask)
 
-    def decode(self, tgt: torch.Tensor, kvs: list, pos: int = 0, need_weights: bool = False,
+    def decode(self, tgt: torch.Tensor, memory: Memory, pos: int = 0, need_weights: bool = False,
                cache: KVCache | None = None) -> tuple[torch.Tensor, list]:
         """Final-normed decoder states (B, T, n_embd) for tgt at positions pos.., and attention maps;
         `cache` holds the decoder self-attention's keys/values of positions < pos and receives these."""
@@ -189,46 +220,48 @@ class EncoderDecoder(nn.Module):
         x = self.decoder.drop(self.wte(tgt) + self.decoder.wpe(positions))
         maps = []
         layers = cache.layers if cache is not None else [None] * len(self.decoder.h)
-        for block, kv, layer_cache in zip(self.decoder.h, kvs, layers):
-            x, att = block(x, kv, pos, need_weights, layer_cache)
+        for block, kv, layer_cache in zip(self.decoder.h, memory.kv, layers):
+            x, att = block(x, kv, pos, need_weights, layer_cache, memory.pad_mask)
             maps.append(att)
         return self.decoder.ln_f(x), maps
 
     def head(self, h: torch.Tensor) -> torch.Tensor:
         return self.encoder.lm_head(h)[..., : self.config.vocab_size]
 
-    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor,
-                targets: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h, _ = self.decode(tgt_in, self.cross_keys_values(self.encode(src)))
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor, targets: torch.Tensor | None = None,
+                src_pad_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h, _ = self.decode(tgt_in, self.memory(self.encode(src, src_pad_mask), src_pad_mask))
         logits = self.head(h)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
-    def for_input(self, src: torch.Tensor) -> ConditionedDecoder:
+    def for_input(self, src: torch.Tensor, src_pad_mask: torch.Tensor | None = None) -> ConditionedDecoder:
         """This model's decoder conditioned on src (B, S), for gptlab.generation.generate."""
-        return ConditionedDecoder(self, src)
+        return ConditionedDecoder(self, src, src_pad_mask)
 
     @torch.no_grad()
-    def attention_maps(self, src: torch.Tensor, tgt_in: torch.Tensor) -> dict[str, list[torch.Tensor]]:
+    def attention_maps(self, src: torch.Tensor, tgt_in: torch.Tensor,
+                       src_pad_mask: torch.Tensor | None = None) -> dict[str, list[torch.Tensor]]:
         """Every layer's weights: encoder self (B, nh, S, S), decoder self (T, T), cross (T, S)."""
-        memory, enc = self.encoder.hidden(src, need_weights=True)
-        _, dec = self.decode(tgt_in, self.cross_keys_values(memory), need_weights=True)
+        encoded, enc = self.encoder.hidden(src, need_weights=True, pad_mask=src_pad_mask)
+        _, dec = self.decode(tgt_in, self.memory(encoded, src_pad_mask), need_weights=True)
         return {"encoder": enc, "decoder": [a for a, _ in dec], "cross": [c for _, c in dec]}
 
 
 class Seq2SeqCache(KVCache):
     """One encoder–decoder decode's state: the decoder self-attention's growing keys/values (a
-    KVCache) and the cross-attention keys/values of the encoder output, fixed for the decode."""
+    KVCache) and the encoder output's Memory (cross-attention keys/values and pad mask), fixed for
+    the decode; a reorder (beam search) moves the Memory's rows with the cache's."""
 
-    def __init__(self, layers: list[LayerKVCache], cross: list[tuple[torch.Tensor, torch.Tensor]]):
+    def __init__(self, layers: list[LayerKVCache], cross: Memory):
         super().__init__(layers)
         self.cross = cross
 
     def reorder(self, index: torch.Tensor, length: int) -> None:
         super().reorder(index, length)
-        self.cross = [(k.index_select(0, index), v.index_select(0, index)) for k, v in self.cross]
+        self.cross = self.cross.index_select(index)
 
 
 class ConditionedDecoder:
@@ -239,12 +272,12 @@ class ConditionedDecoder:
     The encoder runs once, here. With the cache, the cross-attention keys/values are computed once
     per decode (new_kv_cache) and only the decoder's self-attention grows token by token; without
     it every step recomputes both, as an uncached GPT recomputes its prefix. Rows beyond the input's
-    batch (beam search: num_beams per input, input-major) reuse their input's encoder output."""
+    batch (beam search: num_beams per input, input-major) reuse their input's encoder output and pad mask."""
 
-    def __init__(self, model: EncoderDecoder, src: torch.Tensor):
-        self.model, self.config = model, model.config
+    def __init__(self, model: EncoderDecoder, src: torch.Tensor, src_pad_mask: torch.Tensor | None = None):
+        self.model, self.config, self.pad_mask = model, model.config, src_pad_mask
         with torch.no_grad():
-            self.memory = model.encode(src)
+            self.encoded = model.encode(src, src_pad_mask)
 
     # generation switches train/eval; the wrapped model does it
     @property
@@ -258,15 +291,16 @@ class ConditionedDecoder:
     def eval(self) -> ConditionedDecoder:
         return self.train(False)
 
-    def _cross(self, rows: int) -> list:
-        B = self.memory.size(0)
+    def _cross(self, rows: int) -> Memory:
+        B = self.encoded.size(0)
         if rows % B:
             raise ValueError(f"{rows} decoding rows cannot share the encoder outputs of {B} inputs")
-        return self.model.cross_keys_values(self.memory.repeat_interleave(rows // B, dim=0))
+        pad = None if self.pad_mask is None else self.pad_mask.repeat_interleave(rows // B, dim=0)
+        return self.model.memory(self.encoded.repeat_interleave(rows // B, dim=0), pad)
 
     def forward_last(self, idx: torch.Tensor, pos: int = 0, cache: Seq2SeqCache | None = None) -> torch.Tensor:
-        kvs = cache.cross if cache is not None else self._cross(idx.size(0))
-        h, _ = self.model.decode(idx, kvs, pos, cache=cache)
+        memory = cache.cross if cache is not None else self._cross(idx.size(0))
+        h, _ = self.model.decode(idx, memory, pos, cache=cache)
         return self.model.head(h[:, -1])
 
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> Seq2SeqCache:

@@ -225,7 +225,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(
         self, x: torch.Tensor, pos: int | torch.Tensor = 0, need_weights: bool = False,
-        cache: LayerKVCache | None = None, rope: Rope = None,
+        cache: LayerKVCache | None = None, rope: Rope = None, pad_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.size()
         # (B, T, 3C) -> q, k, v, each (B, nh, T, hs): each head attends independently. The same views
@@ -251,7 +251,12 @@ class CausalSelfAttention(nn.Module):
             mask = (torch.arange(S, device=x.device) <= ends[..., None])[:, None]  # (B, 1, T, S)
         elif self.causal and T > 1:
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-        square = S == T and not isinstance(pos, torch.Tensor)  # the plain causal triangle
+        # pad_mask (B, S), True at padding keys: no query reads them, so a row's outputs are the same
+        # however much padding its batch adds (torch's key_padding_mask)
+        if pad_mask is not None:
+            keep = ~pad_mask[:, None, None, :]  # (B, 1, 1, S)
+            mask = keep if mask is None else mask & keep
+        square = S == T and not isinstance(pos, torch.Tensor) and pad_mask is None  # the plain causal triangle
 
         att = None
         if self.use_sdpa and not need_weights:
@@ -310,9 +315,9 @@ class Block(nn.Module):
 
     def forward(
         self, x: torch.Tensor, pos: int | torch.Tensor = 0, need_weights: bool = False,
-        cache: LayerKVCache | None = None, rope: Rope = None,
+        cache: LayerKVCache | None = None, rope: Rope = None, pad_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a, att = self.attn(self.ln_1(x), pos, need_weights, cache, rope)
+        a, att = self.attn(self.ln_1(x), pos, need_weights, cache, rope, pad_mask)
         x = x + a
         x = x + self.mlp(self.ln_2(x))
         return x, att
@@ -371,7 +376,7 @@ class GPT(nn.Module):
 
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, pos: int | torch.Tensor = 0,
-        cache: KVCache | None = None,
+        cache: KVCache | None = None, pad_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (B, T, vocab_size) for every position; loss when targets are given.
 
@@ -379,19 +384,26 @@ class GPT(nn.Module):
         KV `cache` (see `new_kv_cache`), which then holds positions 0..pos-1 and receives these
         keys and values. A (B,) tensor gives each row its own position, with a cache that writes each
         row there (gptlab.serving.batch). Targets equal to IGNORE_INDEX (-1) are ignored in the loss.
+
+        `pad_mask` (B, T), True at padding tokens, hides them from every query: a bidirectional model
+        (causal=False) on a right-padded batch needs it, or each row reads its padding. A causal model
+        on right-padded rows needs none: a token reads only the tokens before it, never the pads after.
         """
-        logits = self._head(self._blocks(idx, pos, cache))
+        if pad_mask is not None and cache is not None:
+            raise ValueError("pad_mask is for whole right-padded sequences (bidirectional models), not cached decoding")
+        logits = self._head(self._blocks(idx, pos, cache, pad_mask))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 
-    def _blocks(self, idx: torch.Tensor, pos: int | torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def _blocks(self, idx: torch.Tensor, pos: int | torch.Tensor, cache: KVCache | None,
+                pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The residual stream after the last block, (B, T, n_embd)."""
         x, rope = self._embed(idx, pos)
         layers = cache.layers if cache is not None else [None] * len(self.transformer.h)
         for block, layer_cache in zip(self.transformer.h, layers):
-            x, _ = block(x, pos, False, layer_cache, rope)
+            x, _ = block(x, pos, False, layer_cache, rope, pad_mask)
         return x
 
     def _embed(self, idx: torch.Tensor, pos: int | torch.Tensor) -> tuple[torch.Tensor, Rope]:

@@ -8,6 +8,11 @@ One batch shape, three readings (gptlab.data.tasks makes the batches; tgt is -1 
 - encoder-only: classification from the [CLS] position of `<sep> src` (the separator doubles as
   [CLS]) or the mean of positions; seq2seq only when the target is as long as the input
   ("aligned": one output per input position, read off the MLM head). Anything else it cannot express.
+
+Padding: src is right-padded with the task's pad id, and a row's answer must not depend on how much
+padding its batch adds. `src_pad_mask` is the one place the key-padding mask is made (True at pads);
+every encoder and cross-attention reading src gets it. The decoder-only family gets none: its rows are
+packed (`src <sep> tgt`, then the pads), and a causal model never reads the pads after a token.
 """
 
 from __future__ import annotations
@@ -52,6 +57,31 @@ def check_task(model, objective: str, task: dict[str, Any] | None, source: str =
                          f"test_long included): model.arch={arch} needs model.block_size >= {need}, got {cfg.block_size}")
 
 
+def src_pad_mask(src: torch.Tensor, task: dict[str, Any]) -> torch.Tensor | None:
+    """(B, S) True at src's padding (the task's pad id), the key-padding mask of the encoder's
+    self-attention and the decoder's cross-attention; None when the batch has no padding (the
+    length-grouped seq2seq batches), which keeps the unmasked fused attention."""
+    mask = src == task["pad_id"]
+    return mask if bool(mask.any()) else None
+
+
+def _cls_input(src: torch.Tensor, task: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The encoder classifier's input `<sep> src` (<sep> doubling as [CLS]) and its pad mask."""
+    x = torch.cat([_column(src, task["sep_id"]), src], dim=1)
+    return x, src_pad_mask(x, task)
+
+
+def _packed(src: torch.Tensor, tgt: torch.Tensor, task: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decoder-only family's rows `src <sep> tgt` with src's padding moved to the end, and the
+    label of each position (the next token where it is a target, else -1): every row's <sep> and
+    target then sit right after its own input, at the positions it has when batched alone."""
+    seq = torch.cat([src, _column(src, task["sep_id"]), _filled(tgt, task["pad_id"])], dim=1)
+    label = torch.cat([torch.full_like(src, -1), _column(src, -1), tgt], dim=1)
+    is_pad = torch.cat([src == task["pad_id"], torch.zeros_like(seq[:, src.size(1):], dtype=torch.bool)], dim=1)
+    order = torch.sort(is_pad.to(torch.uint8), dim=1, stable=True).indices  # real tokens first, in order
+    return seq.gather(1, order)[:, :-1], label.gather(1, order)[:, 1:]
+
+
 def _filled(tgt: torch.Tensor, pad_id: int) -> torch.Tensor:
     return tgt.masked_fill(tgt < 0, pad_id)
 
@@ -76,14 +106,22 @@ def task_logits(model, objective: str, src: torch.Tensor, tgt: torch.Tensor,
     arch, sep, pad = arch_of(model), task["sep_id"], task["pad_id"]
     if arch == "encoder_decoder":
         tgt_in = torch.cat([_column(tgt, sep), _filled(tgt, pad)[:, :-1]], dim=1)
-        return model(src, tgt_in)[0], tgt
+        return model(src, tgt_in, src_pad_mask=src_pad_mask(src, task))[0], tgt
     if arch == "encoder" and objective == "classify":
-        return model.classify(torch.cat([_column(src, sep), src], dim=1)), class_index(tgt, task)
+        return model.classify(*_cls_input(src, task)), class_index(tgt, task)
     if arch == "encoder":  # aligned seq2seq: the target at each input position (EOS dropped)
-        return model(src)[0], tgt[:, : src.size(1)]
-    seq = torch.cat([src, _column(src, sep), _filled(tgt, pad)], dim=1)
-    y = torch.cat([torch.full_like(src, -1), tgt], dim=1)
-    return model(seq[:, :-1])[0], y
+        return model(src, pad_mask=src_pad_mask(src, task))[0], tgt[:, : src.size(1)]
+    seq, y = _packed(src, tgt, task)
+    return model(seq)[0], y
+
+
+def label_logits(model, objective: str, src: torch.Tensor, task: dict[str, Any]) -> torch.Tensor:
+    """(B, n_labels) logits of each row's class, in task['labels'] order, from any family."""
+    if arch_of(model) == "encoder":
+        return model.classify(*_cls_input(src, task))
+    # the position that predicts the label token: after <sep> (decoder) or <sep> itself (enc-dec)
+    logits, y = task_logits(model, objective, src, _column(src, task["label_ids"][0]), task)
+    return logits[y != -1][:, task["label_ids"]]
 
 
 def task_loss(model, objective: str, batch, task: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,23 +146,23 @@ def predict(model, objective: str, src: torch.Tensor, task: dict[str, Any],
     are the task's) where the family generates."""
     arch, eos, sep = arch_of(model), task["eos_id"], task["sep_id"]
     if objective == "classify":
-        if arch == "encoder":
-            k = model.classify(torch.cat([_column(src, sep), src], dim=1)).argmax(-1)
-        else:
-            logits, _ = task_logits(model, objective, src, src.new_full((src.size(0), 1), task["pad_id"]), task)
-            label = torch.tensor(task["label_ids"], device=src.device)
-            k = logits[:, -1][:, label].argmax(-1)  # the position after <sep> (decoder) or <sep> itself (enc-dec)
-        return [[task["label_ids"][int(i)]] for i in k]
-    if arch == "encoder":
-        return model(src)[0].argmax(-1).tolist()
+        return [[task["label_ids"][int(i)]] for i in label_logits(model, objective, src, task).argmax(-1)]
+    lengths = (src != task["pad_id"]).sum(1).tolist()
+    if arch == "encoder":  # one output per input position, the pads' cut off
+        out = model(src, pad_mask=src_pad_mask(src, task))[0].argmax(-1).tolist()
+        return [row[:n] for row, n in zip(out, lengths)]
     d = (decoding or Decoding(strategy="greedy")).replace(max_new_tokens=task["max_tgt_len"], eos_token_id=eos,
                                                           stop=())
     if arch == "encoder_decoder":
-        out = generate(model.for_input(src), _column(src, sep), d)[:, 1:]
-    else:
-        prompt = torch.cat([src, _column(src, sep)], dim=1)
-        out = generate(model, prompt, d)[:, prompt.size(1):]
-    return [row[: row.index(eos)] if eos in row else row for row in out.tolist()]
+        out = generate(model.for_input(src, src_pad_mask(src, task)), _column(src, sep), d)[:, 1:].tolist()
+    else:  # the prompt `src <sep>` must end at <sep>: one generate per input length, no padding inside
+        out = [[] for _ in lengths]
+        for n in sorted(set(lengths)):
+            rows = [i for i, m in enumerate(lengths) if m == n]
+            prompt = torch.cat([src[rows, :n], _column(src[rows], sep)], dim=1)
+            for i, row in zip(rows, generate(model, prompt, d)[:, n + 1:].tolist()):
+                out[i] = row
+    return [row[: row.index(eos)] if eos in row else row for row in out]
 
 
 def exact_match(model, objective: str, batches, task: dict[str, Any], decoding: Decoding | None = None) -> float:
@@ -167,11 +205,7 @@ def answer_text(model, ckpt: dict[str, Any], prompt: str, decoding: Decoding | N
     src = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=next(model.parameters()).device)
     check_task(model, objective, {**task, "max_src_len": src.size(1)}, "the checkpoint")
     if objective == "classify":
-        if arch_of(model) == "encoder":
-            probs = model.classify(torch.cat([_column(src, task["sep_id"]), src], dim=1)).softmax(-1)[0]
-        else:
-            logits, _ = task_logits(model, objective, src, src.new_full((1, 1), task["pad_id"]), task)
-            probs = logits[0, -1, task["label_ids"]].softmax(-1)
+        probs = label_logits(model, objective, src, task).softmax(-1)[0]
         order = probs.argsort(descending=True).tolist()
         return "\n".join(f"{float(probs[k]):.3f}  {task['labels'][k]}" for k in order)
     (ids,) = predict(model, objective, src, task, decoding)
