@@ -67,23 +67,54 @@ def randomize(model: nn.Module) -> None:
             p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
-def test_encoder_equals_torch_transformer_encoder():
+def padding(lengths: tuple[int, ...] | None, B: int, T: int) -> torch.Tensor | None:
+    """(B, T) True past each row's length (right padding), or None: no padding."""
+    if lengths is None:
+        return None
+    assert len(lengths) == B and max(lengths) == T
+    return torch.arange(T)[None, :] >= torch.tensor(lengths)[:, None]
+
+
+def real(x: torch.Tensor, pad: torch.Tensor | None) -> torch.Tensor:
+    """The non-pad positions of x (B, T, ...), flattened: the only ones a padded comparison may look at."""
+    return x.flatten(0, 1) if pad is None else x[~pad]
+
+
+# rows of one batch padded to different lengths (11: none, 7, 4, 1: a single real token)
+PADDED = [None, (11, 7, 4, 1)]
+
+
+@pytest.mark.parametrize("lengths", PADDED)
+def test_encoder_equals_torch_transformer_encoder(lengths):
+    """With src_key_padding_mask on torch's side and pad_mask on ours, the non-pad positions agree."""
     torch.manual_seed(0)
     enc = Encoder(config()).eval()
     randomize(enc)
     layer = nn.TransformerEncoderLayer(C, NH, 4 * C, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
     ref = nn.TransformerEncoder(layer, num_layers=2, norm=nn.LayerNorm(C), enable_nested_tensor=False).eval()
     copy_encoder(ref, enc)
-    idx = torch.randint(0, 23, (3, 11))
+    idx = torch.randint(0, 23, (4, 11))
+    pad = padding(lengths, 4, 11)
     with torch.no_grad():
         x, _ = enc._embed(idx, 0)  # learned positions: no RoPE tables
-        ours, _ = enc.hidden(idx)
-        torch.testing.assert_close(ours, ref(x), rtol=1e-5, atol=1e-5)
+        want = ref(x, src_key_padding_mask=pad)
+        ours, maps = enc.hidden(idx, pad_mask=pad)
+        torch.testing.assert_close(real(ours, pad), real(want, pad), rtol=1e-5, atol=1e-5)
         # and the MLM head is the tied embedding over those states
-        torch.testing.assert_close(enc(idx)[0], ref(x) @ enc.transformer.wte.weight.T, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(real(enc(idx, pad_mask=pad)[0], pad), real(want @ enc.transformer.wte.weight.T, pad),
+                                   rtol=1e-5, atol=1e-5)
+        # the explicit path (attention weights) computes the same states and gives the pads no weight
+        explicit, maps = enc.hidden(idx, need_weights=True, pad_mask=pad)
+        torch.testing.assert_close(real(explicit, pad), real(want, pad), rtol=1e-5, atol=1e-5)
+        if pad is not None:
+            assert all(float(m.masked_select(pad[:, None, None, :]).abs().max()) == 0.0 for m in maps)
 
 
-def test_encoder_decoder_equals_torch_transformer():
+@pytest.mark.parametrize("src_lengths, tgt_lengths", [(None, None), ((9, 5, 2, 1), (6, 6, 3, 1))])
+def test_encoder_decoder_equals_torch_transformer(src_lengths, tgt_lengths):
+    """torch.nn.Transformer with src_key_padding_mask and memory_key_padding_mask (the input's pads) and
+    tgt_key_padding_mask (the target's): ours, given only the input's pad mask, agrees at every non-pad
+    target position, since its causal self-attention never reads the target pads after a real token."""
     torch.manual_seed(0)
     model = EncoderDecoder(config(arch="encoder_decoder", n_enc_layer=3)).eval()
     randomize(model)
@@ -91,14 +122,19 @@ def test_encoder_decoder_equals_torch_transformer():
                          activation="gelu", batch_first=True, norm_first=True).eval()
     copy_encoder(ref.encoder, model.encoder)
     copy_decoder(ref.decoder, model)
-    src, tgt = torch.randint(0, 23, (2, 9)), torch.randint(0, 23, (2, 6))
+    src, tgt = torch.randint(0, 23, (4, 9)), torch.randint(0, 23, (4, 6))
+    src_pad, tgt_pad = padding(src_lengths, 4, 9), padding(tgt_lengths, 4, 6)
     with torch.no_grad():
         src_x, _ = model.encoder._embed(src, 0)
         tgt_x = model.wte(tgt) + model.decoder.wpe(torch.arange(6))
-        mask = nn.Transformer.generate_square_subsequent_mask(6)
-        hidden = ref(src_x, tgt_x, tgt_mask=mask, tgt_is_causal=True)
-        logits, _ = model(src, tgt)
-    torch.testing.assert_close(logits, hidden @ model.wte.weight.T, rtol=1e-5, atol=1e-5)
+        mask = torch.ones(6, 6, dtype=torch.bool).triu(1)  # bool like the padding masks: True is hidden
+        hidden = ref(src_x, tgt_x, tgt_mask=mask, tgt_is_causal=True, src_key_padding_mask=src_pad,
+                     tgt_key_padding_mask=tgt_pad, memory_key_padding_mask=src_pad)
+        logits, _ = model(src, tgt, src_pad_mask=src_pad)
+        _, maps = model.decode(tgt, model.memory(model.encode(src, src_pad), src_pad), need_weights=True)
+    torch.testing.assert_close(real(logits, tgt_pad), real(hidden @ model.wte.weight.T, tgt_pad), rtol=1e-5, atol=1e-5)
+    if src_pad is not None:  # no output position reads the input's pads
+        assert all(float(cross.masked_select(src_pad[:, None, None, :]).abs().max()) == 0.0 for _, cross in maps)
 
 
 def test_decoder_output_depends_only_on_earlier_targets_and_the_whole_input():

@@ -26,6 +26,7 @@ from gptlab.paths import SHIPPED_SHAKESPEARE
 from gptlab.tasks import check_task, exact_match, predict, task_loss
 from gptlab.tokenizers import tokenizer_from_spec
 from tests.conftest import ROOT, compose_train_cfg
+from tests.test_families import randomize
 
 SEQ = dict(n_train=300, n_eval=40, split_seed=0)
 
@@ -138,6 +139,57 @@ def test_the_decoder_cannot_see_the_target_it_predicts(reverse_dir):
         torch.testing.assert_close(logits[:, : at + 1], logits2[:, : at + 1])
 
 
+# ---- padding: a row's answer does not depend on its batch -----------------------------------------------
+# a toy task: pad 0, sep 1, eos 2, labels 3..5, input tokens 6..29; rows right-padded to the longest
+TOY = dict(name="toy", pad_id=0, sep_id=1, eos_id=2, label_ids=[3, 4, 5], labels=["A", "B", "C"], max_tgt_len=8)
+LENGTHS = (9, 6, 3, 1)
+
+
+def padded_batch(lengths=LENGTHS) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(6, 30, (len(lengths), max(lengths)), generator=g)
+    return src.masked_fill(torch.arange(max(lengths))[None] >= torch.tensor(lengths)[:, None], TOY["pad_id"])
+
+
+def lively(model: torch.nn.Module) -> torch.nn.Module:
+    """Weights well away from their small init, so attention (and so padding) moves the outputs: an
+    untrained model's tied head mostly echoes each position's own token, whatever it attends to."""
+    randomize(model)
+    return model.eval()
+
+
+def alone(src: torch.Tensor, i: int, n: int) -> torch.Tensor:
+    """Row i with no padding, as a batch of one."""
+    return src[i : i + 1, :n]
+
+
+@pytest.mark.parametrize("arch, kw", [("decoder", {}), ("encoder", dict(n_classes=3)),
+                                      ("encoder", dict(n_classes=3, pool="mean")), ("encoder_decoder", {})])
+def test_class_logits_of_a_row_are_the_same_alone_or_batched_with_longer_rows(arch, kw):
+    from gptlab.tasks import label_logits
+
+    model, src = lively(family(arch, None, 30, **kw)), padded_batch()
+    with torch.no_grad():
+        batched = label_logits(model, "classify", src, TOY)
+        for i, n in enumerate(LENGTHS):
+            torch.testing.assert_close(batched[i : i + 1], label_logits(model, "classify", alone(src, i, n), TOY),
+                                       rtol=1e-5, atol=1e-5)
+        if arch == "encoder":  # without the mask the short rows would read their pads
+            x = torch.cat([torch.full((4, 1), TOY["sep_id"]), src], dim=1)
+            assert not torch.allclose(model.classify(x)[3], batched[3], atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder", "encoder_decoder"])
+@pytest.mark.parametrize("decoding", [dict(strategy="greedy"), dict(strategy="beam", num_beams=3)])
+def test_seq2seq_answer_of_a_row_is_the_same_alone_or_batched_with_longer_rows(arch, decoding):
+    model, src = lively(family(arch, None, 30)), padded_batch()
+    d = Decoding(**decoding)
+    batched = predict(model, "seq2seq", src, TOY, d)
+    assert batched == [predict(model, "seq2seq", alone(src, i, n), TOY, d)[0] for i, n in enumerate(LENGTHS)]
+    if arch == "encoder":  # one output per input position, not per padded position
+        assert [len(a) for a in batched] == list(LENGTHS)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(arch="encoder", objective="seq2seq", data="add"), "model.arch=encoder cannot do data task 'add'"),
     (dict(arch="decoder", objective="seq2seq", data="add", block_size=8), "model.arch=decoder needs model.block_size >= 21, got 8"),
@@ -161,13 +213,17 @@ def test_classify_needs_task_data_and_a_head_of_the_right_size():
 # ---- encoder–decoder decoding ----------------------------------------------------------------------------
 @pytest.mark.parametrize("decoding", [dict(strategy="greedy"), dict(strategy="beam", num_beams=3),
                                       dict(strategy="sample", temperature=0.9, top_k=5, top_p=0.9)])
-def test_encoder_decoder_decodes_the_same_tokens_with_and_without_the_cache(decoding):
+@pytest.mark.parametrize("lengths", [None, LENGTHS])
+def test_encoder_decoder_decodes_the_same_tokens_with_and_without_the_cache(decoding, lengths):
+    """Also with inputs of different lengths in one batch: the cached cross-attention keys/values carry
+    the pad mask, and beam search reorders it with its beams."""
     torch.manual_seed(0)
-    model = EncoderDecoder(FamilyConfig(arch="encoder_decoder", n_layer=2, n_enc_layer=2, n_head=2, n_embd=32,
-                                        block_size=24, vocab_size=30)).eval()
-    src, start = torch.randint(0, 30, (3, 9)), torch.full((3, 1), 1)
-    runs = [generate(model.for_input(src), start, Decoding(max_new_tokens=20, use_cache=use_cache, eos_token_id=2,
-                                                           seed=1, **decoding))
+    model = lively(EncoderDecoder(FamilyConfig(arch="encoder_decoder", n_layer=2, n_enc_layer=2, n_head=2, n_embd=32,
+                                               block_size=24, vocab_size=30)))
+    src = torch.randint(0, 30, (4, 9)) if lengths is None else padded_batch(lengths)
+    pad, start = (None if lengths is None else src == TOY["pad_id"]), torch.full((4, 1), 1)
+    runs = [generate(model.for_input(src, pad), start, Decoding(max_new_tokens=20, use_cache=use_cache,
+                                                                eos_token_id=2, seed=1, **decoding))
             for use_cache in (True, False)]
     assert torch.equal(runs[0], runs[1])
     assert runs[0].size(1) > 5
