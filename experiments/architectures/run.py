@@ -54,6 +54,7 @@ def score(ckpt: str, data_dir: Path, objective: str) -> dict[str, float]:
 
 
 def one_run(out: Path, task: str, family: str, seed: int, steps: int) -> dict:
+    from gptlab.cfg import to_plain
     from gptlab.data.build import data_folder
     from gptlab.entrypoints.train import train
 
@@ -64,7 +65,7 @@ def one_run(out: Path, task: str, family: str, seed: int, steps: int) -> dict:
     cfg = compose_train(run_dir, out / "data", overrides)
     result = train(cfg)
     start = time.perf_counter()
-    scores = score(result["last_ckpt"], data_folder(cfg), objective)
+    scores = score(result["last_ckpt"], data_folder(to_plain(cfg.data), cfg.paths.data_dir), objective)
     from gptlab.tasks import model_from_checkpoint
 
     params = model_from_checkpoint(result["last_ckpt"])[0].num_params()
