@@ -629,6 +629,13 @@ def test_count_baseline_features_and_fit(tok16, splits):
     np.testing.assert_allclose(fitted.predict(X), ref.predict_proba((X - X.mean(0)) / X.std(0))[:, 1], atol=1e-3)
     with pytest.raises(ValueError, match="both classes"):
         fit_count_baseline(X, np.zeros(600, bool), groups)
+    # few positives (the MIMIC demo's mortality tasks): 3 positive patients of 200 → 3 stratified folds,
+    # each holding one, so every fold's AUROC exists
+    few = np.zeros(600, bool)
+    few[[0, 30, 300]] = True
+    assert np.isfinite(fit_count_baseline(X, few, groups).predict(X)).all()
+    with pytest.raises(ValueError, match="1 positive patients"):
+        fit_count_baseline(X, np.eye(1, 600, 0, dtype=bool)[0], groups)
 
 
 def test_paired_difference_resamples_both_scores_together():

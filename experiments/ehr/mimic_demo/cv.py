@@ -102,6 +102,7 @@ def eval_fold(fold_dir: Path, ckpt: Path, task: str, args: argparse.Namespace) -
     cfg.update(labels=f"tasks/{task}.parquet", aces_labels=False)
     evaluate_task({"ckpt_path": str(ckpt), "meds_dir": str(fold_dir / "meds"), "task": cfg, "splits": ["held_out"],
                    "n_trajectories": args.n_trajectories, "max_new_tokens": args.max_new_tokens,
+                   "risk_estimator": args.risk_estimator,
                    "temperature": 1.0, "max_labels": None, "n_boot": 200, "seed": args.seed, "device": "cpu",
                    "threads": 1, "out_dir": str(out)})
     return out
@@ -115,12 +116,19 @@ def pooled(out: Path, task: str, folds: list[int], n_boot: int) -> dict:
     y = np.array([r["label"] == "True" for r in rows])
     groups = np.array([int(r["subject_id"]) for r in rows])
     res = {"folds": folds, "labels": len(rows), "positives": int(y.sum()), "patients": len(set(groups.tolist()))}
-    for scorer in ("risk_trajectory", "risk_one_step"):
-        s = np.array([float(r[scorer]) for r in rows])
+    scores = {}
+    for scorer in ("risk_trajectory", "risk_one_step", "risk_baseline"):
+        if scorer not in rows[0]:
+            continue
+        s = scores[scorer] = np.array([float(r[scorer]) for r in rows])
         res[scorer] = M.summarize(y, s, n_boot, 0, groups=groups)
         table = prediction_table(groups, [r["prediction_time"] for r in rows], y, s)
         pq.write_table(table, out / f"pooled_{task}_{scorer}.parquet")
         res[scorer]["meds_evaluation"] = meds_evaluate(table)
+    if "risk_baseline" in scores:  # each fold's baseline was fitted on that fold's training patients' labels
+        res["trajectory_minus_baseline"] = {
+            m: M.paired_difference(f, y, scores["risk_trajectory"], scores["risk_baseline"], n_boot, 0, groups=groups)
+            for m, f in (("auroc", M.auroc), ("auprc", M.auprc))}
     return res
 
 
@@ -133,6 +141,7 @@ def main() -> None:
     ap.add_argument("--n-trajectories", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--risk-estimator", default="km", help="ehr_eval's risk_estimator (km, hazard, ...)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--folds", type=int, nargs="*", help="only these folds (default: all), e.g. to split the work")
@@ -169,10 +178,16 @@ def main() -> None:
         (out / name).write_text(json.dumps(report, indent=1))
         print(f"[cv] folds pooled: {done} of {args.k}")
         for t, r in report.items():
-            tr, os_ = r["risk_trajectory"], r["risk_one_step"]
-            print(f"{t}: {r['labels']} labels, {r['positives']} positive, {r['patients']} patients | trajectory AUROC "
-                  f"{tr['auroc']:.3f} ({tr['auroc_ci'][0]:.3f}-{tr['auroc_ci'][1]:.3f}) AUPRC {tr['auprc']:.3f} | "
-                  f"one-step AUROC {os_['auroc']:.3f} ({os_['auroc_ci'][0]:.3f}-{os_['auroc_ci'][1]:.3f})")
+            line = f"{t}: {r['labels']} labels, {r['positives']} positive, {r['patients']} patients"
+            for scorer in ("risk_trajectory", "risk_one_step", "risk_baseline"):
+                if scorer in r:
+                    m = r[scorer]
+                    line += (f" | {scorer[5:]} AUROC {m['auroc']:.3f} ({m['auroc_ci'][0]:.3f}-{m['auroc_ci'][1]:.3f})"
+                             f" AUPRC {m['auprc']:.3f}")
+            if "trajectory_minus_baseline" in r:
+                d = r["trajectory_minus_baseline"]["auroc"]
+                line += f" | trajectory − baseline AUROC {d['difference']:+.3f} ({d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})"
+            print(line)
         print(f"[cv] pooled report: {out / name}")
 
 

@@ -3,7 +3,7 @@
 Logistic regression (scikit-learn, L2) on the counts of each token of the timeline up to the
 prediction time (the whole history, not the prompt cut to the model's context) plus the age at
 prediction in years. The inverse regularisation C is chosen by cross-validation over the TRAIN
-split's patients only (GroupKFold: all of a patient's labels in one fold, AUROC as the score),
+split's patients only (StratifiedGroupKFold: all of a patient's labels in one fold, AUROC as the score),
 then refitted on all train labels. A trajectory model that cannot beat this has not learnt more
 than which codes a patient has had.
 """
@@ -70,23 +70,28 @@ class CountBaseline:
 
 def fit_count_baseline(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5,
                        seed: int = 0) -> CountBaseline:
-    """LogisticRegressionCV (L2, C from CS by AUROC over GroupKFold folds of patients) on
-    standardised counts + age; raises with what is missing when train holds too little."""
+    """LogisticRegressionCV (L2, C from CS by AUROC over StratifiedGroupKFold folds of patients) on
+    standardised counts + age; raises with what is missing when train holds too little. Stratified,
+    so that each fold holds positives (an AUROC needs both classes) even when they are few (the
+    MIMIC demo's mortality tasks); with fewer positive patients than `folds`, one fold each."""
     from sklearn.linear_model import LogisticRegressionCV
-    from sklearn.model_selection import GroupKFold
+    from sklearn.model_selection import StratifiedGroupKFold
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     y = np.asarray(y, dtype=bool)
     n_patients = len(np.unique(groups))
-    if y.all() or not y.any() or n_patients < folds:
-        raise ValueError(f"count baseline: the train split's labels need both classes and ≥ {folds} patients "
-                         f"(got {int(y.sum())} positive of {len(y)}, {n_patients} patients)")
+    positive_patients = len(np.unique(groups[y]))
+    folds = min(folds, positive_patients)
+    if y.all() or folds < 2 or n_patients < folds:
+        raise ValueError(f"count baseline: the train split's labels need both classes, in ≥ 2 patients each "
+                         f"(got {int(y.sum())} positive of {len(y)}, {positive_patients} positive patients, "
+                         f"{n_patients} patients)")
     X = X.copy()
     ages = X[:, -1]
     fill = float(np.nanmedian(ages)) if np.isfinite(ages).any() else 0.0
     X[np.isnan(ages), -1] = fill
-    cv = list(GroupKFold(n_splits=folds).split(X, y, groups))
+    cv = list(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y, groups))
     lr = LogisticRegressionCV(Cs=list(CS), cv=cv, scoring="roc_auc", max_iter=2000, random_state=seed)
     model = make_pipeline(StandardScaler(), lr).fit(X, y)
     return CountBaseline(model, fill, float(lr.C_[0]), len(y), n_patients)

@@ -193,7 +193,7 @@ def baseline_scores(cfg: dict[str, Any], tok: EHRTokenizer, data: dict[str, Any]
     for row, p in zip(preds, scores):
         row["risk_baseline"] = float(p)
     return {"model": "LogisticRegressionCV (L2) on standardised token counts up to the prediction time + age",
-            "C": fitted.C, "C_chosen_by": "5-fold GroupKFold over train patients, AUROC",
+            "C": fitted.C, "C_chosen_by": "StratifiedGroupKFold (≤ 5 folds) over train patients, AUROC",
             "train_labels": fitted.n_train, "train_patients": fitted.n_train_patients,
             "seconds": time.perf_counter() - t0}
 
