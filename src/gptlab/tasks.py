@@ -36,7 +36,7 @@ def check_task(model, objective: str, task: dict[str, Any] | None, source: str =
     """Fail before training, naming the key, when this model cannot learn this task as asked."""
     arch, cfg = arch_of(model), model.config
     if task is None:
-        raise ValueError(f"objective={objective} needs task data (data=speakers|reverse|sort|add); {source} has "
+        raise ValueError(f"objective={objective} needs task data (data=speakers|reverse|sort|add|continue); {source} has "
                          f"no 'task' in its meta.json")
     if objective == "classify" and task["kind"] != "classify":
         raise ValueError(f"objective=classify but data task {task['name']!r} is {task['kind']}: use objective="
@@ -46,6 +46,10 @@ def check_task(model, objective: str, task: dict[str, Any] | None, source: str =
     if arch == "encoder" and objective == "classify" and cfg.n_classes != len(task["labels"]):
         raise ValueError(f"model.n_classes={cfg.n_classes} but data task {task['name']!r} has {len(task['labels'])} "
                          f"labels: set model.n_classes={len(task['labels'])} (the encoder's classification head)")
+    if arch == "encoder" and objective == "seq2seq" and task.get("generation"):
+        raise ValueError(f"model.arch=encoder cannot do data task {task['name']!r}: it is generation, and an encoder "
+                         f"has no next-token distribution (it reads the whole sequence at once; outputs aligned to "
+                         f"the input would not be a continuation); use model.arch=decoder or encoder_decoder")
     if arch == "encoder" and objective == "seq2seq" and not task["aligned"]:
         raise ValueError(f"model.arch=encoder cannot do data task {task['name']!r}: an encoder writes one output per "
                          f"input position, and this task's target length differs from its input's; use "
@@ -176,6 +180,22 @@ def exact_match(model, objective: str, batches, task: dict[str, Any], decoding: 
             total += 1
     return right / max(total, 1)
 
+
+
+@torch.no_grad()
+def target_cross_entropy(model, objective: str, batches, task: dict[str, Any]) -> float:
+    """Mean cross-entropy in nats per scored target token over all batches (teacher forcing): for the
+    decoder the loss on the target positions of `src <sep> tgt`, for the encoder–decoder the decoder's
+    loss given the encoded src. Summed over tokens, not averaged per batch, so batch sizes do not weigh."""
+    total, count = 0.0, 0
+    for src, tgt in batches:
+        logits, y = task_logits(model, objective, src, tgt, task)
+        total += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1,
+                                       reduction="sum"))
+        count += int((y != -1).sum())
+    if count == 0:
+        raise ValueError(f"data task {task['name']!r}: no scored target tokens in the batches given")
+    return total / count
 
 
 def model_from_checkpoint(path) -> tuple[Any, dict[str, Any]]:

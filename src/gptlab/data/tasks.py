@@ -6,6 +6,12 @@ Kinds of task (`data.task`):
   Splits are drawn by speech, so no speech is in two splits.
 - `reverse`, `sort`: a string of letters → the same letters reversed / sorted (a re-ordering).
 - `add`: "a+b" → the decimal sum (arithmetic).
+- `continue`: generation on real text: `prefix_len` characters of Tiny Shakespeare → the next
+  `target_len` characters (no EOS: the target is always that long). Windows are cut at seeded
+  positions, train from the first 85% of the text, val from 85–90%, test from the last 10%, each window
+  wholly inside its region (no character in two splits); no `test_long` (a longer continuation would
+  be a different target length, not a longer input: it is omitted, not faked). Vocabulary: every
+  character of the text.
 The seq2seq tasks are generated from `split_seed`; train/val/test hold inputs of length 1..`max_len`
 (for `add`: digits per operand), `test_long` holds lengths max_len+1..2·max_len (length generalisation).
 
@@ -37,7 +43,7 @@ from gptlab.tokenizers import CharTokenizer
 PAD, SEP, EOS = "\ue000", "\ue001", "\ue002"
 LABEL_BASE = 0xE100
 SPLITS = ("train", "val", "test", "test_long")
-SEQ2SEQ_TASKS = ("reverse", "sort", "add")
+SEQ2SEQ_TASKS = ("reverse", "sort", "add", "continue")
 TASKS = ("speakers", *SEQ2SEQ_TASKS)
 IGNORE = -1
 FORMAT = 1
@@ -103,6 +109,27 @@ def seq2seq_examples(cfg: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+def continue_examples(cfg: dict[str, Any]) -> tuple[dict[str, list[tuple[str, str]]], str]:
+    """Seeded (prefix → next characters) windows of the text, each split from its own region of it,
+    and the text (whose characters are the vocabulary)."""
+    text = Path(cfg.get("path") or SHIPPED_SHAKESPEARE).read_text(encoding="utf-8")
+    P, Q = int(cfg["prefix_len"]), int(cfg["target_len"])
+    if P < 1 or Q < 1:
+        raise ValueError(f"data.prefix_len={P}, data.target_len={Q}: both must be >= 1")
+    rng, n = np.random.default_rng(cfg["split_seed"]), len(text)
+    # train | val | test regions by position: a window never crosses a boundary, so none shares a character
+    bounds = {"train": (0, int(0.85 * n)), "val": (int(0.85 * n), int(0.9 * n)), "test": (int(0.9 * n), n)}
+    sizes = {"train": cfg["n_train"], "val": cfg["n_eval"], "test": cfg["n_eval"]}
+    out = {}
+    for split, (lo, hi) in bounds.items():
+        if hi - lo < P + Q:
+            raise ValueError(f"data.path={cfg.get('path')}: the {split} region ({hi - lo} chars) is shorter than "
+                             f"data.prefix_len + data.target_len = {P + Q}")
+        starts = rng.integers(lo, hi - P - Q + 1, int(sizes[split]))
+        out[split] = [(text[a : a + P], text[a + P : a + P + Q]) for a in starts.tolist()]
+    return out, text
+
+
 # ---- writing --------------------------------------------------------------------------------------------
 def encode_split(tok: CharTokenizer, examples: list[tuple[str, str]], eos: bool, where: str) -> tuple[list, np.ndarray]:
     """Flat ids and the (n, 4) index; an empty input or target is an error naming it."""
@@ -117,7 +144,7 @@ def encode_split(tok: CharTokenizer, examples: list[tuple[str, str]], eos: bool,
 
 
 def config_hash(cfg: dict[str, Any]) -> str:
-    keys = ("task", "path", "n_speakers", "max_len", "split_seed", "val_fraction", "test_fraction", "n_train", "n_eval")
+    keys = ("task", "path", "prefix_len", "target_len", "n_speakers", "max_len", "split_seed", "val_fraction", "test_fraction", "n_train", "n_eval")
     return hashlib.sha256(json.dumps({k: cfg.get(k) for k in keys}, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -127,17 +154,20 @@ def prepare_task(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     if task not in TASKS:
         raise ValueError(f"data.task={task!r}: choose one of {TASKS}")
     labels: list[str] = []
+    text = ""  # the continue task's source text: all its characters join the vocabulary
     if task == "speakers":
         raw, labels = speaker_examples(cfg)
         splits = {k: [(speech, label_char(labels.index(s))) for speech, s in v] for k, v in raw.items()}
+    elif task == "continue":
+        splits, text = continue_examples(cfg)
     else:
         splits = seq2seq_examples(cfg)
-    chars = {c for v in splits.values() for ex in v for c in "".join(ex)} | {PAD, SEP, EOS}
+    chars = {c for v in splits.values() for ex in v for c in "".join(ex)} | set(text) | {PAD, SEP, EOS}
     tok = CharTokenizer(chars | {label_char(k) for k in range(len(labels))})
     dtype, meta, spans = dtype_for_vocab(tok.vocab_size), {}, {"src": 0, "tgt": 0}
     out_dir.mkdir(parents=True, exist_ok=True)
     for split, examples in splits.items():
-        ids, index = encode_split(tok, examples, eos=task != "speakers", where=f"data.task={task} {split}")
+        ids, index = encode_split(tok, examples, eos=task not in ("speakers", "continue"), where=f"data.task={task} {split}")
         meta[f"{split}_tokens"] = write_bin(out_dir / f"{split}.bin", ids, dtype)
         np.save(out_dir / f"{split}_index.npy", index)
         meta[f"{split}_examples"] = len(index)
@@ -147,7 +177,8 @@ def prepare_task(cfg: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
         "pad_id": tok.stoi[PAD], "sep_id": tok.stoi[SEP], "eos_id": tok.stoi[EOS],
         "labels": labels, "label_ids": [tok.stoi[label_char(k)] for k in range(len(labels))],
         # aligned: the target is as long as the input (an encoder can write it, one output per position)
-        "aligned": task in ("reverse", "sort"), "group_by_length": task in SEQ2SEQ_TASKS, "max_src_len": spans["src"], "max_tgt_len": spans["tgt"],
+        "aligned": task in ("reverse", "sort"), "generation": task == "continue", "splits": list(splits),
+        "group_by_length": task in SEQ2SEQ_TASKS, "max_src_len": spans["src"], "max_tgt_len": spans["tgt"],
         "config_hash": config_hash(cfg), "format": FORMAT,
     }
     write_meta(out_dir, {**meta, "vocab_size": tok.vocab_size, "dtype": dtype.name, "tokenizer": tok.to_spec()})
@@ -170,8 +201,9 @@ def read_examples(data_dir: str | Path, split: str) -> tuple[np.ndarray, np.ndar
     """The token ids and (n, 4) index of one split."""
     data_dir = Path(data_dir)
     meta = read_meta(data_dir)
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: choose one of {SPLITS}")
+    have = meta.get("task", {}).get("splits", SPLITS)
+    if split not in have:
+        raise ValueError(f"split={split!r}: {data_dir} holds {tuple(have)}")
     ids = np.fromfile(data_dir / f"{split}.bin", dtype=np.dtype(meta["dtype"]))
     return ids, np.load(data_dir / f"{split}_index.npy")
 
