@@ -2,7 +2,8 @@
 
     python experiments/architectures/report.py [--out outputs/architectures]
 
-results.md: metric mean ± sd over seeds per task × family, parameters, training seconds.
+results.md: metric mean ± sd over seeds per task × family, parameters, training seconds; the generation
+task `continue` in a table of its own (cross-entropy, lower is better).
 attention.png: on one held-out reversal input, the sharpest head of each family trained on reversal
 (seed 0): the encoder's full square, the decoder's triangle over `input <sep> output`, and the
 encoder–decoder's cross-attention (output positions × input positions).
@@ -32,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FAMILIES = ("decoder", "encoder", "encoder_decoder")
 METRIC = {"classify": "test accuracy", "seq2seq": "exact match"}
+CANNOT = {("add", "encoder"), ("continue", "encoder")}  # run.py's CANNOT: tasks the family cannot express
+GENERATION = "continue"
 
 
 def cell(values: list[float]) -> str:
@@ -39,28 +42,61 @@ def cell(values: list[float]) -> str:
     return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
+def missing(task: str, family: str, blanks: int) -> str:
+    """The row of a cell with no runs: one the family cannot express, or one not run (yet)."""
+    why = "– | cannot express it" if (task, family) in CANNOT else "0 | not run"
+    return f"| {task} | {family} | {why} |" + " |" * blanks
+
+
+def generation_table(rows: list[dict], baselines: dict) -> str:
+    """The continue task: test cross-entropy of the target given the prefix, nats and bits per character."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[r["family"]].append(r)
+    lines = ["| task | family | seeds | test cross-entropy (nats/char) | bits/char | exact match (16 chars) | "
+             "parameters | train s (mean) | steps × batch |", "|---|---|---|---|---|---|---|---|---|"]
+    for family in FAMILIES:
+        g = groups.get(family)
+        if not g:
+            lines.append(missing(GENERATION, family, 5))
+            continue
+        nats = [r["test_xent_nats"] for r in g]
+        lines.append(f"| {GENERATION} | {family} | {len(g)} | {cell(nats)} | {cell([x / np.log(2) for x in nats])} | "
+                     f"{cell([r['test'] for r in g])} | {g[0]['params']:,} | "
+                     f"{np.mean([r['train_seconds'] for r in g]):.0f} | {g[0]['steps']} × 32 |")
+    if "continue_unigram_nats" in baselines:
+        u = baselines["continue_unigram_nats"]
+        lines += ["", f"Baseline ignoring the prefix (character unigram of the training targets, same test "
+                  f"split): {u:.3f} nats/char = {u / np.log(2):.3f} bits/char."]
+    return "\n".join(lines) + "\n"
+
+
 def table(rows: list[dict], baselines: dict) -> str:
     groups = defaultdict(list)
     for r in rows:
         groups[(r["task"], r["family"])].append(r)
+    tasks = [t for t in dict.fromkeys(r["task"] for r in rows) if t != GENERATION]
+    gen = generation_table([r for r in rows if r["task"] == GENERATION], baselines) \
+        if any(r["task"] == GENERATION for r in rows) else ""
+    if not tasks:
+        return gen
     lines = ["| task | family | seeds | test (lengths ≤ L) | test_long (L+1…2L) | parameters | train s (mean) | steps × batch |",
              "|---|---|---|---|---|---|---|---|"]
-    for task in dict.fromkeys(r["task"] for r in rows):
+    for task in tasks:
         for family in FAMILIES:
             g = groups.get((task, family))
             if not g:
-                lines.append(f"| {task} | {family} | – | cannot express it | | | | |" if (task, family) == ("add", "encoder")
-                             else f"| {task} | {family} | 0 | not run | | | | |")
+                lines.append(missing(task, family, 4))
                 continue
             long = cell([r["test_long"] for r in g]) if "test_long" in g[0] else "–"
             lines.append(f"| {task} | {family} | {len(g)} | {cell([r['test'] for r in g])} | {long} | "
                          f"{g[0]['params']:,} | {np.mean([r['train_seconds'] for r in g]):.0f} | "
                          f"{g[0]['steps']} × 32 |")
-    if baselines:
+    if "majority" in baselines:
         lines += ["", f"Speaker attribution baselines (same test split, {baselines['n_test']} speeches, "
                   f"{len(baselines['labels'])} speakers): majority class {baselines['majority']:.3f}, "
                   f"bag-of-characters logistic regression {baselines['bag_of_chars_logreg']:.3f}."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + ("\n" + gen if gen else "")
 
 
 def example(data_dir: Path, length: int) -> tuple[torch.Tensor, torch.Tensor, dict]:
