@@ -330,3 +330,68 @@ def test_a_label_outside_the_class_list_is_an_error_naming_it():
     assert class_index(torch.tensor([[8], [7]]), task).tolist() == [1, 0]
     with pytest.raises(ValueError, match=r"target token ids \[3\] are not among data task 'speakers'"):
         class_index(torch.tensor([[8], [3]]), task)
+
+
+# ---- generation: data=continue -----------------------------------------------------------------------------
+CONT = dict(task="continue", prefix_len=48, target_len=16, n_train=60, n_eval=10)
+
+
+@pytest.fixture(scope="module")
+def continue_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("continue")
+    prepare_task(dict(CONT, split_seed=0), out)
+    return out
+
+
+def test_continue_windows_come_from_their_own_region_of_the_text_and_are_seeded(continue_dir, tmp_path):
+    text = SHIPPED_SHAKESPEARE.read_text()
+    n = len(text)
+    regions = {"train": text[: int(0.85 * n)], "val": text[int(0.85 * n) : int(0.9 * n)], "test": text[int(0.9 * n) :]}
+    for split, region in regions.items():
+        rows = decoded(continue_dir, split)
+        assert len(rows) == (60 if split == "train" else 10)
+        for src, tgt in rows:  # prefix then its true next 16 characters (no EOS), inside the split's region
+            assert len(src) == 48 and len(tgt) == 16 and src + tgt in region
+    meta = json.loads((continue_dir / "meta.json").read_text())
+    assert meta["vocab_size"] == len(set(text)) + 3  # the text's characters and <pad> <sep> <eos>
+    with pytest.raises(ValueError, match="split='test_long'"):
+        read_examples(continue_dir, "test_long")  # no longer-continuation split: omitted, not faked
+    prepare_task(dict(CONT, split_seed=0), tmp_path / "same")
+    prepare_task(dict(CONT, split_seed=1), tmp_path / "other")
+    same, other = ((tmp_path / d / "train.bin").read_bytes() for d in ("same", "other"))
+    assert same == (continue_dir / "train.bin").read_bytes() and other != same
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encoder_decoder"])
+def test_continue_cross_entropy_is_the_loss_of_the_model_logits_on_the_target(arch, continue_dir):
+    from gptlab.tasks import target_cross_entropy
+
+    task, vocab = meta_task(continue_dir), json.loads((continue_dir / "meta.json").read_text())["vocab_size"]
+    model = family(arch, task, vocab, block_size=64).eval()
+    randomize(model)
+    batches = eval_batches(continue_dir, "test", 4)  # 4 + 4 + 2 rows: the mean must weigh tokens, not batches
+    src, tgt = (torch.cat(x) for x in zip(*batches))
+    sep = torch.full((src.size(0), 1), task["sep_id"])
+    with torch.no_grad():
+        if arch == "decoder":  # `prefix <sep> target`: position 48 (<sep>) onwards predicts the target
+            logits = model(torch.cat([src, sep, tgt[:, :-1]], dim=1))[0][:, 48:]
+        else:  # the encoder reads the prefix, the decoder reads `<sep> target[:-1]`
+            logits = model(src, torch.cat([sep, tgt[:, :-1]], dim=1))[0]
+    want = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), tgt.reshape(-1))
+    assert (tgt >= 0).all() and logits.shape[1] == 16
+    assert target_cross_entropy(model, "seq2seq", batches, task) == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_the_encoder_cannot_generate_and_the_grid_says_so(continue_dir):
+    import importlib.util
+
+    task, vocab = meta_task(continue_dir), json.loads((continue_dir / "meta.json").read_text())["vocab_size"]
+    with pytest.raises(ValueError, match="model.arch=encoder cannot do data task 'continue'.*no next-token"):
+        check_task(family("encoder", task, vocab, block_size=64), "seq2seq", task)
+    spec = importlib.util.spec_from_file_location("arch_report", ROOT / "experiments/architectures/report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    row = dict(task="continue", family="decoder", test_xent_nats=2.0, test=0.0, params=10, train_seconds=1, steps=3)
+    lines = report.table([row], {}).splitlines()
+    assert "| continue | encoder | – | cannot express it |" in "\n".join(lines)
+    assert any(line.startswith("| continue | decoder | 1 | 2.000 | 2.885 |") for line in lines)
