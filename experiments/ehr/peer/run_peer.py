@@ -217,7 +217,9 @@ def write_report(out: Path, args: argparse.Namespace, times: dict, results: dict
     report = {"args": vars(args), "wall_s": times, "results": results}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
     lines = [f"# {args.task} on {args.cohort} ({args.split}), N = {args.n_trajectories} trajectories", "",
-             f"budget: {args.steps} steps x batch {args.batch} x sequence {args.seq_len} for both", "",
+             f"budget: {args.steps} steps x batch {args.batch} x sequence {args.seq_len} for "
+             + (f"the peer; gptlab's predictions from {args.gptlab_predictions}" if args.gptlab_predictions else "both"),
+             "",
              "| model | risk | AUROC (95% CI) | ÷ oracle | AUPRC | scored |", "|---|---|---|---|---|---|"]
     for model, res in results.items():
         for key, r in res.items():
