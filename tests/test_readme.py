@@ -54,6 +54,17 @@ def placeholder(value: str) -> bool:
     return "<" in value or value in ("...", "…")
 
 
+def first_sweep_value(key: str, value: str) -> str:
+    """The value the first job of a `-m` sweep gets, as Hydra's parser reads it (quoted items keep
+    their commas: `prompt='ROMEO, hi',JULIET:` → `'ROMEO, hi'`); a list `[a,b]` is one value."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from gptlab.entrypoints.argv import quote_free_text
+
+    (override,) = OverridesParser.create().parse_overrides(quote_free_text(["-m", f"{key}={value}"])[1:])
+    return next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else value
+
+
 def overrides_of(args: list[str]) -> list[str]:
     multirun = "-m" in args or "--multirun" in args
     out, skip = [], False
@@ -64,8 +75,8 @@ def overrides_of(args: list[str]) -> list[str]:
         key, _, value = arg.partition("=")
         if placeholder(value):
             value = "x"
-        elif multirun and "," in value and not value.startswith(("[", "'", '"')):
-            value = value.split(",")[0]
+        elif multirun and "," in value:
+            value = first_sweep_value(key, value)
         out.append(f"{key}={value}")
     return out
 
