@@ -453,3 +453,14 @@ def test_last_ckpt_holds_the_final_step_when_max_steps_is_not_a_multiple_of_eval
     result = train(tiny_cfg("trainer.max_steps=6", "eval_interval=4", "data.val_batches=1"))
     assert load_checkpoint(result["last_ckpt"])["global_step"] == 6
     assert "step4" in Path(result["best_ckpt"]).name  # the best is still the validated step 4
+
+
+def test_resuming_a_finished_run_keeps_its_final_val_loss(tiny_cfg):
+    """Re-launching a sweep resumes its finished jobs, which train and validate nothing: their
+    result.json must keep the final val loss (scaling/fit.py reads it), not become null."""
+    first = train(tiny_cfg("trainer.max_steps=4", "eval_interval=2", "data.val_batches=1"))
+    again = train(tiny_cfg("trainer.max_steps=4", "eval_interval=2", "data.val_batches=1",
+                           f"ckpt_path={first['last_ckpt']}"))
+    assert first["final_val_loss"] is not None and again["steps"] == 4
+    assert again["final_val_loss"] == first["final_val_loss"]
+    assert json.loads((Path(first["run_dir"]) / "result.json").read_text())["final_val_loss"] == first["final_val_loss"]

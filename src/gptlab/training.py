@@ -244,8 +244,15 @@ def report(cfg: DictConfig, trainer: L.Trainer, wall: float) -> dict[str, Any]:
         "steps": trainer.global_step,
         "wall_seconds": wall,
     }
+    path = Path(cfg.paths.run_dir) / "result.json"
+    if result["final_val_loss"] is None and path.exists():
+        # a resume with nothing left to train (a re-launched sweep's finished job) validates nothing:
+        # the run's final val loss is the one its earlier launch wrote at this same step
+        earlier = json.loads(path.read_text())
+        if earlier.get("steps") == result["steps"]:
+            result["final_val_loss"] = earlier.get("final_val_loss")
     if trainer.is_global_zero:
-        (Path(cfg.paths.run_dir) / "result.json").write_text(json.dumps(result, indent=1))
+        path.write_text(json.dumps(result, indent=1))
     best = result["best_val_loss"]
     best_text = f"best val loss {best:.4f}" if best is not None else \
         f"no validation ran (one every eval_interval={cfg.eval_interval} steps)"
