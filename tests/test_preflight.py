@@ -3,6 +3,7 @@ test what a 4-GPU machine would do), and the estimate against a measured peak.""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -44,7 +45,7 @@ def test_the_refusal_comes_before_lightning_is_imported(tmp_path):
     (and Lightning's ~10 s import) is loaded."""
     argv = ["train.py", *DESIGN_CARD, f"hydra.run.dir={tmp_path}/run", f"paths.data_dir={tmp_path}/data"]
     code = f"import sys; sys.argv = {argv!r}\n" + REFUSED_BEFORE_LIGHTNING
-    env = {**__import__("os").environ, "GPTLAB_RAM_AVAILABLE": str(22 * GiB), "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "GPTLAB_RAM_AVAILABLE": str(22 * GiB), "CUDA_VISIBLE_DEVICES": ""}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
                          cwd=tmp_path)
     assert "exit 2 lightning imported: False" in out.stdout, out.stdout + out.stderr[-2000:]

@@ -186,9 +186,14 @@ def gptlab_stages(args: argparse.Namespace, out: Path) -> dict:
     return times
 
 
+def row_key(row: dict) -> tuple[int, str]:
+    """(subject_id, prediction_time) of a predictions row, the time normalised (polars and ours differ)."""
+    return int(row["subject_id"]), str(np.datetime64(row["prediction_time"], "us"))
+
+
 def prediction_keys(path: Path) -> set[tuple[int, str]]:
     with open(path) as fh:
-        return {(int(r["subject_id"]), str(np.datetime64(r["prediction_time"], "us"))) for r in csv.DictReader(fh)}
+        return {row_key(r) for r in csv.DictReader(fh)}
 
 
 def summarize(path: Path, n_boot: int, keys: set[tuple[int, str]] | None = None) -> dict:
@@ -199,7 +204,7 @@ def summarize(path: Path, n_boot: int, keys: set[tuple[int, str]] | None = None)
     with open(path) as fh:
         rows = list(csv.DictReader(fh))
     if keys is not None:
-        rows = [r for r in rows if (int(r["subject_id"]), str(np.datetime64(r["prediction_time"], "us"))) in keys]
+        rows = [r for r in rows if row_key(r) in keys]
     y = np.array([r["label"].lower() == "true" for r in rows])
     groups = np.array([int(r["subject_id"]) for r in rows])
     out = {"n": len(rows), "positives": int(y.sum())}
