@@ -561,6 +561,55 @@ def test_trajectories_report_how_each_ended(tok):
     assert r.outcomes == int((r.end_kind == OUTCOME).sum()) and r.outcomes + r.censored == 500
 
 
+def test_decoder_rows_dropped_and_fanned_out_match_the_uncached_forward():
+    """Dropping finished rows keeps the first rows of the cache buffers (no reallocation); the
+    kept rows' logits must stay those of a plain forward over their whole sequence."""
+    from gptlab.generation import Decoder
+
+    model = tiny_gpt(seed=0, block_size=32).eval()
+    seq = torch.randint(0, 50, (6, 20), generator=torch.Generator().manual_seed(0))
+    decoder = Decoder(model, 6, max_len=20)
+    decoder(seq[:, :8])
+    rows = torch.arange(6)
+    for t, keep in ((8, [0, 2, 3, 5]), (9, [1, 3]), (10, [0, 0, 1]), (11, [2, 1, 0]), (12, [1])):
+        keep = torch.tensor(keep)
+        decoder.reorder(keep)
+        rows = rows[keep]
+        got = decoder(seq[rows, : t + 1])
+        with torch.no_grad():
+            want = model.forward_last(seq[rows, : t + 1]).float()
+        assert torch.allclose(got, want, atol=1e-5), t
+
+
+def test_prompts_sampled_together_score_as_alone(tok):
+    """sample_trajectories_batch runs several equal-length prompts' rows as one batch: each prompt's
+    one-step score is its own uncached forward's, its rows come back in its own slice (a mix-up of
+    prompts shows as the other prompt's risk), and prompts of unequal length are refused."""
+    from gptlab.ehr.risk import sample_trajectories_batch
+
+    death, end = tok.token_id("MEDS_DEATH"), tok.token_id("<TL_END>")
+    model = tiny_gpt(seed=3, block_size=64, vocab_size=tok.vocab_size, n_embd=16).eval()
+    with torch.no_grad():  # make death likely after one particular token, so two prompts' risks differ
+        model.transformer.wte.weight[tok.token_id("HOSPITAL_ADMISSION//EMERGENCY")] *= 0
+        model.lm_head.weight[death] = model.transformer.wte.weight[tok.token_id("GENDER//M")] * 40
+    prompts = [tok.encode("<TL_START> GENDER//F AGE//60-64 HOSPITAL_ADMISSION//EMERGENCY"),
+               tok.encode("<TL_START> GENDER//M AGE//60-64 GENDER//M"),
+               tok.encode("<TL_START> GENDER//F AGE//80-84 HOSPITAL_ADMISSION//EMERGENCY")]
+    kw = dict(outcome_ids=[death], stop_ids=[], censor_ids=[end], token_minutes=tok.token_minutes,
+              horizon_minutes=365 * 1440, max_new_tokens=8, hazard=True)
+    together = sample_trajectories_batch(model, prompts, n=1000, generator=torch.Generator().manual_seed(0), **kw)
+    alone = [sample_trajectories(model, p, n=1000, generator=torch.Generator().manual_seed(1), **kw) for p in prompts]
+    for prompt, a, b in zip(prompts, together, alone):
+        with torch.no_grad():
+            ref = float(model(torch.tensor([prompt]))[0][0, -1].softmax(-1)[death])
+        assert a.one_step == pytest.approx(ref, rel=1e-5) and b.one_step == pytest.approx(ref, rel=1e-5)
+        assert len(a.end_kind) == len(a.row_risk) == 1000 and a.tokens > 0
+        assert abs(a.row_risk.mean() - b.row_risk.mean()) < 0.03
+    assert abs(alone[0].row_risk.mean() - alone[1].row_risk.mean()) > 0.1  # the prompts are told apart
+    with pytest.raises(ValueError, match="one length"):
+        sample_trajectories_batch(model, [prompts[0], prompts[0][:-1]], n=2, **kw)
+
+
 def test_hazard_sampling_is_unbiased_with_less_noise(tok):
     """Each step: death 0.1, a 6-month gap 0.3, a timeless code 0.4, <TL_END> 0.2 (censoring). With
     censoring removed, death comes before the 3rd gap (which passes 365 d) with probability

@@ -35,12 +35,13 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
     assert model.config.vocab_size == tok.vocab_size == meta["vocab_size"]
 
     threads = torch.get_num_threads()
-    report = evaluate_task({
+    cfg_eval = {
         "ckpt_path": result["last_ckpt"], "meds_dir": None, "splits": ["held_out"], "n_trajectories": 4,
         "max_new_tokens": 24, "temperature": 1.0, "max_labels": 6, "n_boot": 50, "seed": 0, "device": "cpu",
         "threads": 1, "out_dir": str(tmp_path / "eval"),
         "task": {"name": "tiny", "labels": "tasks/death_365d.parquet", "oracle": "tasks/death_365d_oracle.parquet",
-                 "outcome": ["MEDS_DEATH"], "stop": ["<TL_END>"], "horizon_days": 365}})
+                 "outcome": ["MEDS_DEATH"], "stop": ["<TL_END>"], "horizon_days": 365}}
+    report = evaluate_task(cfg_eval)
     assert {"trajectory", "naive", "complete_case", "km", "one_step", "baseline", "oracle"} <= set(report["metrics"])
     diff = report["trajectory_minus_baseline"]["auroc"]  # paired, on the same patient resamples
     t, b = report["metrics"]["trajectory"]["auroc"], report["metrics"]["baseline"]["auroc"]
@@ -54,6 +55,15 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
     for f in ("report.md", "report.json", "calibration.png", "predictions.csv"):
         assert (tmp_path / "eval" / f).exists()
     assert report["problems"]["labels_of_subjects_outside_held_out_not_scored"]["count"] > 0  # counted, not hidden
+
+    # labels sampled together (prompts of one length share a batch) come back in the labels' order,
+    # each with its own one-step score
+    import pandas as pd
+
+    evaluate_task({**cfg_eval, "prompt_batch": 4, "baseline": False, "out_dir": str(tmp_path / "eval4")})
+    one, four = (pd.read_csv(tmp_path / d / "predictions.csv") for d in ("eval", "eval4"))
+    assert one[["subject_id", "prediction_time", "prompt_tokens"]].equals(four[["subject_id", "prediction_time", "prompt_tokens"]])
+    assert np.allclose(one["risk_one_step"], four["risk_one_step"], rtol=1e-5)
 
 
 # the MIMIC-IV demo: $GPTLAB_MIMIC_DEMO, else `make ehr-data`'s folder, else ../shared/data

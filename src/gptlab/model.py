@@ -139,13 +139,18 @@ class LayerKVCache:
         """Row i becomes old row index[i] (beam search keeps the cache of the beams it keeps).
 
         Only the `length` filled positions are copied, in place: copying whole preallocated
-        buffers would cost block_size positions per layer per step. When the batch changes size
-        (one prompt fanned out to n samples, finished samples dropped) the buffers are reallocated."""
+        buffers would cost block_size positions per layer per step. A batch that grows (one prompt
+        fanned out to n samples) gets new buffers; one that shrinks (finished samples dropped) keeps
+        the first rows of its buffers, as allocating them anew at every drop costs more than the
+        attention itself. Positions past `length` are never read before `update` writes them."""
         k = self.k[:, :, :length].index_select(0, index)  # 2x faster than k[index]
         v = self.v[:, :, :length].index_select(0, index)
-        if index.numel() != self.k.size(0):
-            self.k = self.k.new_zeros((index.numel(), *self.k.shape[1:]))
-            self.v = self.v.new_zeros((index.numel(), *self.v.shape[1:]))
+        n = index.numel()
+        if n > self.k.size(0):
+            self.k = self.k.new_empty((n, *self.k.shape[1:]))
+            self.v = self.v.new_empty((n, *self.v.shape[1:]))
+        elif n < self.k.size(0):
+            self.k, self.v = self.k[:n], self.v[:n]
         self.k[:, :, :length] = k
         self.v[:, :, :length] = v
 

@@ -38,7 +38,7 @@ from gptlab.ehr.risk import (
     estimate_risk,
     horizon_token_budget,
     prompt_ids,
-    sample_trajectories,
+    sample_trajectories_batch,
 )
 from gptlab.ehr.tokenizer import EHRTokenizer
 from gptlab.tokenizers import tokenizer_from_spec
@@ -155,30 +155,43 @@ def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[
     g = torch.Generator(device=device).manual_seed(int(cfg["seed"]))
     estimator = cfg.get("risk_estimator", "km")
     hazard = estimator == "hazard"  # its own sampling: the censoring estimators do not apply to its rows
-    preds, ends = [], dict.fromkeys(END_NAMES, 0)
+    ends = dict.fromkeys(END_NAMES, 0)
     t0, n_tokens = time.perf_counter(), 0
     sids, times, ys = data["sids"], data["times"], data["ys"]
-    for k, r in enumerate(data["rows"]):
-        prompt = prompt_ids(tok, data["scored"][int(sids[r])], times[r], model.config.block_size - max_new)
-        res = sample_trajectories(model, prompt, n=int(cfg["n_trajectories"]), outcome_ids=outcome_ids,
-                                  stop_ids=stop_ids, censor_ids=censor_ids, token_minutes=tok.token_minutes,
-                                  horizon_minutes=float(task["horizon_days"]) * 1440, max_new_tokens=max_new,
-                                  temperature=float(cfg["temperature"]), generator=g, hazard=hazard)
-        for code, name in enumerate(END_NAMES):
-            ends[name] += int((res.end_kind == code).sum())
-        n_tokens += res.tokens
-        risks = ({"hazard": float(res.row_risk.mean())} if hazard else
-                 {e: estimate_risk(res.end_kind, res.end_minutes, e) for e in CENSORING_ESTIMATORS})
-        row = {"subject_id": int(sids[r]), "prediction_time": str(times[r]), "label": bool(ys[r]),
-               "risk_trajectory": risks[estimator],
-               **{f"risk_{e}": v for e, v in risks.items()}, "risk_one_step": res.one_step,
-               "censored_fraction": float(res.censored + res.unfinished) / len(res.end_kind),
-               "prompt_tokens": len(prompt)}
-        if data["oracle"] is not None:
-            row["risk_oracle"] = data["oracle"][(int(sids[r]), times[r])]
-        preds.append(row)
-        if (k + 1) % 100 == 0:
-            print(f"[gptlab] {k + 1}/{len(data['rows'])} labels scored ({time.perf_counter() - t0:.0f} s)", flush=True)
+    prompts = [prompt_ids(tok, data["scored"][int(sids[r])], times[r], model.config.block_size - max_new)
+               for r in data["rows"]]
+    # prompts of one length share a batch (sample_trajectories_batch); rows keep the labels' order
+    by_len: dict[int, list[int]] = {}
+    for k, prompt in enumerate(prompts):
+        by_len.setdefault(len(prompt), []).append(k)
+    per_batch = max(1, int(cfg.get("prompt_batch", 1)))
+    batches = [ks[i: i + per_batch] for ks in by_len.values() for i in range(0, len(ks), per_batch)]
+    preds: list[dict[str, Any] | None] = [None] * len(prompts)
+    done = 0
+    for ks in batches:
+        results = sample_trajectories_batch(
+            model, [prompts[k] for k in ks], n=int(cfg["n_trajectories"]), outcome_ids=outcome_ids,
+            stop_ids=stop_ids, censor_ids=censor_ids, token_minutes=tok.token_minutes,
+            horizon_minutes=float(task["horizon_days"]) * 1440, max_new_tokens=max_new,
+            temperature=float(cfg["temperature"]), generator=g, hazard=hazard)
+        for k, res in zip(ks, results):
+            r = data["rows"][k]
+            for code, name in enumerate(END_NAMES):
+                ends[name] += int((res.end_kind == code).sum())
+            n_tokens += res.tokens
+            risks = ({"hazard": float(res.row_risk.mean())} if hazard else
+                     {e: estimate_risk(res.end_kind, res.end_minutes, e) for e in CENSORING_ESTIMATORS})
+            row = {"subject_id": int(sids[r]), "prediction_time": str(times[r]), "label": bool(ys[r]),
+                   "risk_trajectory": risks[estimator],
+                   **{f"risk_{e}": v for e, v in risks.items()}, "risk_one_step": res.one_step,
+                   "censored_fraction": float(res.censored + res.unfinished) / len(res.end_kind),
+                   "prompt_tokens": len(prompts[k])}
+            if data["oracle"] is not None:
+                row["risk_oracle"] = data["oracle"][(int(sids[r]), times[r])]
+            preds[k] = row
+        if (done + len(ks)) // 100 > done // 100:
+            print(f"[gptlab] {done + len(ks)}/{len(prompts)} labels scored ({time.perf_counter() - t0:.0f} s)", flush=True)
+        done += len(ks)
     return preds, ends, time.perf_counter() - t0, n_tokens
 
 
