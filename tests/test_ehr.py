@@ -639,15 +639,31 @@ def test_hazard_sampling_is_unbiased_with_less_noise(tok):
 
 
 def test_token_budget_is_a_quantile_of_the_tokens_in_the_horizon(tok16):
+    """The budget replays the sampler's stopping rule on the record after each prompt (the prompt
+    as prompt_ids' encoder cuts it): the token whose summed minutes pass the horizon, or the first
+    outcome/stop token, inclusive."""
     from gptlab.ehr.risk import horizon_token_budget
 
     tl = _life(40)  # one visit (2 tokens + a gap token) a year
     sids, times = np.array([9] * 5), tl.times[[5, 10, 15, 20, 25]]
-    need, n = horizon_token_budget(tok16, {9: tl}, sids, times, 3 * 365.25 * 1440, 1.0)
-    ids, tt, plen = tok16.encode_with_times(tl)
-    want = max(int(((tt[plen:] > t) & (tt[plen:] <= t + np.timedelta64(int(3 * 365.25 * 1440), "m"))).sum())
-               for t in times)
-    assert n == 5 and need == want + 1 and 6 <= want <= 10
+    horizon = 3 * 365.25 * 1440
+    ids = np.asarray(tok16.encode_with_times(tl)[0])
+    lab = tok16.token_id("LAB//creatinine//mg/dL")
+
+    def replay(t, end_ids):
+        after = ids[len(tok16.encode_with_times(tl, until=t)[0]):]
+        elapsed = np.cumsum(tok16.token_minutes[after])
+        for j, token in enumerate(after):
+            if elapsed[j] > horizon or token in end_ids:
+                return j + 1
+        return len(after)
+
+    need, n = horizon_token_budget(tok16, {9: tl}, sids, times, horizon, 1.0)
+    assert n == 5 and need == max(replay(t, ()) for t in times) and 7 <= need <= 12
+    # sampling stops at the task's outcome: only the tokens up to the first one count (here the
+    # next visit's gap token, with age_updates an AGE token, then the lab), not the whole horizon
+    need_end, _ = horizon_token_budget(tok16, {9: tl}, sids, times, horizon, 1.0, end_ids=[lab])
+    assert need_end == max(replay(t, (lab,)) for t in times) and 2 <= need_end <= 3
 
 
 def test_count_baseline_features_and_fit(tok16, splits):

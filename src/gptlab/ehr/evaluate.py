@@ -127,16 +127,18 @@ def score_labels(cfg: dict[str, Any], meds_dir: Path) -> dict[str, Any]:
 
 def token_budget(cfg: dict[str, Any], tok: EHRTokenizer, data: dict[str, Any], block_size: int) -> dict[str, Any]:
     """max_new_tokens: the configured number, or ("auto") the max_new_tokens_quantile of the
-    tokens train records hold within the horizon after a train prediction time, capped at half
-    the context so the prompt keeps the other half."""
+    tokens train records hold after a train prediction time until the horizon or the task's first
+    outcome / stop / censor token, capped at half the context so the prompt keeps the other half."""
     if cfg["max_new_tokens"] != "auto":
         return {"max_new_tokens": int(cfg["max_new_tokens"]), "rule": "configured"}
     q = float(cfg.get("max_new_tokens_quantile", 0.99))
     rows = data["train_rows"][:: max(1, len(data["train_rows"]) // 2000)]  # ≤ ~2,000 labels: a quantile, not a census
+    task = cfg["task"]
+    end_ids = tok.ids_with_prefix([*task["outcome"], *(task["stop"] or []), *task.get("censor", ["<TL_END>"])])
     need, n = horizon_token_budget(tok, data["train"], data["sids"][rows], data["times"][rows],
-                                   float(cfg["task"]["horizon_days"]) * 1440, q)
-    out = {"max_new_tokens": min(need, block_size // 2), "rule": f"quantile {q} of train tokens within the horizon "
-           f"after a prediction time, + 1 ({n} train labels): {need}", "capped_at_half_block": need > block_size // 2}
+                                   float(task["horizon_days"]) * 1440, q, end_ids)
+    out = {"max_new_tokens": min(need, block_size // 2), "rule": f"quantile {q} of the new tokens a train record takes after a "
+           f"prediction time to pass the horizon or reach an outcome/stop, inclusive ({n} train labels): {need}", "capped_at_half_block": need > block_size // 2}
     print(f"[gptlab] max_new_tokens={out['max_new_tokens']} ({out['rule']})")
     return out
 

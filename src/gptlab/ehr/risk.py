@@ -238,20 +238,34 @@ def estimate_risk(kind: np.ndarray, when: np.ndarray, estimator: str = "km") -> 
 
 
 def horizon_token_budget(tok: EHRTokenizer, timelines: dict, sids: np.ndarray, times: np.ndarray,
-                         horizon_minutes: float, quantile: float = 0.99) -> tuple[int, int]:
-    """(the `quantile` of the number of tokens training records hold in the horizon after a
-    prediction time, + 1 for the outcome token; the number of labels it was measured on). A
-    trajectory needs about that many new tokens to reach its horizon."""
+                         horizon_minutes: float, quantile: float = 0.99, end_ids=()) -> tuple[int, int]:
+    """(the `quantile` of the number of new tokens a trajectory drawn from the training records
+    themselves would take to end, the number of labels it was measured on). Ending is the
+    sampler's rule applied to the record after the prompt: the token whose summed interval
+    minutes pass the horizon, or the first token in `end_ids` (the task's outcome, stop and
+    censor tokens), counted inclusive; a record that runs out first counts all its tokens.
+    Counting on past an outcome would charge, e.g., a whole readmission stay to every prompt of a
+    30-day task and cut its prompts shorter than they need be."""
     counts, encoded = [], {}  # a subject's labels share one encoding
+    ends = np.zeros(tok.vocab_size, dtype=bool)
+    ends[list(end_ids)] = True
+    minutes = np.asarray(tok.token_minutes, dtype=np.float64)
     for s, t in zip(sids, times):
         tl = timelines.get(int(s))
         if tl is None:
             continue
         if int(s) not in encoded:
-            encoded[int(s)] = tok.encode_with_times(tl)
-        _, tt, plen = encoded[int(s)]
-        after = (tt[plen:] > t) & (tt[plen:] <= t + np.timedelta64(int(horizon_minutes), "m"))
-        counts.append(int(after.sum()))
+            ids, tt, plen = tok.encode_with_times(tl)
+            encoded[int(s)] = np.asarray(ids), tt, plen
+        ids, tt, plen = encoded[int(s)]
+        # the prompt ends before the first token known after t, less the interval tokens leading
+        # to it (they carry the previous event's time but belong to the next event: prompt_ids)
+        k = plen + int(np.searchsorted(tt[plen:], t, side="right"))
+        while k > plen and minutes[ids[k - 1]] > 0:
+            k -= 1
+        after = ids[k:]
+        done = np.flatnonzero((np.cumsum(minutes[after]) > horizon_minutes) | ends[after])
+        counts.append(int(done[0]) + 1 if len(done) else len(after))
     if not counts:
         raise ValueError("no training label to measure the token rate on: set max_new_tokens to a number")
-    return int(np.ceil(np.quantile(counts, quantile))) + 1, len(counts)
+    return int(np.ceil(np.quantile(counts, quantile))), len(counts)
