@@ -37,7 +37,7 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
     threads = torch.get_num_threads()
     cfg_eval = {
         "ckpt_path": result["last_ckpt"], "meds_dir": None, "splits": ["held_out"], "n_trajectories": 4,
-        "max_new_tokens": 24, "temperature": 1.0, "max_labels": 6, "n_boot": 50, "seed": 0, "device": "cpu",
+        "max_new_tokens": 24, "temperature": 1.0, "max_labels": 6, "risk_estimator": "km", "n_boot": 50, "seed": 0, "device": "cpu",
         "threads": 1, "out_dir": str(tmp_path / "eval"),
         "task": {"name": "tiny", "labels": "tasks/death_365d.parquet", "oracle": "tasks/death_365d_oracle.parquet",
                  "outcome": ["MEDS_DEATH"], "stop": ["<TL_END>"], "horizon_days": 365}}
@@ -47,6 +47,9 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
     t, b = report["metrics"]["trajectory"]["auroc"], report["metrics"]["baseline"]["auroc"]
     assert diff["difference"] == pytest.approx(t - b) and (np.isnan(diff["ci"][0]) or diff["ci"][0] <= t - b <= diff["ci"][1])
     assert report["baseline"]["train_labels"] > 0 and 0 <= report["censored_fraction"] <= 1
+    lo, hi = report["auroc_ratio_to_oracle_ci"]  # the ratio's CI, both AUROCs on each patient resample
+    r = report["auroc_ratio_to_oracle"]
+    assert r == pytest.approx(t / report["metrics"]["oracle"]["auroc"]) and (np.isnan(lo) or lo <= r <= hi)
     assert "train" in report["problems_by_split"] and "held_out" in report["problems_by_split"]  # per split
     assert torch.get_num_threads() == threads  # threads=1 held only while scoring
     assert sum(report["trajectory_ends"].values()) == 6 * 4

@@ -141,7 +141,7 @@ def main() -> None:
     ap.add_argument("--n-trajectories", type=int, default=20)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--risk-estimator", default="km", help="ehr_eval's risk_estimator (km, hazard, ...)")
+    ap.add_argument("--risk-estimator", default="hazard", help="ehr_eval's risk_estimator (hazard, km, ...)")
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
     ap.add_argument("--folds", type=int, nargs="*", help="only these folds (default: all), e.g. to split the work")

@@ -85,7 +85,7 @@ def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(tok, EHRTokenizer):
         raise ValueError(f"{ckpt_path} was trained with a {tok.kind!r} tokenizer; ehr_eval needs an EHR (MEDS) model")
     meds_dir = Path(cfg["meds_dir"]) if cfg.get("meds_dir") else meds_source(run_data_config(ckpt_path))
-    if cfg.get("risk_estimator", "km") not in ESTIMATORS:
+    if cfg.get("risk_estimator", "hazard") not in ESTIMATORS:
         raise ValueError(f"risk_estimator={cfg['risk_estimator']!r}: choose one of {list(ESTIMATORS)}")
     data = score_labels(cfg, meds_dir)
     budget = token_budget(cfg, tok, data, model.config.block_size)
@@ -155,7 +155,7 @@ def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[
     censor_ids = tok.ids_with_prefix(task.get("censor", ["<TL_END>"]))
     stop_ids = sorted(set(tok.ids_with_prefix(task["stop"])) - set(censor_ids)) if task["stop"] else []
     g = torch.Generator(device=device).manual_seed(int(cfg["seed"]))
-    estimator = cfg.get("risk_estimator", "km")
+    estimator = cfg.get("risk_estimator", "hazard")
     hazard = estimator == "hazard"  # its own sampling: the censoring estimators do not apply to its rows
     ends = dict.fromkeys(END_NAMES, 0)
     t0, n_tokens = time.perf_counter(), 0
@@ -230,7 +230,7 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
     n_traj = sum(ends.values())
     report = {
         "task": task, "ckpt_path": str(cfg["ckpt_path"]), "meds_dir": str(meds_dir), "splits": list(cfg["splits"]),
-        "n_trajectories": int(cfg["n_trajectories"]), "risk_estimator": cfg.get("risk_estimator", "km"),
+        "n_trajectories": int(cfg["n_trajectories"]), "risk_estimator": cfg.get("risk_estimator", "hazard"),
         "temperature": float(cfg["temperature"]), "patients": int(len(set(patients.tolist()))),
         "ci": "percentile bootstrap over patients", "metrics": results, "trajectory_ends": ends,
         "censored_fraction": (ends["censored"] + ends["unfinished"]) / n_traj if n_traj else 0.0,
@@ -248,6 +248,10 @@ def write_report(cfg: dict[str, Any], preds: list[dict[str, Any]], ends: dict[st
         out, preds, {k.removeprefix("risk_"): k for k in preds[0] if k.startswith("risk_")}, int(cfg["seed"]))
     if "oracle" in results and results["oracle"]["auroc"] > 0:
         report["auroc_ratio_to_oracle"] = results["trajectory"]["auroc"] / results["oracle"]["auroc"]
+        t, o = scores["trajectory"], scores["oracle"]  # the ratio's CI: both AUROCs on each patient resample
+        report["auroc_ratio_to_oracle_ci"] = list(M.bootstrap_ci(
+            lambda yy, i: M.auroc(yy, t[i.astype(int)]) / M.auroc(yy, o[i.astype(int)]),
+            y, np.arange(len(y), dtype=float), n_boot, seed, groups=patients))
         report["estimator_bias_vs_oracle"] = {
             e: {"mean_risk_minus_mean_oracle": float(scores[e].mean() - scores["oracle"].mean()),
                 "mean_abs_error": float(np.abs(scores[e] - scores["oracle"]).mean())}
@@ -282,7 +286,9 @@ def report_lines(cfg: dict[str, Any], report: dict[str, Any], results: dict[str,
     if agree:
         lines.append(f"\nmeds-evaluation on `meds_predictions_<scorer>.parquet`: max |ours - theirs| = {max(agree):.1e}")
     if "auroc_ratio_to_oracle" in report:
-        lines.append(f"\ntrajectory AUROC / oracle AUROC = {report['auroc_ratio_to_oracle']:.3f}")
+        lo, hi = report["auroc_ratio_to_oracle_ci"]
+        lines.append(f"\ntrajectory AUROC / oracle AUROC = {report['auroc_ratio_to_oracle']:.3f} "
+                     f"(95% CI {lo:.3f}–{hi:.3f}, both on each patient resample)")
         lines.append("estimator bias vs the oracle (mean risk − mean oracle; mean |risk − oracle|): " + "; ".join(
             f"{e} {b['mean_risk_minus_mean_oracle']:+.4f}, {b['mean_abs_error']:.4f}"
             for e, b in report["estimator_bias_vs_oracle"].items()))
