@@ -1,0 +1,73 @@
+"""The ablation table of `train.py hparams_search=speedrun_ablation` (issue 18).
+
+    .venv/bin/python experiments/speedrun/ablation_table.py outputs/speedrun_ablation [--out experiments/speedrun/ablation.json]
+
+Each job folder is named by its overrides (`+ablation=<variant>,seed=<seed>`); its result.json gives
+the final val loss (20 batches at step 750) and the wall time of the run (trainer.fit). Per variant:
+mean ± sd over the seeds found, the difference to the GPT-2 baseline's mean, and the mean wall time
+(the runs shared a 2-core machine with other jobs: read wall times as rough, the losses as exact).
+A variant with fewer finished seeds than the others is marked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+FOLDER = re.compile(r"^\+ablation=([^,]+),seed=(\d+)$")
+ORDER = ["gpt2", "rope", "rmsnorm", "relu2", "swiglu", "qk_norm", "untied", "softcap", "zero_init",
+         "wsd", "lr3e-3", "speedrun"]
+
+
+def collect(sweep: Path) -> dict[str, dict[int, dict]]:
+    runs: dict[str, dict[int, dict]] = {}
+    for d in sorted(sweep.iterdir()):
+        m = FOLDER.match(d.name)
+        if not m or not (d / "result.json").exists():
+            continue
+        r = json.loads((d / "result.json").read_text())
+        if r.get("final_val_loss") is None:
+            continue
+        runs.setdefault(m.group(1), {})[int(m.group(2))] = r
+    return runs
+
+
+def table(runs: dict[str, dict[int, dict]]) -> tuple[list[str], dict]:
+    if "gpt2" not in runs:
+        raise SystemExit("no finished gpt2 (baseline) job yet: nothing to compare against")
+    base = statistics.mean(r["final_val_loss"] for r in runs["gpt2"].values())
+    most = max(len(v) for v in runs.values())
+    out = {}
+    lines = ["| variant | seeds | val loss at step 750, mean ± sd | − GPT-2 baseline | wall s (trainer.fit), mean |",
+             "|---|---|---|---|---|"]
+    for name in sorted(runs, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
+        losses = [r["final_val_loss"] for _, r in sorted(runs[name].items())]
+        walls = [r["wall_seconds"] for r in runs[name].values() if r.get("wall_seconds")]
+        mean = statistics.mean(losses)
+        sd = statistics.stdev(losses) if len(losses) > 1 else float("nan")
+        out[name] = {"seeds": sorted(runs[name]), "val_losses": losses, "mean": mean, "sd": sd,
+                     "minus_baseline": mean - base, "wall_seconds_mean": statistics.mean(walls) if walls else None}
+        mark = "" if len(losses) == most else " (incomplete)"
+        wall = f"{statistics.mean(walls):.0f}" if walls else "–"
+        lines.append(f"| {name}{mark} | {len(losses)} | {mean:.4f} ± {sd:.4f} | {mean - base:+.4f} | {wall} |")
+    return lines, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep", type=Path)
+    ap.add_argument("--out", type=Path, default=None, help="write the per-variant figures as JSON here")
+    args = ap.parse_args()
+    if not args.sweep.is_dir():
+        raise SystemExit(f"error: {args.sweep} is not a folder; run `train.py hparams_search=speedrun_ablation` first")
+    lines, out = table(collect(args.sweep))
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
