@@ -78,3 +78,13 @@ def test_the_table_reads_finished_jobs(tmp_path):
     t = json.loads((tmp_path / "t.json").read_text())
     assert t["rope"]["minus_baseline"] == pytest.approx(1.925 - 2.1) and t["gpt2"]["sd"] == pytest.approx(0.1414, abs=1e-4)
     assert "wsd" not in t and "| rope | 2 | 1.9250 ± 0.0354 | -0.1750 | 10 |" in out
+
+
+def test_experiment_speedrun_cpu_is_the_cumulative_recipe_at_750_steps(tmp_path):
+    """The recipe the speedrun measures is the ablation's cumulative row, nothing more."""
+    exp = compose_train_cfg(tmp_path / "a", tmp_path / "d", ["experiment=speedrun_cpu"])
+    abl = compose_train_cfg(tmp_path / "a", tmp_path / "d", ["+ablation=speedrun", "trainer.max_steps=750",
+                                                            "optim.lr_decay_steps=750"])
+    assert OmegaConf.to_container(exp, resolve=False) == OmegaConf.to_container(abl, resolve=False)
+    muon = compose_train_cfg(tmp_path / "a", tmp_path / "d", ["experiment=speedrun_muon"])
+    assert muon.optim.optimizer._target_ == "gptlab.optim.muon" and muon.model.position == "rope"
