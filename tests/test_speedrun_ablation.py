@@ -68,16 +68,19 @@ def test_the_table_reads_finished_jobs(tmp_path):
     import subprocess
     import sys
 
-    for variant, seed, loss in (("gpt2", 1, 2.0), ("gpt2", 2, 2.2), ("rope", 1, 1.9), ("rope", 2, 1.95)):
+    for variant, seed, loss, wall in (("gpt2", 1, 2.0, 10.0), ("gpt2", 2, 2.2, 3.0), ("rope", 1, 1.9, 10.0),
+                                      ("rope", 2, 1.95, 10.0)):
         d = tmp_path / f"+ablation={variant},seed={seed}"
         d.mkdir()
-        (d / "result.json").write_text(json.dumps({"final_val_loss": loss, "wall_seconds": 10.0}))
+        (d / "result.json").write_text(json.dumps({"final_val_loss": loss, "wall_seconds": wall}))
+    (tmp_path / "+ablation=gpt2,seed=2" / "train.log").write_text("[gptlab] resume=auto: resuming from x/last.ckpt\n")
     (tmp_path / "+ablation=wsd,seed=1").mkdir()  # unfinished: no result.json
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "speedrun" / "ablation_table.py"), str(tmp_path),
                           "--out", str(tmp_path / "t.json")], capture_output=True, text=True, check=True).stdout
     t = json.loads((tmp_path / "t.json").read_text())
     assert t["rope"]["minus_baseline"] == pytest.approx(1.925 - 2.1) and t["gpt2"]["sd"] == pytest.approx(0.1414, abs=1e-4)
     assert "wsd" not in t and "| rope | 2 | 1.9250 ± 0.0354 | -0.1750 | 10 |" in out
+    assert t["gpt2"]["wall_seconds_mean"] == 10.0  # the resumed seed's clock is left out
 
 
 def test_experiment_speedrun_cpu_is_the_cumulative_recipe_at_750_steps(tmp_path):

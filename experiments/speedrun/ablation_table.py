@@ -3,7 +3,8 @@
     .venv/bin/python experiments/speedrun/ablation_table.py outputs/speedrun_ablation [--out experiments/speedrun/ablation.json]
 
 Each job folder is named by its overrides (`+ablation=<variant>,seed=<seed>`); its result.json gives
-the final val loss (20 batches at step 750) and the wall time of the run (trainer.fit). Per variant:
+the final val loss (20 batches at step 750) and the wall time of the run (trainer.fit; left out for a
+run that was resumed, whose clock covers only its last part). Per variant:
 mean ± sd over the seeds found, the difference to the GPT-2 baseline's mean, and the mean wall time
 (the runs shared a 2-core machine with other jobs: read wall times as rough, the losses as exact).
 A variant with fewer finished seeds than the others is marked.
@@ -31,6 +32,9 @@ def collect(sweep: Path) -> dict[str, dict[int, dict]]:
         r = json.loads((d / "result.json").read_text())
         if r.get("final_val_loss") is None:
             continue
+        log = d / "train.log"
+        if log.exists() and "resume=auto: resuming from" in log.read_text():
+            r["wall_seconds"] = None  # a resumed run's clock covers only its last part
         runs.setdefault(m.group(1), {})[int(m.group(2))] = r
     return runs
 
