@@ -64,6 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--out", type=Path, default=None, help="write the per-variant figures as JSON here")
+    ap.add_argument("--plot", type=Path, default=None, help="write a bar chart (mean ± sd per variant) here")
     args = ap.parse_args()
     if not args.sweep.is_dir():
         raise SystemExit(f"error: {args.sweep} is not a folder; run `train.py hparams_search=speedrun_ablation` first")
@@ -71,6 +72,30 @@ def main() -> None:
     print("\n".join(lines))
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
+    if args.plot:
+        plot(out, args.plot)
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(out)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(names, [out[n]["mean"] for n in names], yerr=[out[n]["sd"] for n in names], capsize=3,
+           color=["grey" if n == "gpt2" else "tab:green" if n == "speedrun" else "tab:blue" for n in names])
+    ax.axhline(out["gpt2"]["mean"], color="grey", lw=0.8, ls="--", label="GPT-2 baseline")
+    ax.axhline(1.886, color="tab:red", lw=0.8, ls=":", label="nanoGPT's final val (1.886)")
+    lo = min(out[n]["mean"] for n in names)
+    ax.set_ylim(lo - 0.1, out["gpt2"]["mean"] + 0.05)
+    ax.set_ylabel("val loss at step 750 (mean ± sd, 3 seeds)")
+    ax.set_title("speedrun ablation: each change alone on the GPT-2 baseline, and all together")
+    ax.tick_params(axis="x", rotation=45)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
