@@ -1,5 +1,6 @@
-"""Export a trained gptlab checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors) that
-loads with transformers.GPT2LMHeadModel.from_pretrained and back into gptlab with gptlab.hf.from_pretrained.
+"""Export a trained gptlab checkpoint as a Hugging Face folder (config.json + model.safetensors): GPT-2
+(transformers.GPT2LMHeadModel) for a GPT-2-shaped model, Llama (transformers.LlamaForCausalLM) for one
+with the Llama switches (model=llama_cpu); either loads back into gptlab with gptlab.hf.from_pretrained.
 The command line is the Hydra entry point gptlab.entrypoints.export (`python export.py ckpt_path=... out=...`,
 installed as gptlab-export)."""
 
@@ -12,7 +13,7 @@ from gptlab.hf import save_pretrained
 
 
 def export(ckpt_path: str | Path, out: str | Path) -> Path:
-    """Write the GPT of a Lightning checkpoint to `out` as a HF GPT-2 folder; returns the folder."""
+    """Write the GPT of a Lightning checkpoint to `out` as a HF GPT-2 or Llama folder; returns the folder."""
     model, _ = load_gpt_from_lightning_ckpt(ckpt_path)
     save_pretrained(model, out)
     return Path(out)

@@ -1,5 +1,5 @@
 """`gptlab-export` / `python export.py ckpt_path=<run>/checkpoints/last.ckpt out=<folder>`: a trained
-checkpoint as a Hugging Face GPT-2 folder (config.json + model.safetensors); see conf/export.yaml."""
+checkpoint as a Hugging Face GPT-2 or Llama folder (config.json + model.safetensors); see conf/export.yaml."""
 
 from __future__ import annotations
 
