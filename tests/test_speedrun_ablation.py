@@ -17,6 +17,9 @@ ONE_CHANGE = {
     "untied": {"model.tie_embeddings": False}, "softcap": {"model.logit_softcap": 15.0},
     "zero_init": {"model.zero_init_proj": True}, "lr3e-3": {"optim.lr": 3e-3},
     "wsd": {"optim.schedule._target_": "gptlab.optim.wsd", "optim.schedule.decay_fraction": 0.4},
+    # optim=muon: its optimizer and Muon's own keys (muon_lr and muon_params stay null: optim.lr, every block matrix)
+    "muon": {"optim.optimizer._target_": "gptlab.optim.muon", "optim.optimizer.momentum": 0.95,
+             "optim.optimizer.adjust_lr_fn": "match_rms_adamw"},
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 FOLDER = re.compile(r"^\+ablation=([^,]+),seed=(\d+)$")
 ORDER = ["gpt2", "rope", "rmsnorm", "relu2", "swiglu", "qk_norm", "untied", "softcap", "zero_init",
-         "wsd", "lr3e-3", "speedrun"]
+         "wsd", "lr3e-3", "muon", "speedrun"]
 
 
 def collect(sweep: Path) -> dict[str, dict[int, dict]]:
