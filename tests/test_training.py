@@ -307,6 +307,23 @@ def test_multirun_prints_a_summary_of_best_val_loss_per_run(tmp_path):
         assert override == ["optim.lr=0.001", "optim.lr=0.01"][int(job)]
 
 
+
+def test_the_sweep_summary_reads_jobs_in_named_folders(tmp_path):
+    """hydra.sweep.subdir=${hydra:job.override_dirname} (hparams_search=speedrun_ablation) names job
+    folders by their overrides: the closing table must still find them (it once said "no runs found")."""
+    from gptlab.entrypoints.sweep_summary import format_table, sweep_rows
+
+    for name, loss, overrides in (("+ablation=rope,seed=1", 1.9, ["+ablation=rope", "seed=1"]),
+                                  ("+ablation=gpt2,seed=1", 2.2, ["+ablation=gpt2", "seed=1"])):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        (tmp_path / name / "result.json").write_text(json.dumps({"best_val_loss": loss, "steps": 5, "wall_seconds": 1.0}))
+    (tmp_path / "logs").mkdir()  # not a job: neither numbered nor holding a job's files
+    rows = sweep_rows(tmp_path)
+    assert [r["job"] for r in rows] == ["+ablation=gpt2,seed=1", "+ablation=rope,seed=1"]
+    table = format_table(rows).splitlines()
+    assert len(table) == 3 and table[1].split()[1] == "1.9000" and table[1].split()[-1] == "+ablation=rope"
+
 def test_a_model_sweep_without_a_sweep_dir_lands_in_one_default_folder(tmp_path):
     """The default sweep folder names the model through Hydra's `hydra:` resolver, which the sweeper
     cannot use and each job would resolve with its own model: PinSweepDir resolves it once."""

@@ -23,14 +23,22 @@ def _job_overrides(job_dir: Path) -> list[str]:
     return list(OmegaConf.load(path)) if path.exists() else []
 
 
+def _is_job(p: Path) -> bool:
+    """A job folder: Hydra's default numbered subdir, or any subdir (e.g. `hydra.sweep.subdir:
+    ${hydra:job.override_dirname}`) holding a job's overrides or result."""
+    return p.is_dir() and (p.name.isdigit() or (p / ".hydra").is_dir() or (p / "result.json").exists())
+
+
 def sweep_rows(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per job folder under sweep_dir: its overrides and result.json (None when it failed)."""
     rows = []
-    for job_dir in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and p.name.isdigit()),
-                          key=lambda p: int(p.name)):
+    jobs = sorted((p for p in Path(sweep_dir).iterdir() if _is_job(p)),
+                  key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    for job_dir in jobs:
         result_file = job_dir / "result.json"
         result = json.loads(result_file.read_text()) if result_file.exists() else None
-        rows.append({"job": int(job_dir.name), "overrides": _job_overrides(job_dir), "result": result})
+        job = int(job_dir.name) if job_dir.name.isdigit() else job_dir.name
+        rows.append({"job": job, "overrides": _job_overrides(job_dir), "result": result})
     return rows
 
 
