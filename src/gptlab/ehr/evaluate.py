@@ -166,7 +166,7 @@ def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[
     by_len: dict[int, list[int]] = {}
     for k, prompt in enumerate(prompts):
         by_len.setdefault(len(prompt), []).append(k)
-    per_batch = max(1, int(cfg.get("prompt_batch", 1)))
+    per_batch = max(1, int(cfg.get("prompt_batch", 32)))  # conf/ehr_eval.yaml's default
     batches = [ks[i: i + per_batch] for ks in by_len.values() for i in range(0, len(ks), per_batch)]
     preds: list[dict[str, Any] | None] = [None] * len(prompts)
     done = 0
