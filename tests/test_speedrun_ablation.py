@@ -74,7 +74,8 @@ def test_the_table_reads_finished_jobs(tmp_path):
     for variant, seed, loss, wall in (("gpt2", 1, 2.0, 10.0), ("gpt2", 2, 2.2, 3.0), ("rope", 1, 1.9, 10.0),
                                       ("rope", 2, 1.95, 10.0)):
         d = tmp_path / f"+ablation={variant},seed={seed}"
-        d.mkdir()
+        (d / ".hydra").mkdir(parents=True)  # as Hydra writes a job: its overrides name the variant and seed
+        (d / ".hydra" / "overrides.yaml").write_text(f"- +ablation={variant}\n- seed={seed}\n- hparams_search=x\n")
         (d / "result.json").write_text(json.dumps({"final_val_loss": loss, "wall_seconds": wall}))
     (tmp_path / "+ablation=gpt2,seed=2" / "train.log").write_text("[gptlab] resume=auto: resuming from x/last.ckpt\n")
     (tmp_path / "+ablation=wsd,seed=1").mkdir()  # unfinished: no result.json

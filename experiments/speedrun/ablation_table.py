@@ -2,7 +2,8 @@
 
     .venv/bin/python experiments/speedrun/ablation_table.py outputs/speedrun_ablation [--out experiments/speedrun/ablation.json]
 
-Each job folder is named by its overrides (`+ablation=<variant>,seed=<seed>`); its result.json gives
+Each job is read by the sweep's own reader (`gptlab.entrypoints.sweep_summary.sweep_rows`: its
+.hydra/overrides.yaml names the variant and seed); its result.json gives
 the final val loss (20 batches at step 750) and the wall time of the run (trainer.fit; left out for a
 run that was resumed, whose clock covers only its last part). Per variant:
 mean ± sd over the seeds found, the difference to the GPT-2 baseline's mean, and the mean wall time
@@ -14,28 +15,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from pathlib import Path
 
-FOLDER = re.compile(r"^\+ablation=([^,]+),seed=(\d+)$")
+from gptlab.entrypoints.sweep_summary import sweep_rows
+
 ORDER = ["gpt2", "rope", "rmsnorm", "relu2", "swiglu", "qk_norm", "untied", "softcap", "zero_init",
          "wsd", "lr3e-3", "muon", "speedrun"]
 
 
 def collect(sweep: Path) -> dict[str, dict[int, dict]]:
+    """variant → seed → result.json of the finished jobs (the sweep's own reader, sweep_rows)."""
     runs: dict[str, dict[int, dict]] = {}
-    for d in sorted(sweep.iterdir()):
-        m = FOLDER.match(d.name)
-        if not m or not (d / "result.json").exists():
+    for row in sweep_rows(sweep):
+        r, over = row["result"], dict(o.lstrip("+").split("=", 1) for o in row["overrides"])
+        if r is None or r.get("final_val_loss") is None or "ablation" not in over:
             continue
-        r = json.loads((d / "result.json").read_text())
-        if r.get("final_val_loss") is None:
-            continue
-        log = d / "train.log"
+        log = sweep / str(row["job"]) / "train.log"
         if log.exists() and "resume=auto: resuming from" in log.read_text():
             r["wall_seconds"] = None  # a resumed run's clock covers only its last part
-        runs.setdefault(m.group(1), {})[int(m.group(2))] = r
+        runs.setdefault(over["ablation"], {})[int(over.get("seed", 0))] = r
     return runs
 
 
