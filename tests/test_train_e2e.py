@@ -124,3 +124,15 @@ def test_entry_point_groups_compose_from_their_own_folders():
         cfg = compose("ehr_eval", overrides=["task=icu_mortality", "ckpt_path=x"])
     assert cfg.task.name == "icu_mortality_first_24h"
     assert not (ROOT / "conf" / "decoding").exists() and not (ROOT / "conf" / "task").exists()
+    # scripts that score without Hydra get the settings Hydra composes (all but the run folder)
+    from omegaconf import OmegaConf
+
+    from gptlab.ehr.evaluate import eval_config
+
+    plain = eval_config("icu_mortality", ckpt_path="x", n_trajectories=7)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        ref = OmegaConf.to_container(compose("ehr_eval", overrides=["task=icu_mortality", "ckpt_path=x", "n_trajectories=7"]),
+                                     resolve=False)
+    ref.pop("paths"), ref.pop("out_dir"), plain.pop("out_dir")
+    assert plain == ref

@@ -16,14 +16,9 @@ import os
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
-import gptlab.conf_ehr_eval
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
-from gptlab.ehr.evaluate import meds_source, run_data_config, score_labels, token_budget, trajectory_scores
+from gptlab.ehr.evaluate import eval_config, meds_source, run_data_config, score_labels, token_budget, trajectory_scores
 from gptlab.tokenizers import tokenizer_from_spec
-
-TASKS = Path(gptlab.conf_ehr_eval.__file__).parent / "task"
 
 
 def main() -> None:
@@ -40,10 +35,8 @@ def main() -> None:
     torch.set_num_threads(1)
     model, ckpt = load_gpt_from_lightning_ckpt(args.ckpt)
     tok = tokenizer_from_spec(ckpt["tokenizer"])
-    task = OmegaConf.to_container(OmegaConf.load(TASKS / f"{args.task}.yaml"))
-    cfg = {"task": task, "splits": [args.split], "max_labels": args.labels, "n_trajectories": args.n,
-           "max_new_tokens": "auto", "max_new_tokens_quantile": 0.99, "temperature": 1.0, "seed": 1337,
-           "risk_estimator": args.estimator}
+    cfg = eval_config(args.task, splits=[args.split], max_labels=args.labels, n_trajectories=args.n,
+                      risk_estimator=args.estimator)
     data = score_labels(cfg, meds_source(run_data_config(Path(args.ckpt))))
     max_new = token_budget(cfg, tok, data, model.config.block_size)["max_new_tokens"]
     print(f"load average before: {os.getloadavg()}")

@@ -19,15 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
-
-import gptlab.conf_ehr_eval
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
-from gptlab.ehr.evaluate import meds_source, run_data_config, score_labels, token_budget
+from gptlab.ehr.evaluate import eval_config, meds_source, run_data_config, score_labels, token_budget
 from gptlab.ehr.risk import prompt_ids
 from gptlab.tokenizers import tokenizer_from_spec
-
-TASKS = Path(gptlab.conf_ehr_eval.__file__).parent / "task"
 
 
 def main() -> None:
@@ -41,8 +36,7 @@ def main() -> None:
     torch.set_num_threads(1)
     model, ckpt = load_gpt_from_lightning_ckpt(args.ckpt)
     tok = tokenizer_from_spec(ckpt["tokenizer"])
-    cfg = {"task": OmegaConf.to_container(OmegaConf.load(TASKS / f"{args.task}.yaml")), "splits": [args.split],
-           "max_labels": args.labels, "max_new_tokens": "auto", "max_new_tokens_quantile": 0.99}
+    cfg = eval_config(args.task, splits=[args.split], max_labels=args.labels)
     data = score_labels(cfg, meds_source(run_data_config(args.ckpt)))
     max_new = token_budget(cfg, tok, data, model.config.block_size)["max_new_tokens"]
     actual, predicted = Counter(), np.zeros(tok.vocab_size)

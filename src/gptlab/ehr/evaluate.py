@@ -44,6 +44,22 @@ from gptlab.ehr.tokenizer import EHRTokenizer
 from gptlab.tokenizers import tokenizer_from_spec
 
 
+EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "ehr_eval.yaml"
+TASK_DIR = Path(__file__).resolve().parents[1] / "conf_ehr_eval" / "task"
+
+
+def eval_config(task: str, **overrides: Any) -> dict[str, Any]:
+    """`python ehr_eval.py task=<task> <overrides>`'s settings as a plain dict, without Hydra: for
+    scripts that call score_labels / token_budget / trajectory_scores themselves (benchmarks,
+    checks), so they score with ehr_eval's own defaults rather than copies of them. Keys that
+    interpolate Hydra's run folder (out_dir) stay unresolved."""
+    cfg = OmegaConf.to_container(OmegaConf.load(EVAL_CONF), resolve=False)
+    for key in ("defaults", "hydra"):
+        cfg.pop(key, None)
+    cfg["task"] = OmegaConf.to_container(OmegaConf.load(TASK_DIR / f"{task}.yaml"))
+    return {**cfg, **overrides}
+
+
 def run_data_config(ckpt_path: Path) -> dict[str, Any]:
     """The `data` config of the training run that wrote ckpt_path (<run>/checkpoints/x.ckpt)."""
     run_cfg = ckpt_path.resolve().parent.parent / "config.yaml"
