@@ -11,10 +11,10 @@ from omegaconf import open_dict
 from gptlab.checkpoint import check_resumable
 from gptlab.data import GPTDataModule, read_meta
 from gptlab.data.build import build_datamodule, data_folder, to_plain
-from gptlab.training import build_module
 from gptlab.families import FamilyConfig
 from gptlab.lit_module import GPTLitModule
 from gptlab.model import GPTConfig
+from gptlab.training import build_module
 
 
 def test_model_node_builds_a_model_config_given_the_vocab_size(tiny_cfg):

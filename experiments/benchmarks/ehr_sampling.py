@@ -16,8 +16,16 @@ import os
 from pathlib import Path
 
 import torch
+
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
-from gptlab.ehr.evaluate import eval_config, meds_source, run_data_config, score_labels, token_budget, trajectory_scores
+from gptlab.ehr.evaluate import (
+    eval_config,
+    meds_source,
+    run_data_config,
+    score_labels,
+    token_budget,
+    trajectory_scores,
+)
 from gptlab.tokenizers import tokenizer_from_spec
 
 

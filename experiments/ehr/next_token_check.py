@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from gptlab.checkpoint import load_gpt_from_lightning_ckpt
 from gptlab.ehr.evaluate import eval_config, meds_source, run_data_config, score_labels, token_budget
 from gptlab.ehr.risk import prompt_ids

@@ -13,10 +13,10 @@ from typing import Any
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gptlab.cfg import to_plain  # noqa: F401  (re-exported: data.build is where callers took it from)
 from gptlab.conf import CONF_DIR
 from gptlab.data.datamodule import GPTDataModule
 from gptlab.data.prepare import ensure_prepared, ensure_prepared_hf
-from gptlab.cfg import to_plain  # noqa: F401  (re-exported: data.build is where callers took it from)
 from gptlab.errors import UserError
 
 
