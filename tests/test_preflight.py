@@ -109,3 +109,20 @@ def test_the_estimate_is_close_to_a_measured_peak(tmp_path):
     c = cfg(tmp_path, "model.n_layer=4", "model.n_embd=256", "model.n_head=4", "model.block_size=256",
             "data.batch_size=8", "model.vocab_size=8192")
     assert estimate(c)["total"] == pytest.approx(peak, rel=0.25)
+
+
+def test_entry_points_that_train_nothing_check_only_their_checkpoint(tmp_path):
+    """ehr_eval's config has no trainer or model: Hydra's shared Preflight callback checks its
+    ckpt_path and estimates no memory (it once raised on the missing trainer key at every run)."""
+    from omegaconf import OmegaConf
+
+    from gptlab.ehr.evaluate import eval_config
+    from gptlab.preflight import run_checks
+
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"")
+    cfg = OmegaConf.create({**eval_config("synthetic_death"), "ckpt_path": str(ckpt)})
+    OmegaConf.set_struct(cfg, True)  # as Hydra hands it over: a missing key raises
+    assert run_checks(cfg) is None
+    with pytest.raises(UserError, match="not found"):
+        run_checks(OmegaConf.merge(cfg, {"ckpt_path": str(tmp_path / "missing.ckpt")}))

@@ -173,8 +173,9 @@ def check_ckpt_path(cfg: Any) -> None:
 
 
 def run_checks(cfg: Any, machine: Machine | None = None) -> dict[str, Any] | None:
-    """Every check before a training run; the memory estimate, or None when preflight=false."""
+    """Every check before a run; the memory estimate, or None when preflight=false or the entry point
+    trains nothing (ehr_eval, generate: no trainer and model in its config, only ckpt_path to check)."""
     check_ckpt_path(cfg)
-    if cfg.get("preflight", True) is False:
+    if cfg.get("preflight", True) is False or cfg.get("trainer") is None or cfg.get("model") is None:
         return None
     return check_memory(cfg, machine)
