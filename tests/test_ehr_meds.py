@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from gptlab import conf_ehr_eval
 from gptlab.ehr import metrics as M
 from gptlab.ehr.aces import compare_labels, complement_risks, extract_labels, load_config, task_labels
 from gptlab.ehr.meds import Problems, read_labels, read_split, validate_labels
-from gptlab.ehr.meds_eval import evaluate, prediction_table, write_and_evaluate
+from gptlab.ehr.meds_eval import NOT_RUN, evaluate, prediction_table, write_and_evaluate
 from tests.conftest import ROOT, SHARED_DATA
 
 pytest.importorskip("aces")
@@ -148,6 +149,15 @@ def test_report_predictions_are_written_in_the_meds_evaluation_schema(tmp_path):
     assert table["predicted_boolean_probability"].to_pylist()[3] == pytest.approx(0.3)
     assert out["one_step"]["gptlab"]["auroc"] == 0.5 == out["one_step"]["meds_evaluation"][
         "samples_equally_weighted"]["roc_auc_score"]
+
+
+def test_without_meds_evaluation_the_report_says_so_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "meds_evaluation", None)  # `import meds_evaluation` now raises ImportError
+    preds = [{"subject_id": i, "prediction_time": "2100-01-01T00:00:00", "label": i % 2 == 0, "risk_trajectory": i / 4}
+             for i in range(4)]
+    out = write_and_evaluate(tmp_path, preds, {"trajectory": "risk_trajectory"})
+    assert list(out) == [NOT_RUN] and "predictions=" in out[NOT_RUN]
+    assert not list(tmp_path.iterdir())
 
 
 # ---- the experiment scripts' data plumbing (their model runs are in experiments/ehr/README.md) ------

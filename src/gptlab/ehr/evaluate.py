@@ -8,7 +8,9 @@ the paired difference trajectory − baseline, N, prevalence, how trajectories e
 censored fraction, counted data problems per split) and calibration.png.
 
 The flow is `score_labels` (the label rows of the chosen splits) → `trajectory_scores` →
-`baseline_scores` → `write_report`; another scorer adds its column to the same rows.
+`baseline_scores` → `write_report`; another scorer adds its column to the same rows. `shard=i/k`
+scores a k-th of the labels; `predictions=[...]` (`reused_scores`) takes the place of sampling with
+the risks of earlier runs (shards joined, or one run reported again).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from gptlab.ehr import metrics as M
 from gptlab.ehr.aces import complement_risks, task_labels
 from gptlab.ehr.baseline import feature_matrix, fit_count_baseline
 from gptlab.ehr.meds import SPLITS, Problems, iter_timelines, read_dataset
-from gptlab.ehr.meds_eval import write_and_evaluate
+from gptlab.ehr.meds_eval import NOT_RUN, write_and_evaluate
 from gptlab.ehr.prepare import meds_source, pooled, problem_lines
 from gptlab.ehr.risk import (
     CENSORING_ESTIMATORS,
@@ -41,8 +43,8 @@ from gptlab.ehr.risk import (
     sample_trajectories_batch,
 )
 from gptlab.ehr.tokenizer import EHRTokenizer
+from gptlab.errors import MissingFile, UserError
 from gptlab.tokenizers import tokenizer_from_spec
-
 
 EVAL_CONF = Path(__file__).resolve().parents[1] / "conf" / "ehr_eval.yaml"
 TASK_DIR = Path(__file__).resolve().parents[1] / "conf_ehr_eval" / "task"
@@ -64,7 +66,7 @@ def run_data_config(ckpt_path: Path) -> dict[str, Any]:
     """The `data` config of the training run that wrote ckpt_path (<run>/checkpoints/x.ckpt)."""
     run_cfg = ckpt_path.resolve().parent.parent / "config.yaml"
     if not run_cfg.exists():
-        raise FileNotFoundError(f"{run_cfg} not found: give meds_dir=<the MEDS folder the model was trained on>")
+        raise MissingFile(f"{run_cfg} not found: give meds_dir=<the MEDS folder the model was trained on>")
     return OmegaConf.to_container(OmegaConf.load(run_cfg).data, resolve=True)
 
 
@@ -77,7 +79,8 @@ def read_oracle(path: Path) -> dict[tuple[int, np.datetime64], float]:
 def evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     """cfg: ckpt_path, task {name, labels, oracle?, outcome, stop, censor?, horizon_days}, splits,
     meds_dir?, n_trajectories, max_new_tokens (a number or "auto"), max_new_tokens_quantile,
-    risk_estimator, baseline, temperature, seed, device, threads, n_boot, max_labels, out_dir.
+    risk_estimator, baseline, temperature, seed, device, threads, n_boot, max_labels, shard?,
+    predictions?, out_dir.
 
     `threads` holds only while scoring: the caller's torch thread count is restored afterwards (a
     training run later in the same process must not silently change its arithmetic)."""
@@ -99,17 +102,100 @@ def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
     model, ckpt = load_gpt_from_lightning_ckpt(ckpt_path, map_location=device)
     tok = tokenizer_from_spec(ckpt.get("tokenizer") or {})
     if not isinstance(tok, EHRTokenizer):
-        raise ValueError(f"{ckpt_path} was trained with a {tok.kind!r} tokenizer; ehr_eval needs an EHR (MEDS) model")
+        raise UserError(f"{ckpt_path} was trained with a {tok.kind!r} tokenizer; ehr_eval needs an EHR (MEDS) model")
     meds_dir = Path(cfg["meds_dir"]) if cfg.get("meds_dir") else meds_source(run_data_config(ckpt_path))
     if cfg.get("risk_estimator", "hazard") not in ESTIMATORS:
-        raise ValueError(f"risk_estimator={cfg['risk_estimator']!r}: choose one of {list(ESTIMATORS)}")
+        raise UserError(f"risk_estimator={cfg['risk_estimator']!r}: choose one of {list(ESTIMATORS)}")
     data = score_labels(cfg, meds_dir)
-    budget = token_budget(cfg, tok, data, model.config.block_size)
-    preds, ends, wall, n_tokens = trajectory_scores(cfg, model, tok, data, budget["max_new_tokens"], device)
-    complement_risks(cfg["task"], preds)  # before the baseline: it is fitted on the labels themselves
+    extra: dict[str, Any] = {}
+    if cfg.get("predictions"):  # an earlier run's risks for these labels: report again, sample nothing
+        preds, ends, wall, n_tokens, budget, settings = reused_scores(cfg, data)
+        cfg = {**cfg, **settings}
+        extra["risks_reused_from"] = [str(p) for p in _as_list(cfg["predictions"])]
+    else:
+        budget = token_budget(cfg, tok, data, model.config.block_size)
+        preds, ends, wall, n_tokens = trajectory_scores(cfg, model, tok, data, budget["max_new_tokens"], device)
+        complement_risks(cfg["task"], preds)  # before the baseline: it is fitted on the labels themselves
     baseline = baseline_scores(cfg, tok, data, preds) if cfg.get("baseline", True) else None
     return write_report(cfg, preds, ends, data["problems"], wall, n_tokens, meds_dir,
-                        extra={"max_new_tokens_rule": budget, "baseline": baseline})
+                        extra={"max_new_tokens_rule": budget, "baseline": baseline, **extra})
+
+
+def _as_list(x: Any) -> list[Any]:
+    return [x] if isinstance(x, (str, Path)) else list(x)
+
+
+REUSED_SETTINGS = ("n_trajectories", "risk_estimator", "temperature")  # how the reused risks were sampled
+
+
+def reused_scores(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[
+        list[dict[str, Any]], dict[str, int], float, int, dict[str, Any], dict[str, Any]]:
+    """`predictions=<run>/predictions.csv` (or a list: shards of one scoring): the risks an earlier
+    ehr_eval run sampled, for exactly this run's labels, with the sampling settings, trajectory ends
+    and token budget from the report.json beside each file. Nothing is sampled: for reporting again
+    (the baseline added, other bootstrap settings, meds-evaluation installed since) without paying
+    for the trajectories twice. The baseline is refitted and the oracle re-read, never copied.
+
+    Rule: the files together hold each label of this run (task, splits, max_labels) once, with the
+    same label value, and were sampled with one setting; anything else is an error naming the file."""
+    want: dict[tuple[int, str], int] = {}
+    for r in data["rows"]:
+        key = (int(data["sids"][r]), str(data["times"][r]))
+        if key in want:
+            raise UserError(f"subject {key[0]} has two labels at {key[1]}: reused predictions cannot tell them apart; "
+                             "score this task without predictions=")
+        want[key] = int(r)
+    task = cfg["task"]["name"]
+    found: dict[tuple[int, str], dict[str, str]] = {}
+    ends, wall, n_tokens = dict.fromkeys(END_NAMES, 0), 0.0, 0
+    budget: dict[str, Any] | None = None
+    settings: dict[str, Any] | None = None
+    for path in map(Path, _as_list(cfg["predictions"])):
+        report_path = path.parent / "report.json"
+        if not path.is_file() or not report_path.is_file():
+            raise MissingFile(f"predictions={path}: needs that predictions.csv and the report.json beside it "
+                                    "(an ehr_eval output folder)")
+        earlier = json.loads(report_path.read_text())
+        if earlier["task"]["name"] != task:
+            raise UserError(f"{path} holds risks for task {earlier['task']['name']!r}, not {task!r}")
+        these = {k: earlier[k] for k in REUSED_SETTINGS}
+        if settings is not None and these != settings:
+            raise UserError(f"{path} was sampled with {these}, the files before it with {settings}: one scoring only")
+        settings = these
+        budget = budget or earlier.get("max_new_tokens_rule") or {"max_new_tokens": earlier["max_new_tokens"]}
+        for name in END_NAMES:
+            ends[name] += int(earlier["trajectory_ends"].get(name, 0))
+        wall += float(earlier["sampling_seconds"])
+        n_tokens += int(earlier["tokens_sampled"])
+        with open(path, newline="") as f:
+            for line, rec in enumerate(csv.DictReader(f), start=2):
+                key = (int(rec["subject_id"]), rec["prediction_time"])
+                r = want.get(key)
+                if r is None:
+                    raise UserError(f"{path}, line {line}: subject {key[0]} at {key[1]} is not a label of {task} in "
+                                     f"splits {list(cfg['splits'])} (max_labels={cfg.get('max_labels')}): reuse "
+                                     "predictions of the same task, splits and MEDS data")
+                if key in found:
+                    raise UserError(f"{path}, line {line}: subject {key[0]} at {key[1]} was given before (overlapping files?)")
+                if (rec["label"] == "True") != bool(data["ys"][r]):
+                    raise UserError(f"{path}, line {line}: label {rec['label']} for subject {key[0]} at {key[1]}, "
+                                     "the MEDS label file says otherwise: the labels changed since that run")
+                found[key] = rec
+    missing = [k for k in want if k not in found]
+    if missing:
+        raise UserError(f"predictions={cfg['predictions']} hold {len(found)} of the {len(want)} labels of {task} in "
+                         f"splits {list(cfg['splits'])}; first missing: subject {missing[0][0]} at {missing[0][1]}")
+    preds = []
+    for key, r in want.items():  # the labels' order, as sampling writes it
+        rec = found[key]
+        row: dict[str, Any] = {"subject_id": key[0], "prediction_time": key[1], "label": bool(data["ys"][r])}
+        row.update({k: float(v) for k, v in rec.items() if k.startswith("risk_") and k not in ("risk_baseline", "risk_oracle")})
+        row["censored_fraction"] = float(rec["censored_fraction"])
+        row["prompt_tokens"] = int(rec["prompt_tokens"])
+        if data["oracle"] is not None:
+            row["risk_oracle"] = data["oracle"][(key[0], data["times"][r])]
+        preds.append(row)
+    return preds, ends, wall, n_tokens, budget, settings
 
 
 def score_labels(cfg: dict[str, Any], meds_dir: Path) -> dict[str, Any]:
@@ -118,7 +204,7 @@ def score_labels(cfg: dict[str, Any], meds_dir: Path) -> dict[str, Any]:
     task = cfg["task"]
     bad = [s for s in cfg["splits"] if s not in SPLITS]
     if bad:
-        raise ValueError(f"splits {bad} are not MEDS splits; choose from {list(SPLITS)}")
+        raise UserError(f"splits {bad} are not MEDS splits; choose from {list(SPLITS)}")
     problems = {"dataset": Problems(), **{s: Problems() for s in SPLITS}}
     tables = read_dataset(meds_dir, problems["dataset"])
     timelines = {s: {tl.subject_id: tl for tl in iter_timelines(tables[s], problems[s])}
@@ -133,12 +219,27 @@ def score_labels(cfg: dict[str, Any], meds_dir: Path) -> dict[str, Any]:
     rows = np.flatnonzero(in_split)
     if cfg.get("max_labels"):
         rows = rows[: int(cfg["max_labels"])]
+    if cfg.get("shard"):
+        i, k = parse_shard(cfg["shard"])
+        rows = rows[i::k]
     if len(rows) == 0:
-        raise ValueError(f"{meds_dir / task['labels']}: no labels for subjects of splits {cfg['splits']}")
+        raise UserError(f"{meds_dir / task['labels']}: no labels for subjects of splits {cfg['splits']}")
     train_rows = np.flatnonzero([s in timelines["train"] for s in sids])
     oracle = read_oracle(meds_dir / task["oracle"]) if task.get("oracle") else None
     return {"sids": sids, "times": times, "ys": ys, "rows": rows, "train_rows": train_rows, "scored": scored,
             "train": timelines["train"], "oracle": oracle, "problems": problems}
+
+
+def parse_shard(shard: Any) -> tuple[int, int]:
+    """shard "i/k": every k-th label from the i-th (0-based), so k processes share one scoring with
+    similar prompt-length mixes; `predictions=[the k predictions.csv]` joins them into one report."""
+    try:
+        i, k = (int(x) for x in str(shard).split("/"))
+    except ValueError:
+        i, k = -1, 0
+    if not 0 <= i < k:
+        raise UserError(f"shard={shard!r}: write i/k with 0 <= i < k, e.g. shard=0/4 (the first of 4 shards)")
+    return i, k
 
 
 def token_budget(cfg: dict[str, Any], tok: EHRTokenizer, data: dict[str, Any], block_size: int) -> dict[str, Any]:
@@ -166,7 +267,7 @@ def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[
     task = cfg["task"]
     outcome_ids = tok.ids_with_prefix(task["outcome"])
     if not outcome_ids:
-        raise ValueError(f"task.outcome {task['outcome']} matches no token of the vocabulary; e.g. {tok.vocab[:8]}")
+        raise UserError(f"task.outcome {task['outcome']} matches no token of the vocabulary; e.g. {tok.vocab[:8]}")
     # <TL_END> means the record stops (outcome unknown): censoring, never a real "no outcome"
     censor_ids = tok.ids_with_prefix(task.get("censor", ["<TL_END>"]))
     stop_ids = sorted(set(tok.ids_with_prefix(task["stop"])) - set(censor_ids)) if task["stop"] else []
@@ -298,7 +399,10 @@ def report_lines(cfg: dict[str, Any], report: dict[str, Any], results: dict[str,
     for m, d in report.get("trajectory_minus_baseline", {}).items():
         lines.append(f"\ntrajectory − count baseline, {m.upper()} (paired, same patient resamples): "
                      f"{d['difference']:+.3f} (95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f})")
-    agree = [m["max_abs_difference"] for m in report["meds_evaluation"].values() if "max_abs_difference" in m]
+    agree = [m["max_abs_difference"] for m in report["meds_evaluation"].values()
+             if isinstance(m, dict) and "max_abs_difference" in m]
+    if NOT_RUN in report["meds_evaluation"]:
+        lines.append(f"\nmeds-evaluation: not run: {report['meds_evaluation'][NOT_RUN]}")
     if agree:
         lines.append(f"\nmeds-evaluation on `meds_predictions_<scorer>.parquet`: max |ours - theirs| = {max(agree):.1e}")
     if "auroc_ratio_to_oracle" in report:

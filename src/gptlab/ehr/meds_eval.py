@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from gptlab.ehr import metrics as M
 
 PROBABILITY = "predicted_boolean_probability"
+NOT_RUN = "not_run"  # write_and_evaluate's key when meds-evaluation is missing
 
 
 def prediction_table(subject_id, prediction_time, label, probability) -> pa.Table:
@@ -58,7 +59,14 @@ def evaluate(table: pa.Table, samples_per_subject: int = 4, seed: int = 0) -> di
 def write_and_evaluate(out_dir: str | Path, preds: list[dict[str, Any]], scorers: dict[str, str],
                        seed: int = 0) -> dict[str, Any]:
     """For each scorer (name → predictions column) write `meds_predictions_<name>.parquet` and return
-    meds-evaluation's metrics of it next to ours."""
+    meds-evaluation's metrics of it next to ours. Without meds-evaluation installed nothing is
+    written and the answer says so: the sampled risks (predictions.csv) must not be lost to a scorer
+    missing at the end; `ehr_eval.py predictions=<that predictions.csv>` reports again without sampling."""
+    try:
+        import meds_evaluation  # noqa: F401
+    except ImportError:
+        return {NOT_RUN: "meds-evaluation is not installed (pip install 'gptlab[ehr]'); report again with "
+                         "`ehr_eval.py predictions=<this folder>/predictions.csv` once it is"}
     out = {}
     for name, key in scorers.items():
         if key not in preds[0]:
