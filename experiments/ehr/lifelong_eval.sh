@@ -8,6 +8,10 @@
 # README) with `hazard` and the replayed token budget, all re-scored on tuning by this script; the
 # highest mean tuning AUROC is scored on held-out once with N = 100 (more trajectories only lower
 # the Monte Carlo noise of the same estimate; +0.010 on tuning death in the second session).
+# Fourth session, fixed before G1/G2's tuning results: candidates A3 (its tuning mean 0.7696 above) and
+# the GPU-trained G1 / G2 (experiments/ehr/gpu_lifelong.sh, README), same tuning protocol; the highest
+# mean goes to held-out once. N there: 20, not 100 (the GPU time was spent; 100 would not finish on
+# this CPU in the session; set before any held-out look, README).
 # Reports (report.md/json, predictions.csv, calibration.png) land in
 # experiments/ehr/synthetic/lifelong/<split>_<task>_<tag>_<estimator>[_n<N>]/.
 # OMP_NUM_THREADS=1: see the README's Commands.
