@@ -143,7 +143,7 @@ def reused_scores(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[
         key = (int(data["sids"][r]), str(data["times"][r]))
         if key in want:
             raise UserError(f"subject {key[0]} has two labels at {key[1]}: reused predictions cannot tell them apart; "
-                             "score this task without predictions=")
+                            "score this task without predictions=")
         want[key] = int(r)
     task = cfg["task"]["name"]
     found: dict[tuple[int, str], dict[str, str]] = {}
@@ -154,7 +154,7 @@ def reused_scores(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[
         report_path = path.parent / "report.json"
         if not path.is_file() or not report_path.is_file():
             raise MissingFile(f"predictions={path}: needs that predictions.csv and the report.json beside it "
-                                    "(an ehr_eval output folder)")
+                              "(an ehr_eval output folder)")
         earlier = json.loads(report_path.read_text())
         if earlier["task"]["name"] != task:
             raise UserError(f"{path} holds risks for task {earlier['task']['name']!r}, not {task!r}")
@@ -173,18 +173,18 @@ def reused_scores(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[
                 r = want.get(key)
                 if r is None:
                     raise UserError(f"{path}, line {line}: subject {key[0]} at {key[1]} is not a label of {task} in "
-                                     f"splits {list(cfg['splits'])} (max_labels={cfg.get('max_labels')}): reuse "
-                                     "predictions of the same task, splits and MEDS data")
+                                    f"splits {list(cfg['splits'])} (max_labels={cfg.get('max_labels')}): reuse "
+                                    "predictions of the same task, splits and MEDS data")
                 if key in found:
                     raise UserError(f"{path}, line {line}: subject {key[0]} at {key[1]} was given before (overlapping files?)")
                 if (rec["label"] == "True") != bool(data["ys"][r]):
                     raise UserError(f"{path}, line {line}: label {rec['label']} for subject {key[0]} at {key[1]}, "
-                                     "the MEDS label file says otherwise: the labels changed since that run")
+                                    "the MEDS label file says otherwise: the labels changed since that run")
                 found[key] = rec
     missing = [k for k in want if k not in found]
     if missing:
         raise UserError(f"predictions={cfg['predictions']} hold {len(found)} of the {len(want)} labels of {task} in "
-                         f"splits {list(cfg['splits'])}; first missing: subject {missing[0][0]} at {missing[0][1]}")
+                        f"splits {list(cfg['splits'])}; first missing: subject {missing[0][0]} at {missing[0][1]}")
     preds = []
     for key, r in want.items():  # the labels' order, as sampling writes it
         rec = found[key]
