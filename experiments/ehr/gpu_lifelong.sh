@@ -77,7 +77,7 @@ if [ "$chosen" != A3 ]; then
 fi
 for g in G1 G2; do  # the weights (no optimizer state) and the run's config, for scoring elsewhere
   c=$(ckpt $g); [ -n "$c" ] || continue
-  "$PY" -c "import sys, torch; c = torch.load(sys.argv[1], map_location='cpu', weights_only=False); [c.pop(k, None) for k in ('optimizer_states', 'lr_schedulers')]; torch.save(c, sys.argv[2])" "$c" "$out/$g.ckpt"
+  "$PY" -c "import sys; from gptlab.checkpoint import load_checkpoint, save_atomic; c = load_checkpoint(sys.argv[1]); [c.pop(k, None) for k in ('optimizer_states', 'lr_schedulers')]; save_atomic(c, sys.argv[2])" "$c" "$out/$g.ckpt"
   basename "$c" > "$out/$g.ckpt.name"
   cp "$runs/$g/config.yaml" "$out/${g}_config.yaml"
   cp -r "$runs/$g/logs" "$out/${g}_logs" 2>/dev/null
