@@ -19,7 +19,7 @@ TINY = ("model=tiny", "model.block_size=96", "trainer.accelerator=cpu", "trainer
         "trainer.enable_progress_bar=false", "sample_after_training=0")
 
 
-def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
+def test_tiny_synthetic_cohort_trains_and_scores(tmp_path, monkeypatch):
     from gptlab.ehr.evaluate import evaluate_task
 
     cfg = compose_train_cfg(tmp_path / "run", tmp_path / "data", [
@@ -75,49 +75,45 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path):
     def no_sampling(*a, **k):
         raise AssertionError("predictions= must not sample")
 
-    orig = E.trajectory_scores
-    E.trajectory_scores = no_sampling
-    try:
-        again = evaluate_task({**cfg_eval, "n_trajectories": 99, "predictions": str(tmp_path / "eval" / "predictions.csv"),
-                               "out_dir": str(tmp_path / "again")})
-        assert again["n_trajectories"] == 4 and again["risks_reused_from"] == [str(tmp_path / "eval" / "predictions.csv")]
-        for name in ("trajectory", "km", "naive", "one_step", "baseline", "oracle"):
-            assert again["metrics"][name]["auroc"] == pytest.approx(report["metrics"][name]["auroc"]), name
-        assert again["trajectory_ends"] == report["trajectory_ends"] and again["tokens_sampled"] == report["tokens_sampled"]
-        first = pd.read_csv(tmp_path / "eval" / "predictions.csv")
-        assert pd.read_csv(tmp_path / "again" / "predictions.csv").equals(first)  # same rows, columns and order
+    monkeypatch.setattr(E, "trajectory_scores", no_sampling)
+    again = evaluate_task({**cfg_eval, "n_trajectories": 99, "predictions": str(tmp_path / "eval" / "predictions.csv"),
+                           "out_dir": str(tmp_path / "again")})
+    assert again["n_trajectories"] == 4 and again["risks_reused_from"] == [str(tmp_path / "eval" / "predictions.csv")]
+    for name in ("trajectory", "km", "naive", "one_step", "baseline", "oracle"):
+        assert again["metrics"][name]["auroc"] == pytest.approx(report["metrics"][name]["auroc"]), name
+    assert again["trajectory_ends"] == report["trajectory_ends"] and again["tokens_sampled"] == report["tokens_sampled"]
+    first = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    assert pd.read_csv(tmp_path / "again" / "predictions.csv").equals(first)  # same rows, columns and order
 
-        # shard=i/k scores every k-th label; the shards' predictions together make one report
-        E.trajectory_scores = orig
-        shards = []
-        for i in range(2):
-            part = evaluate_task({**cfg_eval, "shard": f"{i}/2", "baseline": False, "out_dir": str(tmp_path / f"shard{i}")})
-            assert part["metrics"]["trajectory"]["n"] == 3
-            shards.append(str(tmp_path / f"shard{i}" / "predictions.csv"))
-        assert pd.read_csv(shards[1])["subject_id"].tolist() == first["subject_id"].iloc[1::2].tolist()
-        E.trajectory_scores = no_sampling
-        merged = evaluate_task({**cfg_eval, "predictions": shards, "out_dir": str(tmp_path / "merged")})
-        assert pd.read_csv(tmp_path / "merged" / "predictions.csv")[["subject_id", "prediction_time"]].equals(
-            first[["subject_id", "prediction_time"]])  # the labels' order again
-        assert sum(merged["trajectory_ends"].values()) == 6 * 4  # each shard's trajectories counted once
-        assert merged["metrics"]["baseline"]["auroc"] == pytest.approx(report["metrics"]["baseline"]["auroc"])
-        with pytest.raises(ValueError, match="shard='2/2'"):
-            evaluate_task({**cfg_eval, "shard": "2/2", "out_dir": str(tmp_path / "x")})
+    # shard=i/k scores every k-th label; the shards' predictions together make one report
+    monkeypatch.undo()  # shards sample for real
+    shards = []
+    for i in range(2):
+        part = evaluate_task({**cfg_eval, "shard": f"{i}/2", "baseline": False, "out_dir": str(tmp_path / f"shard{i}")})
+        assert part["metrics"]["trajectory"]["n"] == 3
+        shards.append(str(tmp_path / f"shard{i}" / "predictions.csv"))
+    assert pd.read_csv(shards[1])["subject_id"].tolist() == first["subject_id"].iloc[1::2].tolist()
+    monkeypatch.setattr(E, "trajectory_scores", no_sampling)
+    merged = evaluate_task({**cfg_eval, "predictions": shards, "out_dir": str(tmp_path / "merged")})
+    assert pd.read_csv(tmp_path / "merged" / "predictions.csv")[["subject_id", "prediction_time"]].equals(
+        first[["subject_id", "prediction_time"]])  # the labels' order again
+    assert sum(merged["trajectory_ends"].values()) == 6 * 4  # each shard's trajectories counted once
+    assert merged["metrics"]["baseline"]["auroc"] == pytest.approx(report["metrics"]["baseline"]["auroc"])
+    with pytest.raises(ValueError, match="shard='2/2'"):
+        evaluate_task({**cfg_eval, "shard": "2/2", "out_dir": str(tmp_path / "x")})
 
-        # a label missing, or given twice, or with another value: refused, naming the file
-        with pytest.raises(ValueError, match="hold 3 of the 6 labels"):
-            evaluate_task({**cfg_eval, "predictions": shards[0], "out_dir": str(tmp_path / "x")})
-        with pytest.raises(ValueError, match="given before"):
-            evaluate_task({**cfg_eval, "predictions": [*shards, shards[0]], "out_dir": str(tmp_path / "x")})
-        flipped = first.copy()
-        flipped.loc[0, "label"] = not bool(flipped.loc[0, "label"])
-        (tmp_path / "flip").mkdir()
-        flipped.to_csv(tmp_path / "flip" / "predictions.csv", index=False)
-        (tmp_path / "flip" / "report.json").write_text((tmp_path / "eval" / "report.json").read_text())
-        with pytest.raises(ValueError, match=r"flip/predictions.csv, line 2: label"):
-            evaluate_task({**cfg_eval, "predictions": str(tmp_path / "flip" / "predictions.csv"), "out_dir": str(tmp_path / "x")})
-    finally:
-        E.trajectory_scores = orig
+    # a label missing, or given twice, or with another value: refused, naming the file
+    with pytest.raises(ValueError, match="hold 3 of the 6 labels"):
+        evaluate_task({**cfg_eval, "predictions": shards[0], "out_dir": str(tmp_path / "x")})
+    with pytest.raises(ValueError, match="given before"):
+        evaluate_task({**cfg_eval, "predictions": [*shards, shards[0]], "out_dir": str(tmp_path / "x")})
+    flipped = first.copy()
+    flipped.loc[0, "label"] = not bool(flipped.loc[0, "label"])
+    (tmp_path / "flip").mkdir()
+    flipped.to_csv(tmp_path / "flip" / "predictions.csv", index=False)
+    (tmp_path / "flip" / "report.json").write_text((tmp_path / "eval" / "report.json").read_text())
+    with pytest.raises(ValueError, match=r"flip/predictions.csv, line 2: label"):
+        evaluate_task({**cfg_eval, "predictions": str(tmp_path / "flip" / "predictions.csv"), "out_dir": str(tmp_path / "x")})
 
 
 # the MIMIC-IV demo: $GPTLAB_MIMIC_DEMO, else `make ehr-data`'s folder, else ../shared/data
