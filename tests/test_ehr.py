@@ -581,10 +581,40 @@ def test_decoder_rows_dropped_and_fanned_out_match_the_uncached_forward():
         assert torch.allclose(got, want, atol=1e-5), t
 
 
+def test_ragged_decoder_rows_match_the_uncached_forward():
+    """Prompts of different lengths in one batch: each row at its own position, fanned out, finished
+    rows dropped; every row's logits must stay those of a plain forward over its own whole sequence
+    (no padding is fed, nothing of another row is read)."""
+    from gptlab.generation import RaggedDecoder
+
+    model = tiny_gpt(seed=0, block_size=32).eval()
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 50, (L + 6,), generator=g) for L in (3, 9, 5)]
+    decoder = RaggedDecoder(model, [s[:L].tolist() for s, L in zip(seqs, (3, 9, 5))], max_new_tokens=6)
+    with torch.no_grad():
+        for s, L, got in zip(seqs, (3, 9, 5), decoder.first):
+            assert torch.allclose(got, model.forward_last(s[None, :L])[0].float(), atol=1e-5)
+    rows = torch.tensor([0, 0, 1, 1, 2, 2])  # each prompt fanned out to 2 rows
+    decoder.reorder(rows)
+    for t, keep in ((0, None), (1, [0, 2, 3, 5]), (2, [3, 0, 1]), (3, [1, 2]), (4, [1])):
+        if keep is not None:
+            keep = torch.tensor(keep)
+            decoder.reorder(keep)
+            rows = rows[keep]
+        lengths = torch.tensor([3, 9, 5])[rows]
+        got = decoder(torch.stack([seqs[r][lengths[i] + t] for i, r in enumerate(rows.tolist())]))
+        with torch.no_grad():
+            want = torch.cat([model.forward_last(seqs[r][None, : lengths[i] + t + 1])
+                              for i, r in enumerate(rows.tolist())]).float()
+        assert torch.allclose(got, want, atol=1e-5), t
+    with pytest.raises(ValueError, match="block_size"):
+        RaggedDecoder(model, [[1] * 30], max_new_tokens=3)
+
+
 def test_prompts_sampled_together_score_as_alone(tok):
-    """sample_trajectories_batch runs several equal-length prompts' rows as one batch: each prompt's
-    one-step score is its own uncached forward's, its rows come back in its own slice (a mix-up of
-    prompts shows as the other prompt's risk), and prompts of unequal length are refused."""
+    """sample_trajectories_batch runs several prompts' rows (of different lengths) as one batch: each
+    prompt's one-step score is its own uncached forward's, and its rows come back in its own slice
+    with its own risk (a mix-up of prompts shows as the other prompt's risk)."""
     from gptlab.ehr.risk import sample_trajectories_batch
 
     death, end = tok.token_id("MEDS_DEATH"), tok.token_id("<TL_END>")
@@ -594,7 +624,8 @@ def test_prompts_sampled_together_score_as_alone(tok):
         model.lm_head.weight[death] = model.transformer.wte.weight[tok.token_id("GENDER//M")] * 40
     prompts = [tok.encode("<TL_START> GENDER//F AGE//60-64 HOSPITAL_ADMISSION//EMERGENCY"),
                tok.encode("<TL_START> GENDER//M AGE//60-64 GENDER//M"),
-               tok.encode("<TL_START> GENDER//F AGE//80-84 HOSPITAL_ADMISSION//EMERGENCY")]
+               tok.encode("<TL_START> GENDER//F AGE//80-84 HOSPITAL_ADMISSION//EMERGENCY GENDER//F GENDER//F"),
+               tok.encode("<TL_START> GENDER//M")]
     kw = dict(outcome_ids=[death], stop_ids=[], censor_ids=[end], token_minutes=tok.token_minutes,
               horizon_minutes=365 * 1440, max_new_tokens=8, hazard=True)
     together = sample_trajectories_batch(model, prompts, n=1000, generator=torch.Generator().manual_seed(0), **kw)
@@ -606,8 +637,8 @@ def test_prompts_sampled_together_score_as_alone(tok):
         assert len(a.end_kind) == len(a.row_risk) == 1000 and a.tokens > 0
         assert abs(a.row_risk.mean() - b.row_risk.mean()) < 0.03
     assert abs(alone[0].row_risk.mean() - alone[1].row_risk.mean()) > 0.1  # the prompts are told apart
-    with pytest.raises(ValueError, match="one length"):
-        sample_trajectories_batch(model, [prompts[0], prompts[0][:-1]], n=2, **kw)
+    with pytest.raises(ValueError, match="block_size"):
+        sample_trajectories_batch(model, [prompts[0], [0] * 60], n=2, **kw)
 
 
 def test_hazard_sampling_is_unbiased_with_less_noise(tok):

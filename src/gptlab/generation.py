@@ -24,9 +24,9 @@ from torch.nn import functional as F
 
 from gptlab.decoding import Decoding, check_prompt, next_token
 from gptlab.errors import UserError
-from gptlab.model import KVCache
+from gptlab.model import KVCache, KVCacheRows
 
-__all__ = ["BeamSearchOutput", "Decoder", "Decoding", "TextStream", "beam_search", "generate", "generate_text",
+__all__ = ["BeamSearchOutput", "Decoder", "Decoding", "RaggedDecoder", "TextStream", "beam_search", "generate", "generate_text",
            "stream", "token_logprobs"]
 
 # ---- feeding the model -------------------------------------------------------------------------------
@@ -84,6 +84,47 @@ class Decoder:
         number of rows)."""
         if self.cache is not None:
             self.cache.reorder(index, self.cached)
+
+
+class RaggedDecoder:
+    """Next-token logits of rows that started from prompts of different lengths, in one batch.
+
+    Each prompt is prefilled alone into its own row of one KV cache (so its first logits are exactly
+    a decode of it alone); after that every call feeds one token per row, row b at its own position
+    pos[b], and row b attends to its own keys only (model.KVCacheRows; the model masks the rest). No
+    padding token is ever fed, so a row's logits do not depend on the other rows. A step's attention
+    spans the longest row: rows of similar lengths waste the least. Causal models only, and every
+    prompt plus max_new_tokens must fit in block_size (the window never slides)."""
+
+    def __init__(self, model, prompts: list[list[int]], max_new_tokens: int):
+        if not model.config.causal:
+            raise ValueError("RaggedDecoder needs a causal model: a bidirectional model's cached keys go stale")
+        lengths = [len(p) for p in prompts]
+        if min(lengths) < 1 or max(lengths) + max_new_tokens > model.config.block_size:
+            raise ValueError(f"prompts of {min(lengths)}..{max(lengths)} tokens + max_new_tokens {max_new_tokens} "
+                             f"must fit in block_size {model.config.block_size}")
+        self.model = model
+        device = next(model.parameters()).device
+        self.cache = model.new_kv_cache(len(prompts), max(lengths) + max_new_tokens)
+        self.pos = torch.tensor(lengths, dtype=torch.long, device=device)  # each row's next position
+        self.keys = max(lengths)  # positions filled in the longest row (host side: no sync per step)
+        with torch.inference_mode():
+            self.first = torch.cat([
+                model.forward_last(torch.tensor([p], device=device), 0, KVCacheRows(self.cache, i, i + 1))
+                for i, p in enumerate(prompts)]).float()  # (len(prompts), V): each prompt's next-token logits
+
+    @torch.inference_mode()
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed tokens (B,), one per row; float logits (B, V) of each row's next token."""
+        self.keys += 1
+        logits = self.model.forward_last(tokens[:, None], self.pos, KVCacheRows(self.cache, 0, len(tokens), self.keys))
+        self.pos += 1
+        return logits.float()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row i becomes old row index[i] (a fan-out of each prompt to n rows, or finished rows dropped)."""
+        self.cache.reorder(index, self.keys)
+        self.pos = self.pos[index]
 
 
 @contextmanager

@@ -142,13 +142,14 @@ class LayerKVCache:
         buffers would cost block_size positions per layer per step. A batch that grows (one prompt
         fanned out to n samples) gets new buffers; one that shrinks (finished samples dropped) keeps
         the first rows of its buffers, as allocating them anew at every drop costs more than the
-        attention itself. Positions past `length` are never read before `update` writes them."""
+        attention itself. New buffers start zeroed: rows of a ragged batch (KVCacheRows) read, masked,
+        positions they never wrote, and a masked weight of 0 times leftover NaN memory is still NaN."""
         k = self.k[:, :, :length].index_select(0, index)  # 2x faster than k[index]
         v = self.v[:, :, :length].index_select(0, index)
         n = index.numel()
         if n > self.k.size(0):
-            self.k = self.k.new_empty((n, *self.k.shape[1:]))
-            self.v = self.v.new_empty((n, *self.v.shape[1:]))
+            self.k = self.k.new_zeros((n, *self.k.shape[1:]))
+            self.v = self.v.new_zeros((n, *self.v.shape[1:]))
         elif n < self.k.size(0):
             self.k, self.v = self.k[:n], self.v[:n]
         self.k[:, :, :length] = k
@@ -177,6 +178,38 @@ class KVCache:
         """Reorder the batch rows of every layer over the first `length` positions (see LayerKVCache)."""
         for layer in self.layers:
             layer.reorder(index, length)
+
+
+class _RowsLayer:
+    """One layer's keys/values for a range of rows, written at each row's own position."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, keys: int):
+        self.k, self.v, self.keys = k, v, keys
+
+    def update(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(pos, int):  # a prefill: positions pos..pos+T-1 of these rows
+            T = k.size(2)
+            self.k.narrow(2, pos, T).copy_(k)
+            self.v.narrow(2, pos, T).copy_(v)
+            return self.k.narrow(2, 0, pos + T), self.v.narrow(2, 0, pos + T)
+        rows = torch.arange(k.size(0), device=k.device)
+        self.k[rows, :, pos] = k[:, :, 0]  # one new token per row, each at its own position
+        self.v[rows, :, pos] = v[:, :, 0]
+        return self.k.narrow(2, 0, self.keys), self.v.narrow(2, 0, self.keys)
+
+
+class KVCacheRows:
+    """Rows lo..hi of a KVCache, shaped as one (a `layers` list), for rows that each sit at their own
+    length: a serving batch, or trajectories continuing prompts of different lengths.
+
+    An int pos writes positions pos..pos+T-1 of these rows (a prompt prefilled alone in its row). A
+    (B,) tensor pos writes row b's one new token at pos[b] and returns the first `keys` positions of
+    every row: `keys` is the caller's bound on the longest row (kept on the host, so a step needs no
+    device sync to size the attention). Positions past a row's own end hold another row's history
+    or nothing; the model's mask for a tensor pos hides them."""
+
+    def __init__(self, cache: KVCache, lo: int, hi: int, keys: int = 0):
+        self.layers = [_RowsLayer(c.k[lo:hi], c.v[lo:hi], keys) for c in cache.layers]
 
 
 def make_norm(config: GPTConfig) -> nn.Module:

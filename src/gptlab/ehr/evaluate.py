@@ -279,12 +279,17 @@ def trajectory_scores(cfg: dict[str, Any], model, tok: EHRTokenizer, data: dict[
     sids, times, ys = data["sids"], data["times"], data["ys"]
     prompts = [prompt_ids(tok, data["scored"][int(sids[r])], times[r], model.config.block_size - max_new)
                for r in data["rows"]]
-    # prompts of one length share a batch (sample_trajectories_batch); rows keep the labels' order
-    by_len: dict[int, list[int]] = {}
-    for k, prompt in enumerate(prompts):
-        by_len.setdefault(len(prompt), []).append(k)
-    per_batch = max(1, int(cfg.get("prompt_batch", 32)))  # conf/ehr_eval.yaml's default
-    batches = [ks[i: i + per_batch] for ks in by_len.values() for i in range(0, len(ks), per_batch)]
+    # prompt_batch labels sample together (sample_trajectories_batch), taken in order of prompt length:
+    # a step's attention spans the batch's longest prompt, so neighbours in length waste the least.
+    # Rows keep the labels' order.
+    order = sorted(range(len(prompts)), key=lambda k: len(prompts[k]))
+    per_batch = cfg.get("prompt_batch", "auto")
+    if per_batch in (None, "auto"):
+        per_batch = 640 // int(cfg["n_trajectories"])
+    elif not str(per_batch).isdigit() or int(per_batch) < 1:
+        raise UserError(f"prompt_batch={per_batch!r}: give a number of labels (≥ 1) to sample together, or auto")
+    per_batch = max(1, int(per_batch))
+    batches = [order[i: i + per_batch] for i in range(0, len(order), per_batch)]
     preds: list[dict[str, Any] | None] = [None] * len(prompts)
     done = 0
     for ks in batches:

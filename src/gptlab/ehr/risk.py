@@ -28,7 +28,7 @@ import torch
 from gptlab.decoding import Decoding, next_token
 from gptlab.ehr.meds import Timeline
 from gptlab.ehr.tokenizer import EHRTokenizer
-from gptlab.generation import Decoder
+from gptlab.generation import RaggedDecoder
 
 # how each trajectory ended (TrajectoryResult.end_kind)
 OUTCOME, STOP, HORIZON, CENSORED, UNFINISHED = 0, 1, 2, 3, 4
@@ -72,8 +72,8 @@ def sample_trajectories(model, prompt: list[int], *, n: int, outcome_ids: list[i
                         censor_ids: list[int] = (), hazard: bool = False) -> TrajectoryResult:
     """Sample n continuations of `prompt` with the KV cache until outcome / stop / censor / horizon.
 
-    The decoding loop is gptlab.generation's: a `Decoder` (its own KV cache, prefilled once with the
-    prompt and fanned out to n rows) and `next_token` under Decoding(temperature=...). With
+    The decoding loop is gptlab.generation's: a `RaggedDecoder` (its own KV cache, prefilled once
+    with the prompt and fanned out to n rows) and `next_token` under Decoding(temperature=...). With
     hazard=True the outcome and censor tokens are never drawn; their probabilities are accumulated
     into TrajectoryResult.row_risk (module docstring)."""
     return sample_trajectories_batch(
@@ -88,32 +88,29 @@ def sample_trajectories_batch(model, prompts: list[list[int]], *, n: int, outcom
                               max_new_tokens: int, temperature: float = 1.0,
                               generator: torch.Generator | None = None, censor_ids: list[int] = (),
                               hazard: bool = False) -> list[TrajectoryResult]:
-    """`sample_trajectories` for several prompts of one length at once: their n rows each run as
-    one batch (len(prompts) × n rows), one result per prompt. A one-token step of a small model
-    costs about the same for 20 rows as for 300 (its time is Python and kernel launches), so
-    scoring many labels goes several times faster this way. The prompts must have equal length:
-    no padding, so every row's positions, and its logits, are those it would have alone."""
+    """`sample_trajectories` for several prompts at once: their n rows each run as one batch
+    (len(prompts) × n rows), one result per prompt. A one-token step of a small model costs about
+    the same for 20 rows as for several thousand on a GPU (its time is kernel launches), and several
+    times less per row on a CPU too, so scoring many labels goes far faster this way. Prompts may
+    differ in length: a `RaggedDecoder` prefills each alone and keeps every row at its own position,
+    so a row's logits are those it would have alone (no padding is fed)."""
     if not model.config.causal:
         raise ValueError("sample_trajectories needs a causal model (model.causal=true): a bidirectional model's "
                          "cached keys go stale as the trajectory grows")
-    P, block, m = len(prompts[0]), model.config.block_size, len(prompts)
-    if any(len(p) != P for p in prompts):
-        raise ValueError(f"sample_trajectories_batch takes prompts of one length, got {sorted({len(p) for p in prompts})}")
-    if P + max_new_tokens > block:
-        raise ValueError(f"prompt {P} + max_new_tokens {max_new_tokens} exceeds block_size {block}; "
+    longest, block, m = max(len(p) for p in prompts), model.config.block_size, len(prompts)
+    if longest + max_new_tokens > block:
+        raise ValueError(f"prompt {longest} + max_new_tokens {max_new_tokens} exceeds block_size {block}; "
                          f"cut the prompt with prompt_ids(max_len=block_size - max_new_tokens)")
     device = next(model.parameters()).device
     ends = _Ends(model.config.vocab_size, outcome_ids, stop_ids, censor_ids, token_minutes, horizon_minutes,
                  m * n, device)
     decoding = Decoding(temperature=temperature, max_new_tokens=max_new_tokens)
-    decoder = Decoder(model, m, max_len=P + max_new_tokens)
-    seq = torch.tensor(prompts, dtype=torch.long, device=device)
-    last = decoder(seq)
+    decoder = RaggedDecoder(model, prompts, max_new_tokens)
+    last = decoder.first
     one_step = last.softmax(-1)[:, ends.is_outcome].sum(-1).tolist()
     fan = torch.arange(m, device=device).repeat_interleave(n)  # prompt i's rows are i*n … i*n + n − 1
     decoder.reorder(fan)  # n copies of each prompt's cache
-    seq, last = seq[fan], last[fan]
-    seq = torch.cat([seq, seq.new_zeros(m * n, max_new_tokens)], dim=1)  # preallocated: no torch.cat per step
+    last = last[fan]
     for step in range(max_new_tokens):
         nxt = ends.draw_hazard(last, temperature, generator) if hazard else next_token(last, decoding, generator)
         keep = ends.update(nxt)
@@ -125,9 +122,8 @@ def sample_trajectories_batch(model, prompts: list[list[int]], *, n: int, outcom
             rows = keep.nonzero().squeeze(1)
             decoder.reorder(rows)  # drop the finished rows
             ends.keep(rows)
-            seq, nxt = seq[rows], nxt[rows]
-        seq[:, P + step] = nxt
-        last = decoder(seq[:, : P + step + 1])
+            nxt = nxt[rows]
+        last = decoder(nxt)
     return [ends.result(one_step[i], slice(i * n, (i + 1) * n)) for i in range(m)]
 
 

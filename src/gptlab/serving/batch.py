@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gptlab.model import KVCacheRows
+
 
 @dataclass(eq=False)
 class Row:
@@ -63,31 +65,6 @@ class UncachedBatch:
             r.slot = slot
 
 
-class _RowLayer:
-    """One layer's keys/values for a range of rows, written at each row's own position."""
-
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, keys: int):
-        self.k, self.v, self.keys = k, v, keys
-
-    def update(self, pos, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(pos, int):  # a prompt's prefill: positions pos..pos+T-1 of one row
-            T = k.size(2)
-            self.k.narrow(2, pos, T).copy_(k)
-            self.v.narrow(2, pos, T).copy_(v)
-            return self.k.narrow(2, 0, pos + T), self.v.narrow(2, 0, pos + T)
-        rows = torch.arange(k.size(0), device=k.device)
-        self.k[rows, :, pos] = k[:, :, 0]  # one new token per row, each at its own position
-        self.v[rows, :, pos] = v[:, :, 0]
-        return self.k.narrow(2, 0, self.keys), self.v.narrow(2, 0, self.keys)
-
-
-class _CacheView:
-    """Rows lo..hi of the batch cache, shaped as the model's KVCache (a `layers` list)."""
-
-    def __init__(self, cache, lo: int, hi: int, keys: int = 0):
-        self.layers = [_RowLayer(c.k[lo:hi], c.v[lo:hi], keys) for c in cache.layers]
-
-
 class Batch:
     """Rows in one preallocated KV cache (model.new_kv_cache(capacity)), each at its own length."""
 
@@ -107,7 +84,7 @@ class Batch:
         if not self.free_rows():
             raise RuntimeError(f"the batch is full ({self.capacity} rows)")
         row = Row(len(self.rows), len(ids))
-        view = _CacheView(self.cache, row.slot, row.slot + 1)
+        view = KVCacheRows(self.cache, row.slot, row.slot + 1)
         logits = self.model.forward_last(torch.tensor([ids], device=self.device), 0, view)[0]
         self.rows.append(row)
         return row, logits.float()
@@ -123,7 +100,7 @@ class Batch:
         pos = torch.empty(len(rows), dtype=torch.long, device=self.device)
         idx[slots, 0] = torch.tensor(tokens, device=self.device)
         pos[slots] = torch.tensor([row.length for row in rows], device=self.device)
-        view = _CacheView(self.cache, 0, len(rows), keys=max(row.length for row in rows) + 1)
+        view = KVCacheRows(self.cache, 0, len(rows), keys=max(row.length for row in rows) + 1)
         logits = self.model.forward_last(idx, pos, view)
         for row in rows:
             row.length += 1
