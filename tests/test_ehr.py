@@ -13,7 +13,7 @@ import torch
 
 from gptlab.ehr import metrics as M
 from gptlab.ehr.codes import atc_names, icd9_to_icd10
-from gptlab.ehr.meds import Problems, Timeline, iter_timelines, read_dataset, read_labels, read_split
+from gptlab.ehr.meds import Problems, Timeline, dataset_sha256, iter_timelines, read_dataset, read_labels, read_split
 from gptlab.ehr.prepare import read_index
 from gptlab.ehr.risk import prompt_ids, sample_trajectories
 from gptlab.ehr.synthetic import generate_cohort
@@ -779,10 +779,45 @@ def test_lifelong_cohort_starts_in_childhood_and_has_two_exact_tasks(tmp_path):
         sd = np.sqrt((oracle.probability * (1 - oracle.probability)).sum())
         assert abs(labels.boolean_value.sum() - oracle.probability.sum()) < 3 * sd, task
         assert M.auroc(labels.boolean_value.values, oracle.probability.values) > 0.7
-    # a readmission label is true exactly when the next admission is within 30 days of the discharge
-    labels = pq.read_table(out / "tasks" / "readmission_30d.parquet").to_pandas()
-    tl = next(t for t in tls if t.subject_id == labels.subject_id.iloc[0])
-    t0 = labels.prediction_time.values[0].astype("datetime64[us]")
-    nxt = [t for t, c in zip(tl.times, tl.codes) if c.startswith("HOSPITAL_ADMISSION") and t > t0]
-    assert labels.boolean_value.iloc[0] == bool(nxt and nxt[0] - t0 <= np.timedelta64(30, "D"))
     assert 0 < readmission_probability(60, np.zeros(9, bool), 12.5, False, 1) < 0.2
+
+
+def test_lifelong_labels_are_what_the_records_show(tmp_path):
+    """Every discharge carries both labels (labels version 1 left the readmission stay before a
+    drawn death unlabelled: which stays were scored depended on a draw no record shows); each
+    readmission label says whether the record's next admission is within 30 days (version 1 said yes
+    at some last stays that have none); on the 30-day readmission stays, where the doomed share π
+    enters the risk, labels and risks agree; and the records are those of version 1, byte for byte."""
+    from gptlab.ehr.synthetic import generate_cohort
+
+    out = generate_cohort(tmp_path / "life", n_patients=3000, seed=2, shape="lifelong")
+    tables = read_dataset(out, Problems())
+    tasks = {t: pq.read_table(out / "tasks" / f"{t}.parquet").to_pandas().merge(
+        pq.read_table(out / "tasks" / f"{t}_oracle.parquet").to_pandas(), on=["subject_id", "prediction_time"])
+        for t in ("death_365d", "readmission_30d")}
+    readmit_stay, discharges = set(), 0
+    labelled = {t: set(zip(d.subject_id, d.prediction_time.values.astype("datetime64[us]"))) for t, d in tasks.items()}
+    truth = dict(zip(zip(tasks["readmission_30d"].subject_id,
+                         tasks["readmission_30d"].prediction_time.values.astype("datetime64[us]")),
+                     tasks["readmission_30d"].boolean_value))
+    for split in ("train", "tuning", "held_out"):
+        for tl in iter_timelines(tables[split]):
+            adm = [t for t, c in zip(tl.times, tl.codes) if c.startswith("HOSPITAL_ADMISSION")]
+            dis = [t for t, c in zip(tl.times, tl.codes) if c.startswith("HOSPITAL_DISCHARGE")]
+            for i, t in enumerate(dis):
+                key = (tl.subject_id, t.astype("datetime64[us]"))
+                discharges += 1
+                assert all(key in labelled[task] for task in labelled), f"discharge {key} unlabelled"
+                back = i + 1 < len(adm) and adm[i + 1] - t <= np.timedelta64(30, "D")
+                assert truth[key] == back, f"readmission label {truth[key]} at {key}, record says {back}"
+                if back:
+                    readmit_stay.add((tl.subject_id, dis[i + 1].astype("datetime64[us]")))
+    assert discharges == len(tasks["death_365d"]) == len(tasks["readmission_30d"])
+    for task, d in tasks.items():
+        on = d[[k in readmit_stay for k in zip(d.subject_id, d.prediction_time.values.astype("datetime64[us]"))]]
+        sd = np.sqrt((on.probability * (1 - on.probability)).sum())
+        assert len(on) > 300 and abs(on.boolean_value.sum() - on.probability.sum()) < 3 * sd, (task, len(on))
+
+    # the records did not change with the labels: dataset_sha256 of labels version 1's cohort
+    small = generate_cohort(tmp_path / "small", n_patients=200, seed=0, shape="lifelong")
+    assert dataset_sha256(small) == "3688ffb223c62a7a9a18080cf5980b7a45fb9d1e9de81337265e9d115680d105"

@@ -115,6 +115,22 @@ def test_tiny_synthetic_cohort_trains_and_scores(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"flip/predictions.csv, line 2: label"):
         evaluate_task({**cfg_eval, "predictions": str(tmp_path / "flip" / "predictions.csv"), "out_dir": str(tmp_path / "x")})
 
+    # sample_missing=true: the labels the files lack (shard 1's) and the one whose value changed are
+    # sampled now, the rest reused as they were; a reused row's prompt must still be its label's prompt
+    monkeypatch.undo()
+    flipped.iloc[0::2].to_csv(tmp_path / "flip" / "predictions.csv", index=False)  # rows 0, 2, 4; row 0 flipped
+    extended = evaluate_task({**cfg_eval, "predictions": str(tmp_path / "flip" / "predictions.csv"),
+                              "sample_missing": True, "baseline": False, "out_dir": str(tmp_path / "extended")})
+    assert extended["labels_sampled_now"] == 4 and extended["metrics"]["trajectory"]["n"] == 6
+    again_rows = pd.read_csv(tmp_path / "extended" / "predictions.csv")
+    assert again_rows[["subject_id", "prediction_time", "label"]].equals(first[["subject_id", "prediction_time", "label"]])
+    assert np.allclose(again_rows["risk_trajectory"].iloc[[2, 4]], first["risk_trajectory"].iloc[[2, 4]])
+    moved = first.copy()
+    moved.loc[1, "prompt_tokens"] += 1
+    moved.to_csv(tmp_path / "flip" / "predictions.csv", index=False)
+    with pytest.raises(ValueError, match=r"token prompt; its prompt here has"):
+        evaluate_task({**cfg_eval, "predictions": str(tmp_path / "flip" / "predictions.csv"), "out_dir": str(tmp_path / "x")})
+
 
 # the MIMIC-IV demo: $GPTLAB_MIMIC_DEMO, else `make ehr-data`'s folder, else ../shared/data
 MIMIC = next((p for p in (Path(os.environ.get("GPTLAB_MIMIC_DEMO", "/nonexistent")), ROOT / "data" / "mimic-iv-demo-meds",

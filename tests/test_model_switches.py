@@ -91,30 +91,48 @@ def test_cached_decoding_equals_uncached(name):
         assert torch.allclose(decoder(tokens(24)[:, :t]), full[:, t - 1], atol=1e-5)
 
 
-class Uncached(Decoder):
-    def __init__(self, model, batch_size, *args, **kwargs):
-        super().__init__(model, batch_size, use_cache=False)
+class UncachedRows:
+    """RaggedDecoder's interface with no cache: every step re-reads each row's whole sequence alone."""
+
+    def __init__(self, model, prompts, max_new_tokens):
+        self.model, self.rows = model, [list(p) for p in prompts]
+        self.first = self._last()
+
+    def _last(self) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.model.forward_last(torch.tensor([r])) for r in self.rows]).float()
+
+    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        for r, t in zip(self.rows, tokens.tolist()):
+            r.append(t)
+        return self._last()
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.rows = [list(self.rows[i]) for i in index.tolist()]
 
 
 @pytest.mark.parametrize("name", SWITCHES)
 def test_ehr_trajectories_with_the_cache_equal_those_without(name, monkeypatch):
-    """ETHOS sampling (rows fanned out, finished rows dropped from the cache): the same trajectories,
-    and at every step the same next-token logits, as recomputing each prefix."""
+    """ETHOS sampling (prompts of two lengths in one batch, rows fanned out, finished rows dropped
+    from the cache, every row at its own position): the same trajectories, and at every step the
+    same next-token logits, as recomputing each row's whole sequence alone."""
     model = model_with(name)
     kw = dict(n=5, outcome_ids=[3], stop_ids=[4], token_minutes=np.linspace(0.0, 60.0, V), horizon_minutes=600.0,
               max_new_tokens=16)
 
-    def run() -> tuple[risk.TrajectoryResult, list[torch.Tensor]]:
+    def run() -> tuple[list[risk.TrajectoryResult], list[torch.Tensor]]:
         seen = []
         monkeypatch.setattr(risk, "next_token", lambda logits, *a, **k: seen.append(logits) or next_token(logits, *a, **k))
-        return risk.sample_trajectories(model, [7, 8, 9], generator=torch.Generator().manual_seed(0), **kw), seen
+        return risk.sample_trajectories_batch(model, [[7, 8, 9], [5, 6, 7, 8, 9, 10]],
+                                              generator=torch.Generator().manual_seed(0), **kw), seen
 
     cached, cached_logits = run()
-    monkeypatch.setattr(risk, "Decoder", Uncached)
+    monkeypatch.setattr(risk, "RaggedDecoder", UncachedRows)
     uncached, uncached_logits = run()
     # TrajectoryResult holds arrays (each row's end): compare field by field
-    assert all(np.array_equal(getattr(cached, f.name), getattr(uncached, f.name)) for f in dataclasses.fields(cached))
-    assert cached.tokens > 0
+    for c, u in zip(cached, uncached):
+        assert all(np.array_equal(getattr(c, f.name), getattr(u, f.name)) for f in dataclasses.fields(c))
+        assert c.tokens > 0
     assert len(cached_logits) == len(uncached_logits)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(cached_logits, uncached_logits))
 

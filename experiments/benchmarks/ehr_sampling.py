@@ -1,5 +1,5 @@
-"""Trajectory sampling speed of ehr_eval: labels one at a time (prompt_batch=1) vs labels whose
-prompts share a length sampled as one batch (prompt_batch=k), alternated in one process.
+"""Trajectory sampling speed of ehr_eval: labels one at a time (prompt_batch=1) vs labels nearest in
+prompt length sampled as one batch (prompt_batch=k; risk.sample_trajectories_batch), alternated in one process.
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/benchmarks/ehr_sampling.py <run>/checkpoints/last.ckpt \
         --task synthetic_death --labels 160 --batches 1 32 --rounds 2

@@ -112,6 +112,17 @@ def _evaluate_task(cfg: dict[str, Any]) -> dict[str, Any]:
         preds, ends, wall, n_tokens, budget, settings = reused_scores(cfg, data)
         cfg = {**cfg, **settings}
         extra["risks_reused_from"] = [str(p) for p in _as_list(cfg["predictions"])]
+        check_reused_prompts(tok, data, preds, model.config.block_size - int(budget["max_new_tokens"]))
+        todo = [k for k, row in enumerate(preds) if row is None]
+        if todo:  # sample_missing=true: these labels now, with the reused run's settings and token budget
+            sub = {**data, "rows": [data["rows"][k] for k in todo]}
+            new, new_ends, new_wall, new_tokens = trajectory_scores(cfg, model, tok, sub, int(budget["max_new_tokens"]), device)
+            complement_risks(cfg["task"], new)
+            for k, row in zip(todo, new):
+                preds[k] = row
+            ends = {name: ends[name] + new_ends[name] for name in ends}
+            wall, n_tokens = wall + new_wall, n_tokens + new_tokens
+        extra["labels_sampled_now"] = len(todo)
     else:
         budget = token_budget(cfg, tok, data, model.config.block_size)
         preds, ends, wall, n_tokens = trajectory_scores(cfg, model, tok, data, budget["max_new_tokens"], device)
@@ -137,7 +148,11 @@ def reused_scores(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[
     for the trajectories twice. The baseline is refitted and the oracle re-read, never copied.
 
     Rule: the files together hold each label of this run (task, splits, max_labels) once, with the
-    same label value, and were sampled with one setting; anything else is an error naming the file."""
+    same label value, and were sampled with one setting; anything else is an error naming the file.
+    With sample_missing=true a label the files lack, or hold with another value (the labels were
+    corrected since), is left None in the returned rows for the caller to sample now; a label the
+    files hold that this run lacks is still an error."""
+    extend = bool(cfg.get("sample_missing"))
     want: dict[tuple[int, str], int] = {}
     for r in data["rows"]:
         key = (int(data["sids"][r]), str(data["times"][r]))
@@ -177,17 +192,23 @@ def reused_scores(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[
                                     "predictions of the same task, splits and MEDS data")
                 if key in found:
                     raise UserError(f"{path}, line {line}: subject {key[0]} at {key[1]} was given before (overlapping files?)")
-                if (rec["label"] == "True") != bool(data["ys"][r]):
+                if (rec["label"] == "True") != bool(data["ys"][r]) and not extend:
                     raise UserError(f"{path}, line {line}: label {rec['label']} for subject {key[0]} at {key[1]}, "
-                                    "the MEDS label file says otherwise: the labels changed since that run")
-                found[key] = rec
+                                    "the MEDS label file says otherwise: the labels changed since that run "
+                                    "(sample_missing=true samples such labels again)")
+                if (rec["label"] == "True") == bool(data["ys"][r]):
+                    found[key] = rec
     missing = [k for k in want if k not in found]
-    if missing:
+    if missing and not extend:
         raise UserError(f"predictions={cfg['predictions']} hold {len(found)} of the {len(want)} labels of {task} in "
-                        f"splits {list(cfg['splits'])}; first missing: subject {missing[0][0]} at {missing[0][1]}")
-    preds = []
+                        f"splits {list(cfg['splits'])}; first missing: subject {missing[0][0]} at {missing[0][1]} "
+                        "(sample_missing=true samples the rest now)")
+    preds: list[dict[str, Any] | None] = []
     for key, r in want.items():  # the labels' order, as sampling writes it
-        rec = found[key]
+        rec = found.get(key)
+        if rec is None:
+            preds.append(None)
+            continue
         row: dict[str, Any] = {"subject_id": key[0], "prediction_time": key[1], "label": bool(data["ys"][r])}
         row.update({k: float(v) for k, v in rec.items() if k.startswith("risk_") and k not in ("risk_baseline", "risk_oracle")})
         row["censored_fraction"] = float(rec["censored_fraction"])
@@ -196,6 +217,20 @@ def reused_scores(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[
             row["risk_oracle"] = data["oracle"][(key[0], data["times"][r])]
         preds.append(row)
     return preds, ends, wall, n_tokens, budget, settings
+
+
+def check_reused_prompts(tok: EHRTokenizer, data: dict[str, Any], preds: list[dict[str, Any] | None],
+                         max_len: int) -> None:
+    """A reused risk belongs to the prompt it was sampled from: its prompt_tokens must be this run's
+    prompt length for the label, or the records (or the tokenizer) changed since that run."""
+    for row, r in zip(preds, data["rows"]):
+        if row is None:
+            continue
+        n = len(prompt_ids(tok, data["scored"][int(data["sids"][r])], data["times"][r], max_len))
+        if n != row["prompt_tokens"]:
+            raise UserError(f"predictions=: subject {row['subject_id']} at {row['prediction_time']} was sampled from a "
+                            f"{row['prompt_tokens']}-token prompt; its prompt here has {n}: the records or the tokenizer "
+                            "changed since that run, so its risks cannot be reused")
 
 
 def score_labels(cfg: dict[str, Any], meds_dir: Path) -> dict[str, Any]:

@@ -16,6 +16,7 @@ prefix + a stretch of that patient's timeline, the layout of a risk prompt, from
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,17 @@ def meds_source(data_cfg: dict[str, Any]) -> Path:
     """The MEDS folder a data config names; a `synthetic:` block generates it on first use."""
     path = Path(data_cfg["path"]).expanduser()
     synth = data_cfg.get("synthetic")
-    if synth and not (path / "tasks").is_dir():
-        from gptlab.ehr.synthetic import generate_cohort
+    if synth:
+        from gptlab.ehr.synthetic import cohort_version, generate_cohort
 
-        print(f"[gptlab] generating the synthetic cohort {synth} → {path}")
-        generate_cohort(path, **synth)
+        want, meta = cohort_version(**synth), path / "metadata" / "dataset.json"
+        have = json.loads(meta.read_text()).get("dataset_version") if meta.exists() else None
+        if not (path / "tasks").is_dir() or have != want:
+            # an older generator's labels must not be scored as this one's; the same records hash
+            # the same, so the prepared bins stay valid when only the labels changed
+            why = "" if have is None else f" (found version {have}, this generator writes {want})"
+            print(f"[gptlab] generating the synthetic cohort {synth} → {path}{why}")
+            generate_cohort(path, **synth)
     return path
 
 

@@ -19,9 +19,17 @@ same chain of stays. Each discharge also carries a second label, readmission wit
 exactly Bernoulli(q(h)) (q logistic in age, heart failure, COPD, CKD, the stay's last
 haemoglobin, an emergency admission and the number of stays). To keep both labels exact, a
 death drawn for a discharge falls 30 days to H after it (never before a 30-day readmission) and
-never before an earlier discharge's survived horizon; a readmission stay inside a death's
-horizon gets no labels. shape="adult" is the cohort of the figures before issue 16 (same seed →
-same data).
+never before an earlier discharge's survived horizon. When a discharge draws both death and a
+readmission, the readmission stay happens and death follows it. That stay is labelled like every
+other, and so the label's risk is what its record shows, not the hidden draw: a 30-day
+readmission stay with no new condition is that doomed stay with probability
+π = p' / (p' + (1 − p')(1 − 0.05)^absent) (p' the previous discharge's death risk; `doomed_probability`),
+so its death risk is π + (1 − π) p(h) and its readmission risk (1 − π) q(h). The last stay
+(MAX_STAYS) is never followed by another, so its readmission risk is 0. (Labels version 1 left the
+doomed stay unlabelled and kept p(h), q(h) on the others: an oracle that knew the hidden draw, which
+no model of the records can; it put 22 % of labels out of any model's reach. Version 1 also labelled
+a drawn readmission at the last stay that the record never shows.) The records are the same in both
+versions. shape="adult" is the cohort of the figures before issue 16 (same seed → same data).
 
     python -m gptlab.ehr.synthetic OUT_DIR --n-patients 3000 --seed 0 [--shape lifelong]
 """
@@ -191,6 +199,16 @@ def _outpatient(rng: np.random.Generator, t: np.datetime64, end: np.datetime64, 
     return rows
 
 
+def doomed_probability(p_before: float, absent: int) -> float:
+    """P(a 30-day readmission stay is the one inside the previous discharge's death horizon | its
+    record), when the stay shows no new condition: the previous discharge drew death with p_before,
+    independently of the readmission; that stay is never followed by another and adds no condition,
+    while a surviving one adds each of the `absent` conditions with NEW_CONDITION_PER_STAY (a new
+    condition at the stay rules it out: probability 0)."""
+    keep = (1 - NEW_CONDITION_PER_STAY) ** absent
+    return p_before / (p_before + (1 - p_before) * keep)
+
+
 def simulate_lifelong(rng: np.random.Generator, horizon_days: float) -> Patient:
     """A record from childhood through decades of sparse visits into the chain of stays (module doc)."""
     start_age, stay_age = float(rng.uniform(0, 15)), float(rng.uniform(35, 85))
@@ -201,7 +219,9 @@ def simulate_lifelong(rng: np.random.Generator, horizon_days: float) -> Patient:
     rows += _early_life(rng, birth, start_age, stay_age, onset)
     cond, deaths, readmissions = present.copy(), [], []
     t, alive_until = birth + days(stay_age * 365.25), np.datetime64("NaT")
+    came_back = None  # p of the previous stay when this stay is its 30-day readmission, else None
     for stay in range(1, MAX_STAYS + 1):
+        absent, before = int((~cond).sum()), cond.copy()
         cond |= rng.random(len(CONDITIONS)) < NEW_CONDITION_PER_STAY
         stay_rows, t, last, emergency = _stay(rng, t, cond)
         rows += stay_rows
@@ -209,8 +229,10 @@ def simulate_lifelong(rng: np.random.Generator, horizon_days: float) -> Patient:
         p = death_probability(age, cond, last[0][2], last[1][2], stay)
         q = readmission_probability(age, cond, last[2][2], emergency, stay)
         dies, readmit = bool(rng.random() < p), bool(rng.random() < q)
-        deaths.append((t, dies, p))
-        readmissions.append((t, readmit, q))
+        doomed = doomed_probability(came_back, absent) if came_back is not None and (cond == before).all() else 0.0
+        deaths.append((t, dies, doomed + (1 - doomed) * p))
+        # the last stay is never followed by another: its record shows no readmission, whatever was drawn
+        readmissions.append((t, readmit and stay < MAX_STAYS, (1 - doomed) * q * (stay < MAX_STAYS)))
         lo = t + days(READMIT_DAYS) if np.isnat(alive_until) else max(t + days(READMIT_DAYS), alive_until)
         death_t = lo + days(rng.uniform(0, 1) * float((t + days(horizon_days) - lo) / days(1)))
         nxt = t + days(rng.uniform(1, READMIT_DAYS)) if readmit else None
@@ -221,16 +243,35 @@ def simulate_lifelong(rng: np.random.Generator, horizon_days: float) -> Patient:
         end = death_t if dies else (nxt if nxt is not None else t + days(1.5 * horizon_days))
         rows += _outpatient(rng, t, min(end, nxt) if nxt is not None else end, cond)
         if dies:
-            if nxt is not None:  # a readmission inside the death's horizon: no labels, death after it
-                extra, d2, _, _ = _stay(rng, nxt, cond)
+            if nxt is not None:  # a readmission inside the death's horizon, death after it
+                extra, d2, last2, emergency2 = _stay(rng, nxt, cond)
                 rows += extra
                 death_t = min(max(death_t, d2 + days(1)), t + days(horizon_days))
+                # labelled like every stay, with the risk its record shows: this readmission may be
+                # this one (death certain) or one that survived p (module doc)
+                age2 = float((d2 - birth) / days(1)) / 365.25
+                doomed = doomed_probability(p, int((~cond).sum()))
+                p2 = death_probability(age2, cond, last2[0][2], last2[1][2], stay + 1)
+                q2 = readmission_probability(age2, cond, last2[2][2], emergency2, stay + 1) * (stay + 1 < MAX_STAYS)
+                deaths.append((d2, True, doomed + (1 - doomed) * p2))
+                readmissions.append((d2, False, (1 - doomed) * q2))
             rows.append((death_t, "MEDS_DEATH", None))
             break
         if nxt is None:
             break
         alive_until, t = t + days(horizon_days), nxt
+        came_back = p if readmit else None
     return Patient(rows, deaths, readmissions)
+
+
+LABELS_VERSION = 2  # lifelong: labels and risks as the record shows them (module doc); 1 knew a hidden draw
+
+
+def cohort_version(n_patients: int, seed: int, horizon_days: float = 365.0, shape: str = "adult") -> str:
+    """metadata/dataset.json's dataset_version: a cached cohort whose version differs is regenerated
+    (prepare.meds_source)."""
+    version = f"n{n_patients}-seed{seed}-h{horizon_days:g}d"
+    return version if shape == "adult" else f"{version}-{shape}-labels{LABELS_VERSION}"
 
 
 def generate_cohort(out_dir: str | Path, n_patients: int = 3000, seed: int = 0, horizon_days: float = 365.0,
@@ -272,7 +313,7 @@ def generate_cohort(out_dir: str | Path, n_patients: int = 3000, seed: int = 0, 
              FLU_VACCINE: "influenza vaccine (CVX 140)"}
     pq.write_table(pa.table({"code": list(names), "description": list(names.values())}),
                    out / "metadata" / "codes.parquet")
-    version = f"n{n_patients}-seed{seed}-h{horizon_days:g}d" + ("" if shape == "adult" else f"-{shape}")
+    version = cohort_version(n_patients, seed, horizon_days, shape)
     (out / "metadata" / "dataset.json").write_text(json.dumps(
         {"dataset_name": "gptlab-synthetic", "dataset_version": version,
          "etl_name": "gptlab.ehr.synthetic", "meds_version": "0.3.3"}))
