@@ -13,7 +13,15 @@ import torch
 
 from gptlab.ehr import metrics as M
 from gptlab.ehr.codes import atc_names, icd9_to_icd10
-from gptlab.ehr.meds import Problems, Timeline, dataset_sha256, iter_timelines, read_dataset, read_labels, read_split
+from gptlab.ehr.meds import (
+    Problems,
+    Timeline,
+    dataset_sha256,
+    iter_timelines,
+    read_dataset,
+    read_labels,
+    read_split,
+)
 from gptlab.ehr.prepare import read_index
 from gptlab.ehr.risk import prompt_ids, sample_trajectories
 from gptlab.ehr.synthetic import generate_cohort
