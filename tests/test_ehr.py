@@ -829,3 +829,23 @@ def test_lifelong_labels_are_what_the_records_show(tmp_path):
     # the records did not change with the labels: dataset_sha256 of labels version 1's cohort
     small = generate_cohort(tmp_path / "small", n_patients=200, seed=0, shape="lifelong")
     assert dataset_sha256(small) == "3688ffb223c62a7a9a18080cf5980b7a45fb9d1e9de81337265e9d115680d105"
+
+
+def test_a_cohort_from_an_older_generator_is_regenerated(tmp_path, capsys):
+    """A cached synthetic cohort whose dataset_version is not this generator's (labels version 1)
+    is written again on first use: its labels must not be scored as this generator's."""
+    from gptlab.ehr.prepare import meds_source
+
+    cfg = {"path": str(tmp_path / "c"), "synthetic": {"n_patients": 30, "seed": 0, "horizon_days": 365, "shape": "lifelong"}}
+    path = meds_source(cfg)
+    meta = path / "metadata" / "dataset.json"
+    labels = path / "tasks" / "death_365d.parquet"
+    fresh = labels.read_bytes()
+    meta.write_text(meta.read_text().replace("-labels2", ""))  # as labels version 1 wrote it
+    labels.write_bytes(b"stale")
+    capsys.readouterr()
+    meds_source(cfg)
+    assert "found version n30-seed0-h365d-lifelong, this generator writes" in capsys.readouterr().out
+    assert labels.read_bytes() == fresh
+    meds_source(cfg)  # up to date: left alone
+    assert "generating" not in capsys.readouterr().out

@@ -47,7 +47,8 @@ def meds_source(data_cfg: dict[str, Any]) -> Path:
     if synth:
         from gptlab.ehr.synthetic import cohort_version, generate_cohort
 
-        want, meta = cohort_version(**synth), path / "metadata" / "dataset.json"
+        want = cohort_version(**{k: synth[k] for k in ("n_patients", "seed", "horizon_days", "shape") if k in synth})
+        meta = path / "metadata" / "dataset.json"
         have = json.loads(meta.read_text()).get("dataset_version") if meta.exists() else None
         if not (path / "tasks").is_dir() or have != want:
             # an older generator's labels must not be scored as this one's; the same records hash
