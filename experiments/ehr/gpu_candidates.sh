@@ -4,7 +4,7 @@
 #   experiments/ehr/gpu_candidates.sh <out_dir>
 # Candidates (G2 = experiment=ehr_synthetic_lifelong_gpu at 6 × 192, lr 1e-3, 6,000 steps; README):
 #   G3 = G2 trained longer (9,000 steps, the cosine stretched to match): G2's val loss still fell at its end
-#   G4 = G2 made bigger (8 × 256, 6.3 M parameters, the same 6,000 steps): G1 → G2 (0.9 M → 2.8 M) gained 0.022 on tuning
+#   G4 = G2 made bigger (8 × 256, 6.5 M parameters, the same 6,000 steps): G1 → G2 (0.9 M → 2.8 M) gained 0.022 on tuning
 # Tuning is gpu_lifelong.sh's protocol: first 600 labels per task, N = 20, hazard, mean AUROC over
 # death and readmission; G2 is scored again here so all three come from the same code and seed.
 # The rule, fixed before any result: the highest mean is chosen. G2 chosen → nothing is scored on
