@@ -32,7 +32,8 @@ declare -A ARGS=(
   [G3]="$G2 trainer.max_steps=$STEPS3 optim.lr_decay_steps=$STEPS3"
   [G4]="experiment=ehr_synthetic_lifelong_gpu model.n_layer=8 model.n_head=8 model.n_embd=256 optim.lr=1e-3 optim.min_lr=1e-4 trainer.max_steps=$STEPS4 optim.lr_decay_steps=$STEPS4"
 )
-ckpt() { ls "$runs/$1"/checkpoints/best-*.ckpt 2>/dev/null | head -1; }
+# shellcheck source=experiments/ehr/gpu_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh"  # ckpt, export_weights
 [ -n "$(ckpt G2)" ] || { log "no G2 checkpoint under $runs/G2"; exit 1; }
 pids=()
 for g in G3 G4; do
@@ -84,11 +85,5 @@ if [ "$chosen" = G3 ] || [ "$chosen" = G4 ]; then
       prompt_batch="$PB_HELD"
   done
 fi
-for g in G3 G4; do  # the weights (no optimizer state) and the run's config, for scoring elsewhere
-  c=$(ckpt $g); [ -n "$c" ] || continue
-  "$PY" -c "import sys; from gptlab.checkpoint import load_checkpoint, save_atomic; c = load_checkpoint(sys.argv[1]); [c.pop(k, None) for k in ('optimizer_states', 'lr_schedulers')]; save_atomic(c, sys.argv[2])" "$c" "$out/$g.ckpt"
-  basename "$c" > "$out/$g.ckpt.name"
-  cp "$runs/$g/config.yaml" "$out/${g}_config.yaml"
-  cp -r "$runs/$g/logs" "$out/${g}_logs" 2>/dev/null
-done
+export_weights G3 G4
 log "done"

@@ -26,7 +26,8 @@ declare -A ARGS=(
   [G1]="experiment=ehr_synthetic_lifelong_gpu"
   [G2]="experiment=ehr_synthetic_lifelong_gpu model.n_layer=6 model.n_head=6 model.n_embd=192 optim.lr=1e-3 optim.min_lr=1e-4"
 )
-ckpt() { ls "$runs/$1"/checkpoints/best-*.ckpt 2>/dev/null | head -1; }
+# shellcheck source=experiments/ehr/gpu_lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_lib.sh"  # ckpt, export_weights
 pids=()
 for g in G1 G2; do
   if [ -n "$(ckpt $g)" ]; then log "$g: reusing $(ckpt $g)"; continue; fi
@@ -75,11 +76,5 @@ if [ "$chosen" != A3 ]; then
   done
   log "held-out scored"
 fi
-for g in G1 G2; do  # the weights (no optimizer state) and the run's config, for scoring elsewhere
-  c=$(ckpt $g); [ -n "$c" ] || continue
-  "$PY" -c "import sys; from gptlab.checkpoint import load_checkpoint, save_atomic; c = load_checkpoint(sys.argv[1]); [c.pop(k, None) for k in ('optimizer_states', 'lr_schedulers')]; save_atomic(c, sys.argv[2])" "$c" "$out/$g.ckpt"
-  basename "$c" > "$out/$g.ckpt.name"
-  cp "$runs/$g/config.yaml" "$out/${g}_config.yaml"
-  cp -r "$runs/$g/logs" "$out/${g}_logs" 2>/dev/null
-done
+export_weights G1 G2
 log "done"

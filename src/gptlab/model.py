@@ -183,8 +183,8 @@ class KVCache:
 class _RowsLayer:
     """One layer's keys/values for a range of rows, written at each row's own position."""
 
-    def __init__(self, k: torch.Tensor, v: torch.Tensor, keys: int):
-        self.k, self.v, self.keys = k, v, keys
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, keys: int, rows: torch.Tensor):
+        self.k, self.v, self.keys, self.rows = k, v, keys, rows
 
     def update(self, pos: int | torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if isinstance(pos, int):  # a prefill: positions pos..pos+T-1 of these rows
@@ -192,9 +192,8 @@ class _RowsLayer:
             self.k.narrow(2, pos, T).copy_(k)
             self.v.narrow(2, pos, T).copy_(v)
             return self.k.narrow(2, 0, pos + T), self.v.narrow(2, 0, pos + T)
-        rows = torch.arange(k.size(0), device=k.device)
-        self.k[rows, :, pos] = k[:, :, 0]  # one new token per row, each at its own position
-        self.v[rows, :, pos] = v[:, :, 0]
+        self.k[self.rows, :, pos] = k[:, :, 0]  # one new token per row, each at its own position
+        self.v[self.rows, :, pos] = v[:, :, 0]
         return self.k.narrow(2, 0, self.keys), self.v.narrow(2, 0, self.keys)
 
 
@@ -209,7 +208,9 @@ class KVCacheRows:
     or nothing; the model's mask for a tensor pos hides them."""
 
     def __init__(self, cache: KVCache, lo: int, hi: int, keys: int = 0):
-        self.layers = [_RowsLayer(c.k[lo:hi], c.v[lo:hi], keys) for c in cache.layers]
+        # one row index for every layer of a step (a cache may hold no layers: a test's stub model)
+        rows = torch.arange(hi - lo, device=cache.layers[0].k.device) if cache.layers else None
+        self.layers = [_RowsLayer(c.k[lo:hi], c.v[lo:hi], keys, rows) for c in cache.layers]
 
 
 def make_norm(config: GPTConfig) -> nn.Module:

@@ -192,11 +192,12 @@ def reused_scores(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[
                                     "predictions of the same task, splits and MEDS data")
                 if key in found:
                     raise UserError(f"{path}, line {line}: subject {key[0]} at {key[1]} was given before (overlapping files?)")
-                if (rec["label"] == "True") != bool(data["ys"][r]) and not extend:
+                same = (rec["label"] == "True") == bool(data["ys"][r])
+                if not same and not extend:
                     raise UserError(f"{path}, line {line}: label {rec['label']} for subject {key[0]} at {key[1]}, "
                                     "the MEDS label file says otherwise: the labels changed since that run "
                                     "(sample_missing=true samples such labels again)")
-                if (rec["label"] == "True") == bool(data["ys"][r]):
+                if same:
                     found[key] = rec
     missing = [k for k in want if k not in found]
     if missing and not extend:
