@@ -74,7 +74,7 @@ def test_labels_are_aligned_to_the_meds_label_schema_and_nulls_are_counted(tmp_p
 
 # ---- ACES task configs --------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["icu_mortality", "in_hospital_mortality", "readmission_30d", "long_los",
-                                  "synthetic_death"])
+                                  "synthetic_death", "synthetic_readmission"])
 def test_every_shipped_task_is_a_valid_aces_config(name):
     cfg = load_config(task(name))  # ACES's own parser: predicates, trigger and window tree
     assert cfg.label_window is not None and cfg.index_timestamp_window == "input"
@@ -88,6 +88,16 @@ def test_aces_reproduces_the_synthetic_generators_labels_across_shards(tmp_path)
     diff = compare_labels(ours, read_labels(meds / "tasks" / "death_365d.parquet"))
     assert diff["rows"] == diff["reference_rows"] == diff["both"] > 40
     assert diff["label_differs"] == 0 and diff["positives"] > 0
+
+
+@pytest.mark.parametrize("name", ["synthetic_death", "synthetic_readmission"])
+def test_aces_reproduces_both_lifelong_label_files(tmp_path, name):
+    from gptlab.ehr.synthetic import generate_cohort
+
+    meds = generate_cohort(tmp_path / "cohort", n_patients=40, seed=3, shape="lifelong")
+    diff = compare_labels(extract_labels(task(name), meds), read_labels(meds / task(name)["labels"]))
+    assert diff["rows"] == diff["reference_rows"] == diff["both"] > 40
+    assert diff["label_differs"] == 0 and 0 < diff["positives"] < diff["rows"]
 
 
 def test_long_stay_is_the_negated_aces_label(tmp_path):
@@ -170,17 +180,18 @@ def _script(rel: str):
     return module
 
 
-def test_peer_task_config_labels_as_ours_with_the_prediction_node_above_the_label_window(tmp_path):
+@pytest.mark.parametrize("name", ["synthetic_death", "synthetic_readmission"])
+def test_peer_task_config_labels_as_ours_with_the_prediction_node_above_the_label_window(tmp_path, name):
     from gptlab.ehr.synthetic import generate_cohort
 
     peer = _script("experiments/ehr/peer/run_peer.py")
-    peer.peer_task_config(task("synthetic_death"), tmp_path / "peer.yaml")
+    peer.peer_task_config(task(name), tmp_path / "peer.yaml")
     cfg = load_config(tmp_path / "peer.yaml")
     nodes = {n.node_name: n for n in cfg.window_tree.descendants}
     assert "trigger" in [a.node_name for a in nodes["gap.end"].ancestors]  # ZSACES_label's requirement
     assert "gap.end" in [a.node_name for a in nodes["target.end"].ancestors]
-    meds = generate_cohort(tmp_path / "cohort", n_patients=30, seed=4)
-    diff = compare_labels(extract_labels(tmp_path / "peer.yaml", meds), read_labels(meds / "tasks" / "death_365d.parquet"))
+    meds = generate_cohort(tmp_path / "cohort", n_patients=30, seed=4, shape="lifelong")
+    diff = compare_labels(extract_labels(tmp_path / "peer.yaml", meds), read_labels(meds / task(name)["labels"]))
     assert diff["both"] == diff["rows"] == diff["reference_rows"] and diff["label_differs"] == 0
 
 
@@ -199,3 +210,44 @@ def test_cv_folds_partition_the_patients_and_each_fold_is_a_valid_meds_copy(tmp_
     assert held == set(folds[1].tolist())
     assert held.isdisjoint(tables["train"]["subject_id"].to_pylist() + tables["tuning"]["subject_id"].to_pylist())
     assert len(set(tables["tuning"]["subject_id"].to_pylist())) == 2  # a tenth of the 20 others
+
+
+def test_peer_script_generates_once_for_all_tasks_and_pairs_only_the_same_labels(tmp_path):
+    import argparse
+    import csv
+
+    from gptlab.ehr.synthetic import generate_cohort
+
+    peer = _script("experiments/ehr/peer/run_peer.py")
+    meds = generate_cohort(tmp_path / "cohort", n_patients=30, seed=4, shape="lifelong")
+    tasks = {n: task(n) for n in ("synthetic_death", "synthetic_readmission")}
+    times = peer.generation_times(meds, tasks, "held_out", None)
+    death = read_labels(meds / tasks["synthetic_death"]["labels"])
+    assert times.num_rows == death.num_rows and set(times["subject_id"].to_pylist()) == set(death["subject_id"].to_pylist())
+    assert peer.generation_times(meds, tasks, "held_out", 5).num_rows == 5  # the same first rows of both tasks
+
+    labels = [k for k in zip(death["subject_id"].to_pylist(), death["prediction_time"].to_pylist(),
+                             death["boolean_value"].to_pylist())]
+    rng = np.random.default_rng(0)
+
+    def write(path, flip=None):
+        with open(path, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["subject_id", "prediction_time", "label", "risk_trajectory", "risk_oracle"])
+            for i, (s, t, y) in enumerate(labels):
+                w.writerow([s, t, (not y) if i == flip else y, y * 0.3 + rng.random() * 0.7, y * 0.5 + rng.random() * 0.5])
+        return path
+
+    ours, theirs = write(tmp_path / "ours.csv"), write(tmp_path / "peer.csv")
+    d = peer.paired(theirs, ours, n_boot=50)
+    a, b = (peer.summarize(p, 50)["risk_trajectory"]["auroc"] for p in (ours, theirs))
+    assert d["n"] == len(labels) and d["difference"] == pytest.approx(a - b) and d["ci"][0] <= d["difference"] <= d["ci"][1]
+    results = {"synthetic_death": {"meds_eic_ar": peer.summarize(theirs, 50), "gptlab": peer.summarize(ours, 50),
+                                   "gptlab_minus_peer": d}}
+    args = argparse.Namespace(tasks=["synthetic_death"], cohort=str(meds), split="held_out", n_trajectories=20,
+                              steps=1, batch=1, seq_len=8, gptlab_predictions=[f"synthetic_death={ours}"])
+    peer.write_report(tmp_path, args, {"meds_eic_ar": {"score": {"wall_s": 1, "load_start": 0, "load_end": 0}}}, results)
+    assert f"gptlab − peer AUROC, paired over patients on {len(labels)} rows: {d['difference']:+.3f}" in (
+        tmp_path / "report.md").read_text()
+    with pytest.raises(SystemExit, match="disagree on the label of 1 of"):
+        peer.paired(theirs, write(tmp_path / "old.csv", flip=2), n_boot=50)

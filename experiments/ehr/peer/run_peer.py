@@ -11,13 +11,16 @@ Stages (each skipped when its output exists, so a rerun resumes where it stopped
   pretrain   MEICAR_pretrain: a gptlab-sized Llama (3 layers, 4 heads x 24 = 96 wide), same steps x
              batch x sequence length as gptlab's run, fp32 (its default falls back to bf16-mixed on
              CPU, ~10x slower), one validation at the last step (it needs one to pick a checkpoint)
-  generate   MEICAR_generate_trajectories: N trajectories per prediction time of --split
-  label      ZSACES_label with the task's ACES config (its prediction-time node must be an ancestor
+  generate   MEICAR_generate_trajectories: N trajectories per prediction time of --split, once for
+             all --tasks (the union of their prediction times: every task labels the same futures)
+  label_T    ZSACES_label with task T's ACES config (its prediction-time node must be an ancestor
              of the label window: a 1-second gap window after the discharge makes it one)
-  score      risk = fraction of a prediction's N trajectories labelled positive (MEDS_EIC_AR does
+  score_T    risk = fraction of a prediction's N trajectories labelled positive (MEDS_EIC_AR does
              not do this step itself); also positives / determinable trajectories (censoring-aware)
   gptlab     train.py experiment=ehr_synthetic on the same cohort and budget, then ehr_eval.py at N
-  report     AUROC / oracle with patient-bootstrap CIs and wall times for both, in report.md/json
+             per task (or --gptlab-predictions T=<ehr_eval predictions.csv> of a run made elsewhere)
+  report     per task: AUROC / oracle with patient-bootstrap CIs for both, gptlab − peer paired over
+             patients on the same rows, and wall times, in report.md/json
 
     OMP_NUM_THREADS=1 .venv/bin/python experiments/ehr/peer/run_peer.py --cohort <MEDS folder> \
         --out outputs/ehr_peer/full --steps 3800 --batch 24 --seq-len 192 --n-trajectories 20
@@ -118,6 +121,19 @@ def score_peer(zs_dir: Path, labels: Path, oracle: Path | None, out_csv: Path) -
     df.with_columns(pl.col("risk_determinable").fill_nan(None)).write_csv(out_csv)
 
 
+def generation_times(cohort: Path, tasks: dict[str, dict], split: str, max_labels: int | None):
+    """The prediction times to generate futures for: the union over the tasks' label rows (one
+    generation pass serves every task, as gptlab's label files share their discharges)."""
+    import pyarrow as pa
+
+    tables = [first_labels(cohort, t["labels"], split, max_labels).select(["subject_id", "prediction_time",
+                                                                           "boolean_value"]) for t in tasks.values()]
+    union = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+    union = union.group_by(["subject_id", "prediction_time"]).aggregate([("boolean_value", "max")])
+    return union.rename_columns(["subject_id", "prediction_time", "boolean_value"]).sort_by(
+        [("subject_id", "ascending"), ("prediction_time", "ascending")])
+
+
 def first_labels(cohort: Path, labels: str, split: str, max_labels: int | None):
     """The task's labels; with max_labels, the first that many of `split`'s subjects in label-file
     order (what `ehr_eval.py splits=[split] max_labels=K` scores), so both models see the same rows."""
@@ -131,7 +147,7 @@ def first_labels(cohort: Path, labels: str, split: str, max_labels: int | None):
     return table.filter(pc.is_in(table["subject_id"], members)).slice(0, max_labels)
 
 
-def peer_stages(args: argparse.Namespace, out: Path, task: dict) -> dict:
+def peer_stages(args: argparse.Namespace, out: Path, tasks: dict[str, dict]) -> dict:
     venv, cohort, bin_ = Path(args.venv), Path(args.cohort), Path(args.venv) / "bin"
     times = {"venv": stage(out, "venv", make_venv, venv, out)}
     times["process"] = stage(out, "process", run, [bin_ / "MEICAR_process_data", f"input_dir={cohort.resolve()}",
@@ -147,7 +163,7 @@ def peer_stages(args: argparse.Namespace, out: Path, task: dict) -> dict:
         out / "pretrain.log", venv)
     labels_dir = out / "task_labels"
     labels_dir.mkdir(exist_ok=True)
-    pq.write_table(first_labels(cohort, task["labels"], args.split, args.max_labels), labels_dir / "task.parquet")
+    pq.write_table(generation_times(cohort, tasks, args.split, args.max_labels), labels_dir / "task.parquet")
     traj = out / "trajectories"
     times["generate"] = stage(out, "generate", run, [
         bin_ / "MEICAR_generate_trajectories", f"model_initialization_dir={out.resolve() / 'pretrain'}",
@@ -158,17 +174,19 @@ def peer_stages(args: argparse.Namespace, out: Path, task: dict) -> dict:
         "seq_lens.frac_seq_len_as_context=null", f"seq_lens.max_generated_trajectory_len={args.max_new_tokens}",
         "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true", f"seed={args.seed}"],
         out / "generate.log", venv)
-    peer_task_config(task, out / "peer_task.yaml")
-    times["label"] = stage(out, "label", run, [
-        bin_ / "ZSACES_label", f"task.criteria_fp={(out / 'peer_task.yaml').resolve()}",
-        f"trajectories_dir={traj.resolve()}", f"output_dir={(out / 'zs_labels').resolve()}"], out / "label.log", venv)
-    oracle = cohort / task["oracle"] if task.get("oracle") else None
-    times["score"] = stage(out, "score", score_peer, out / "zs_labels" / args.split, cohort / task["labels"],
-                           oracle, out / "peer_predictions.csv")
+    for name, task in tasks.items():
+        config, zs = out / f"peer_task_{name}.yaml", out / "zs_labels" / name
+        peer_task_config(task, config)
+        times[f"label_{name}"] = stage(out, f"label_{name}", run, [
+            bin_ / "ZSACES_label", f"task.criteria_fp={config.resolve()}", f"trajectories_dir={traj.resolve()}",
+            f"output_dir={zs.resolve()}"], out / f"label_{name}.log", venv)
+        oracle = cohort / task["oracle"] if task.get("oracle") else None
+        times[f"score_{name}"] = stage(out, f"score_{name}", score_peer, zs / args.split, cohort / task["labels"],
+                                       oracle, out / f"peer_predictions_{name}.csv")
     return times
 
 
-def gptlab_stages(args: argparse.Namespace, out: Path) -> dict:
+def gptlab_stages(args: argparse.Namespace, out: Path, tasks: list[str]) -> dict:
     run_dir, eval_dir = out / "gptlab_train", out / "gptlab_eval"
     times = {"train": stage(out, "gptlab_train", run, [
         sys.executable, ROOT / "train.py", "experiment=ehr_synthetic", f"data.path={Path(args.cohort).resolve()}",
@@ -177,12 +195,13 @@ def gptlab_stages(args: argparse.Namespace, out: Path) -> dict:
         f"model.block_size={args.seq_len}", f"eval_interval={args.steps}", f"data.val_batches={args.val_batches}",
         f"seed={args.seed}", "sample_after_training=0", "trainer.enable_progress_bar=false",
         f"hydra.run.dir={run_dir.resolve()}"], out / "gptlab_train.log")}
-    times["eval"] = stage(out, "gptlab_eval", run, [
-        sys.executable, ROOT / "ehr_eval.py", f"task={args.task}", f"ckpt_path={run_dir.resolve()}/checkpoints/last.ckpt",
-        f"meds_dir={Path(args.cohort).resolve()}", f"splits=[{args.split}]", f"n_trajectories={args.n_trajectories}",
-        *([f"max_labels={args.max_labels}"] if args.max_labels else []),
-        f"max_new_tokens={args.max_new_tokens}", f"seed={args.seed}", f"hydra.run.dir={eval_dir.resolve()}"],
-        out / "gptlab_eval.log")
+    for name in tasks:
+        times[f"eval_{name}"] = stage(out, f"gptlab_eval_{name}", run, [
+            sys.executable, ROOT / "ehr_eval.py", f"task={name}", f"ckpt_path={run_dir.resolve()}/checkpoints/last.ckpt",
+            f"meds_dir={Path(args.cohort).resolve()}", f"splits=[{args.split}]", f"n_trajectories={args.n_trajectories}",
+            *([f"max_labels={args.max_labels}"] if args.max_labels else []), f"max_new_tokens={args.max_new_tokens}",
+            f"seed={args.seed}", f"out_dir={(eval_dir / name).resolve()}", f"hydra.run.dir={(eval_dir / name).resolve()}"],
+            out / f"gptlab_eval_{name}.log")
     return times
 
 
@@ -196,15 +215,38 @@ def prediction_keys(path: Path) -> set[tuple[int, str]]:
         return {row_key(r) for r in csv.DictReader(fh)}
 
 
+def read_rows(path: Path) -> dict[tuple[int, str], dict]:
+    with open(path) as fh:
+        return {row_key(r): r for r in csv.DictReader(fh)}
+
+
+def paired(peer_csv: Path, gptlab_csv: Path, n_boot: int) -> dict:
+    """gptlab − peer AUROC on the rows both scored (each model's `risk_trajectory`), resampling
+    patients: the same labels are required row by row, else the two files come from different
+    label versions and comparing them would mean nothing."""
+    from gptlab.ehr import metrics as M
+
+    peer, ours = read_rows(peer_csv), read_rows(gptlab_csv)
+    keys = sorted(k for k in peer.keys() & ours.keys() if peer[k]["risk_trajectory"] not in ("", "nan"))
+    differ = [k for k in keys if peer[k]["label"].lower() != ours[k]["label"].lower()]
+    if differ:
+        raise SystemExit(f"{gptlab_csv} and {peer_csv} disagree on the label of {len(differ)} of {len(keys)} shared "
+                         f"rows (first: subject {differ[0][0]} at {differ[0][1]}): they were scored against "
+                         "different label files; rerun the older one on the current cohort.")
+    y = np.array([peer[k]["label"].lower() == "true" for k in keys])
+    a = np.array([float(ours[k]["risk_trajectory"]) for k in keys])
+    b = np.array([float(peer[k]["risk_trajectory"]) for k in keys])
+    groups = np.array([k[0] for k in keys])
+    return {"n": len(keys), **M.paired_difference(M.auroc, y, a, b, n_boot, 0, groups=groups),
+            "mean_risk": {"gptlab": float(a.mean()), "meds_eic_ar": float(b.mean()), "observed": float(y.mean())}}
+
+
 def summarize(path: Path, n_boot: int, keys: set[tuple[int, str]] | None = None) -> dict:
     """AUROC/AUPRC with patient-bootstrap CIs of every risk_* column of a predictions csv (only the
     rows whose (subject_id, prediction_time) is in `keys`, when given)."""
     from gptlab.ehr import metrics as M
 
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    if keys is not None:
-        rows = [r for r in rows if row_key(r) in keys]
+    rows = [r for k, r in read_rows(path).items() if keys is None or k in keys]
     y = np.array([r["label"].lower() == "true" for r in rows])
     groups = np.array([int(r["subject_id"]) for r in rows])
     out = {"n": len(rows), "positives": int(y.sum())}
@@ -221,17 +263,24 @@ def summarize(path: Path, n_boot: int, keys: set[tuple[int, str]] | None = None)
 def write_report(out: Path, args: argparse.Namespace, times: dict, results: dict) -> None:
     report = {"args": vars(args), "wall_s": times, "results": results}
     (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
-    lines = [f"# {args.task} on {args.cohort} ({args.split}), N = {args.n_trajectories} trajectories", "",
+    lines = [f"# {', '.join(args.tasks)} on {args.cohort} ({args.split}), N = {args.n_trajectories} trajectories", "",
              f"budget: {args.steps} steps x batch {args.batch} x sequence {args.seq_len} for "
-             + (f"the peer; gptlab's predictions from {args.gptlab_predictions}" if args.gptlab_predictions else "both"),
-             "",
-             "| model | risk | AUROC (95% CI) | ÷ oracle | AUPRC | scored |", "|---|---|---|---|---|---|"]
-    for model, res in results.items():
-        for key, r in res.items():
-            if key.startswith("risk_"):
-                ratio = f"{r['ratio_to_oracle']:.3f}" if "ratio_to_oracle" in r else ""
-                lines.append(f"| {model} | {key[5:]} | {r['auroc']:.3f} ({r['auroc_ci'][0]:.3f}-{r['auroc_ci'][1]:.3f}) "
-                             f"| {ratio} | {r['auprc']:.3f} | {r['scored']} |")
+             + (f"the peer; gptlab's predictions from {args.gptlab_predictions}" if args.gptlab_predictions else "both")]
+    for task, models in results.items():
+        lines += ["", f"## {task}", "", "| model | risk | AUROC (95% CI) | ÷ oracle | AUPRC | scored |",
+                  "|---|---|---|---|---|---|"]
+        for model, res in models.items():
+            for key, r in res.items():
+                if key.startswith("risk_"):
+                    ratio = f"{r['ratio_to_oracle']:.3f}" if "ratio_to_oracle" in r else ""
+                    lines.append(f"| {model} | {key[5:]} | {r['auroc']:.3f} ({r['auroc_ci'][0]:.3f}-"
+                                 f"{r['auroc_ci'][1]:.3f}) | {ratio} | {r['auprc']:.3f} | {r['scored']} |")
+        if "gptlab_minus_peer" in models:
+            d = models["gptlab_minus_peer"]
+            lines += ["", f"gptlab − peer AUROC, paired over patients on {d['n']} rows: {d['difference']:+.3f} "
+                      f"(95% CI {d['ci'][0]:+.3f} to {d['ci'][1]:+.3f}); mean risk gptlab "
+                      f"{d['mean_risk']['gptlab']:.3f}, peer {d['mean_risk']['meds_eic_ar']:.3f}, "
+                      f"observed {d['mean_risk']['observed']:.3f}"]
     lines += ["", "wall seconds (load start → end): " + "; ".join(
         f"{m}/{s} {v['wall_s']} ({v['load_start']:.1f} → {v['load_end']:.1f})" for m, st in times.items()
         for s, v in st.items()), ""]
@@ -245,7 +294,8 @@ def main() -> None:
     ap.add_argument("--n-patients", type=int, default=10000, help="only when the cohort is generated")
     ap.add_argument("--out", required=True)
     ap.add_argument("--venv", default=str(ROOT / "outputs" / "ehr_peer" / "venv"))
-    ap.add_argument("--task", default="synthetic_death", help="a conf_ehr_eval/task name with `aces:` and `labels:`")
+    ap.add_argument("--tasks", "--task", nargs="+", default=["synthetic_death"],
+                    help="conf_ehr_eval/task names with `aces:` and `labels:`; one generation pass serves them all")
     ap.add_argument("--split", default="held_out", choices=["tuning", "held_out"])
     ap.add_argument("--steps", type=int, default=3800)
     ap.add_argument("--batch", type=int, default=24)
@@ -258,22 +308,46 @@ def main() -> None:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-gptlab", action="store_true", help="only the peer")
-    ap.add_argument("--gptlab-predictions", default=None,
-                    help="an ehr_eval.py predictions.csv to compare with (instead of training gptlab here)")
+    ap.add_argument("--gptlab-predictions", nargs="+", default=[], metavar="TASK=CSV",
+                    help="per task, an ehr_eval.py predictions.csv to compare with (instead of training gptlab here)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    task = yaml.safe_load((Path(conf_ehr_eval.__file__).parent / "task" / f"{args.task}.yaml").read_text())
+    tasks = {name: read_task(name) for name in args.tasks}
+    given = dict(gptlab_csv(item, tasks) for item in args.gptlab_predictions)
     times = {"cohort": {"cohort": stage(out, "cohort", make_cohort, Path(args.cohort), args.n_patients, args.seed)}}
-    times["meds_eic_ar"] = peer_stages(args, out, task)
-    results = {"meds_eic_ar": summarize(out / "peer_predictions.csv", args.n_boot)}
-    if args.gptlab_predictions:  # an ehr_eval.py predictions.csv of gptlab's own recipe: the peer's rows of it
-        results["gptlab"] = summarize(Path(args.gptlab_predictions), args.n_boot,
-                                      prediction_keys(out / "peer_predictions.csv"))
-    elif not args.skip_gptlab:
-        times["gptlab"] = gptlab_stages(args, out)
-        results["gptlab"] = summarize(out / "gptlab_eval" / "predictions.csv", args.n_boot)
+    times["meds_eic_ar"] = peer_stages(args, out, tasks)
+    if not given and not args.skip_gptlab:
+        times["gptlab"] = gptlab_stages(args, out, list(tasks))
+        given = {name: out / "gptlab_eval" / name / "predictions.csv" for name in tasks}
+    results = {}
+    for name in tasks:
+        peer_csv = out / f"peer_predictions_{name}.csv"
+        results[name] = {"meds_eic_ar": summarize(peer_csv, args.n_boot)}
+        if name in given:  # gptlab's predictions restricted to the peer's rows, then paired with them
+            results[name]["gptlab"] = summarize(given[name], args.n_boot, prediction_keys(peer_csv))
+            results[name]["gptlab_minus_peer"] = paired(peer_csv, given[name], args.n_boot)
     write_report(out, args, times, results)
+
+
+def read_task(name: str) -> dict:
+    path = Path(conf_ehr_eval.__file__).parent / "task" / f"{name}.yaml"
+    if not path.exists():
+        raise SystemExit(f"--tasks {name}: no task config {path}; choose from "
+                         f"{sorted(p.stem for p in path.parent.glob('*.yaml'))}")
+    task = yaml.safe_load(path.read_text())
+    if not task.get("aces") or not task.get("labels"):
+        raise SystemExit(f"--tasks {name}: {path} needs an `aces:` block (the peer labels its futures with ACES) "
+                         "and a `labels:` file (the truth both models are scored against)")
+    return task
+
+
+def gptlab_csv(item: str, tasks: dict) -> tuple[str, Path]:
+    name, sep, path = item.partition("=")
+    if not sep or name not in tasks or not Path(path).is_file():
+        raise SystemExit(f"--gptlab-predictions {item!r}: expected TASK=CSV with TASK one of {list(tasks)} and "
+                         "CSV an existing ehr_eval.py predictions.csv")
+    return name, Path(path)
 
 
 if __name__ == "__main__":
