@@ -251,3 +251,22 @@ def test_peer_script_generates_once_for_all_tasks_and_pairs_only_the_same_labels
         tmp_path / "report.md").read_text()
     with pytest.raises(SystemExit, match="disagree on the label of 1 of"):
         peer.paired(theirs, write(tmp_path / "old.csv", flip=2), n_boot=50)
+
+
+def test_peer_trajectory_ends_count_censoring_that_zsaces_calls_negative(tmp_path):
+    peer = _script("experiments/ehr/peer/run_peer.py")
+    t0 = np.datetime64("2030-01-01", "us")
+    day = np.timedelta64(1, "D")
+    rows = [(1, t0 + 10 * day, "LAB//x"), (1, t0 + 40 * day, "MEDS_DEATH"),   # outcome inside 365 d
+            (2, t0 + 400 * day, "LAB//x"),                                       # past the horizon
+            (3, t0 + 5 * day, "LAB//x"), (3, t0 + 6 * day, "TIMELINE//END"),     # record ends: censored
+            (4, t0 + 20 * day, "LAB//x"),                                        # budget spent: censored
+            (5, t0 + 500 * day, "MEDS_DEATH")]                                   # outcome after the horizon
+    (tmp_path / "held_out").mkdir()
+    pq.write_table(pa.table({"subject_id": [r[0] for r in rows], "time": pa.array([r[1] for r in rows], pa.timestamp("us")),
+                             "code": [r[2] for r in rows], "numeric_value": pa.array([None] * len(rows), pa.float32()),
+                             "prediction_time": pa.array([t0] * len(rows), pa.timestamp("us"))}),
+                   tmp_path / "held_out" / "0.parquet")
+    e = peer.trajectory_ends(tmp_path / "held_out", task("synthetic_death"))
+    assert e == {"trajectories": 5, "outcome": 0.2, "horizon": 0.4, "record_end_inside_horizon": 0.2,
+                 "tokens_spent_before_horizon": 0.2}

@@ -121,6 +121,30 @@ def score_peer(zs_dir: Path, labels: Path, oracle: Path | None, out_csv: Path) -
     df.with_columns(pl.col("risk_determinable").fill_nan(None)).write_csv(out_csv)
 
 
+def trajectory_ends(traj_dir: Path, task: dict) -> dict[str, float]:
+    """How the peer's generated futures end, as gptlab's reports count its own: the task's outcome
+    within the horizon, past the horizon without it, the record's end (`TIMELINE//END`) inside the
+    horizon, or the token budget spent before the horizon. ZSACES_label calls all of these but the
+    first "determinable" negatives, so censoring is invisible in its labels; fractions of all
+    trajectories."""
+    import polars as pl
+
+    frames = [pl.read_parquet(f).with_columns(pl.lit(f.name).alias("sample")) for f in sorted(traj_dir.glob("*.parquet"))]
+    if not frames:
+        raise SystemExit(f"{traj_dir}: no generated trajectories (*.parquet) to count")
+    horizon = pl.col("prediction_time") + pl.duration(days=float(task["horizon_days"]))
+    is_outcome = pl.any_horizontal([pl.col("code").str.starts_with(c) for c in task["outcome"]])
+    t = pl.concat(frames).group_by("sample", "subject_id", "prediction_time").agg(
+        (is_outcome & (pl.col("time") <= horizon)).any().alias("outcome"),
+        (pl.col("time") > horizon).any().alias("past"),
+        ((pl.col("code") == "TIMELINE//END") & (pl.col("time") <= horizon)).any().alias("end"))
+    rest = t.filter(~pl.col("outcome"))
+    n = t.height
+    return {"trajectories": n, "outcome": t["outcome"].sum() / n, "horizon": rest["past"].sum() / n,
+            "record_end_inside_horizon": rest.filter(~pl.col("past"))["end"].sum() / n,
+            "tokens_spent_before_horizon": rest.filter(~pl.col("past") & ~pl.col("end")).height / n}
+
+
 def generation_times(cohort: Path, tasks: dict[str, dict], split: str, max_labels: int | None):
     """The prediction times to generate futures for: the union over the tasks' label rows (one
     generation pass serves every task, as gptlab's label files share their discharges)."""
@@ -275,6 +299,12 @@ def write_report(out: Path, args: argparse.Namespace, times: dict, results: dict
                     ratio = f"{r['ratio_to_oracle']:.3f}" if "ratio_to_oracle" in r else ""
                     lines.append(f"| {model} | {key[5:]} | {r['auroc']:.3f} ({r['auroc_ci'][0]:.3f}-"
                                  f"{r['auroc_ci'][1]:.3f}) | {ratio} | {r['auprc']:.3f} | {r['scored']} |")
+        if "peer_trajectory_ends" in models:
+            e = models["peer_trajectory_ends"]
+            lines += ["", f"peer trajectories ({e['trajectories']}): outcome within the horizon {e['outcome']:.3f}, past "
+                      f"the horizon without it {e['horizon']:.3f}, record end inside the horizon "
+                      f"{e['record_end_inside_horizon']:.3f}, tokens spent before the horizon "
+                      f"{e['tokens_spent_before_horizon']:.3f} (the last two censored; ZSACES_label counts them negative)"]
         if "gptlab_minus_peer" in models:
             d = models["gptlab_minus_peer"]
             lines += ["", f"gptlab − peer AUROC, paired over patients on {d['n']} rows: {d['difference']:+.3f} "
@@ -323,7 +353,8 @@ def main() -> None:
     results = {}
     for name in tasks:
         peer_csv = out / f"peer_predictions_{name}.csv"
-        results[name] = {"meds_eic_ar": summarize(peer_csv, args.n_boot)}
+        results[name] = {"meds_eic_ar": summarize(peer_csv, args.n_boot),
+                         "peer_trajectory_ends": trajectory_ends(out / "trajectories" / args.split, tasks[name])}
         if name in given:  # gptlab's predictions restricted to the peer's rows, then paired with them
             results[name]["gptlab"] = summarize(given[name], args.n_boot, prediction_keys(peer_csv))
             results[name]["gptlab_minus_peer"] = paired(peer_csv, given[name], args.n_boot)
