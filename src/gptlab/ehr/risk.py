@@ -113,13 +113,13 @@ def sample_trajectories_batch(model, prompts: list[list[int]], *, n: int, outcom
     last = last[fan]
     for step in range(max_new_tokens):
         nxt = ends.draw_hazard(last, temperature, generator) if hazard else next_token(last, decoding, generator)
-        keep = ends.update(nxt)
-        if not bool(keep.any()) or step == max_new_tokens - 1:
+        keep = ends.update(nxt)  # on the host: deciding here needs no further device sync
+        if not keep.any() or step == max_new_tokens - 1:
             break
         # finished rows leave the batch once they are a quarter of it: dropping them at every
         # step would copy the whole cache each time, which costs more than carrying them a while
         if 4 * int((~keep).sum()) >= len(keep):
-            rows = keep.nonzero().squeeze(1)
+            rows = torch.as_tensor(np.flatnonzero(keep), device=device)
             decoder.reorder(rows)  # drop the finished rows
             ends.keep(rows)
             nxt = nxt[rows]
@@ -147,6 +147,9 @@ class _Ends:
         self.kind, self.when = np.full(n, UNFINISHED), np.zeros(n)
         self.tokens = np.zeros(n, dtype=np.int64)  # new tokens drawn per original row
         self.active = torch.ones(n, dtype=torch.bool, device=device)  # batch rows not yet ended
+        # the host copy of `active`, kept in step with it from the flags update() fetches anyway:
+        # every .cpu() of a device tensor is a sync, so update() makes two and the loop none
+        self.active_rows = np.ones(n, dtype=bool)
         self.log_survival = np.zeros(n)  # hazard sampling: Σ log(1 − h') per original row
 
     def draw_hazard(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -154,7 +157,7 @@ class _Ends:
         with the outcome and censor tokens masked out (module docstring)."""
         probs = torch.softmax(logits.double() / temperature, dim=-1)
         h = probs[:, self.is_outcome].sum(-1) / (1 - probs[:, self.is_censor].sum(-1)).clamp_min(1e-12)
-        a = self.active.cpu().numpy()
+        a = self.active_rows
         self.log_survival[self.live[a]] += torch.log1p(-h.clamp(max=1.0)).cpu().numpy()[a]
         masked = probs.masked_fill(self.is_outcome | self.is_censor, 0.0)
         empty = masked.sum(-1) == 0  # all mass on outcome/censor: the row's risk is already 1; go on with any other token
@@ -162,25 +165,27 @@ class _Ends:
             masked[empty] = (~(self.is_outcome | self.is_censor)).double()
         return torch.multinomial(masked, 1, generator=generator).squeeze(1)
 
-    def update(self, nxt: torch.Tensor) -> torch.Tensor:
-        """Record the active rows that end with token nxt (B,); returns which rows go on (rows that
-        ended earlier but are still in the batch never go on and are not recorded again)."""
-        self.tokens[self.live[self.active.cpu().numpy()]] += 1
+    def update(self, nxt: torch.Tensor) -> np.ndarray:
+        """Record the active rows that end with token nxt (B,); returns which rows go on, on the host
+        (rows that ended earlier but are still in the batch never go on and are not recorded again)."""
+        self.tokens[self.live[self.active_rows]] += 1
         self.elapsed += self.minutes[nxt]
         hit = self.is_outcome[nxt] & (self.elapsed <= self.horizon) & self.active
         over = (self.elapsed > self.horizon) & self.active
         stop = self.is_stop[nxt] & ~hit & ~over & self.active
         censor = stop & self.is_censor[nxt]
         mins = self.elapsed.cpu().numpy()
-        for mask, k in ((hit, OUTCOME), (over, HORIZON), (stop & ~censor, STOP), (censor, CENSORED)):
-            m = mask.cpu().numpy()
+        flags = torch.stack((hit, over, stop & ~censor, censor)).cpu().numpy()
+        for m, k in zip(flags, (OUTCOME, HORIZON, STOP, CENSORED)):
             self.kind[self.live[m]], self.when[self.live[m]] = k, mins[m]
         self.active &= ~(hit | over | stop)
-        return self.active.clone()
+        self.active_rows = self.active_rows & ~flags.any(0)  # stop = (stop & ~censor) | censor
+        return self.active_rows.copy()
 
     def keep(self, rows: torch.Tensor) -> None:
         self.elapsed, self.active = self.elapsed[rows], self.active[rows]
-        self.live = self.live[rows.cpu().numpy()]
+        kept = rows.cpu().numpy()
+        self.live, self.active_rows = self.live[kept], self.active_rows[kept]
 
     def result(self, one_step: float, rows: slice) -> TrajectoryResult:
         """The TrajectoryResult of original rows `rows` (one prompt's n trajectories)."""
