@@ -251,6 +251,9 @@ def test_peer_script_generates_once_for_all_tasks_and_pairs_only_the_same_labels
         tmp_path / "report.md").read_text()
     with pytest.raises(SystemExit, match="disagree on the label of 1 of"):
         peer.paired(theirs, write(tmp_path / "old.csv", flip=2), n_boot=50)
+    peer.check_labels(ours, meds / tasks["synthetic_death"]["labels"])  # the label file's own labels pass
+    with pytest.raises(SystemExit, match=r"old\.csv: 1 of \d+ rows hold a label other than"):
+        peer.check_labels(tmp_path / "old.csv", meds / tasks["synthetic_death"]["labels"])
 
 
 def test_peer_trajectory_ends_count_censoring_that_zsaces_calls_negative(tmp_path):
@@ -270,3 +273,17 @@ def test_peer_trajectory_ends_count_censoring_that_zsaces_calls_negative(tmp_pat
     e = peer.trajectory_ends(tmp_path / "held_out", task("synthetic_death"))
     assert e == {"trajectories": 5, "outcome": 0.2, "horizon": 0.4, "record_end_inside_horizon": 0.2,
                  "tokens_spent_before_horizon": 0.2}
+
+
+def test_peer_script_takes_a_bare_predictions_file_for_one_task_and_names_a_bad_one(tmp_path):
+    peer = _script("experiments/ehr/peer/run_peer.py")
+    csv_path = tmp_path / "p.csv"
+    csv_path.write_text("subject_id\n")
+    one = {"synthetic_death": {}}
+    assert peer.gptlab_csv(str(csv_path), one) == ("synthetic_death", csv_path)
+    with pytest.raises(SystemExit, match="expected TASK=CSV"):
+        peer.gptlab_csv(str(csv_path), {**one, "synthetic_readmission": {}})
+    with pytest.raises(SystemExit, match="no task config"):
+        peer.read_task("no_such_task")
+    with pytest.raises(SystemExit, match="needs an `aces:` block"):
+        peer.read_task("readmission_30d")  # MIMIC-style: ACES labels, no label file

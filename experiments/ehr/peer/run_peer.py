@@ -244,6 +244,21 @@ def read_rows(path: Path) -> dict[tuple[int, str], dict]:
         return {row_key(r): r for r in csv.DictReader(fh)}
 
 
+def check_labels(predictions: Path, labels: Path) -> None:
+    """Refuse gptlab predictions whose labels differ from the cohort's label file on any row (e.g.
+    scored on an older label version): the peer is scored against the label file."""
+    table = pq.read_table(labels)
+    times = table["prediction_time"].to_numpy().astype("datetime64[us]").astype(str)
+    truth = dict(zip(zip(table["subject_id"].to_pylist(), times), table["boolean_value"].to_pylist()))
+    rows = read_rows(predictions)
+    differ = [k for k, r in rows.items() if k in truth and (r["label"].lower() == "true") != truth[k]]
+    if differ:
+        raise SystemExit(f"{predictions}: {len(differ)} of {len(rows)} rows hold a label other than {labels} "
+                         f"(first: subject {differ[0][0]} at {differ[0][1]}): they were scored against another "
+                         "label file; score gptlab again on this cohort (ehr_eval.py, or its predictions= with "
+                         "sample_missing=true to reuse what still matches).")
+
+
 def paired(peer_csv: Path, gptlab_csv: Path, n_boot: int) -> dict:
     """gptlab − peer AUROC on the rows both scored (each model's `risk_trajectory`), resampling
     patients: the same labels are required row by row, else the two files come from different
@@ -346,6 +361,8 @@ def main() -> None:
     tasks = {name: read_task(name) for name in args.tasks}
     given = dict(gptlab_csv(item, tasks) for item in args.gptlab_predictions)
     times = {"cohort": {"cohort": stage(out, "cohort", make_cohort, Path(args.cohort), args.n_patients, args.seed)}}
+    for name, path in given.items():  # before hours of peer stages, not at the pairing after them
+        check_labels(path, Path(args.cohort) / tasks[name]["labels"])
     times["meds_eic_ar"] = peer_stages(args, out, tasks)
     if not given and not args.skip_gptlab:
         times["gptlab"] = gptlab_stages(args, out, list(tasks))
@@ -374,7 +391,10 @@ def read_task(name: str) -> dict:
 
 
 def gptlab_csv(item: str, tasks: dict) -> tuple[str, Path]:
+    """TASK=CSV, or a bare CSV when there is one task."""
     name, sep, path = item.partition("=")
+    if not sep and len(tasks) == 1:
+        name, sep, path = next(iter(tasks)), "=", item
     if not sep or name not in tasks or not Path(path).is_file():
         raise SystemExit(f"--gptlab-predictions {item!r}: expected TASK=CSV with TASK one of {list(tasks)} and "
                          "CSV an existing ehr_eval.py predictions.csv")
