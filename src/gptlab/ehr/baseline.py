@@ -10,6 +10,7 @@ than which codes a patient has had.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,6 +93,10 @@ def fit_count_baseline(X: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: 
     fill = float(np.nanmedian(ages)) if np.isfinite(ages).any() else 0.0
     X[np.isnan(ages), -1] = fill
     cv = list(StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed).split(X, y, groups))
-    lr = LogisticRegressionCV(Cs=list(CS), cv=cv, scoring="roc_auc", max_iter=2000, random_state=seed)
+    # scikit-learn ≥ 1.8 names the L2 penalty as l1_ratios=(0,) and simplifies its fitted attributes
+    # (C_ a float) when asked; older versions (the pin is ≥ 1.3) know neither argument
+    current = "use_legacy_attributes" in inspect.signature(LogisticRegressionCV).parameters
+    lr = LogisticRegressionCV(Cs=list(CS), cv=cv, scoring="roc_auc", max_iter=2000, random_state=seed,
+                              **({"l1_ratios": (0.0,), "use_legacy_attributes": False} if current else {}))
     model = make_pipeline(StandardScaler(), lr).fit(X, y)
-    return CountBaseline(model, fill, float(lr.C_[0]), len(y), n_patients)
+    return CountBaseline(model, fill, float(np.ravel(lr.C_)[0]), len(y), n_patients)
