@@ -35,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -234,11 +235,6 @@ def row_key(row: dict) -> tuple[int, str]:
     return int(row["subject_id"]), str(np.datetime64(row["prediction_time"], "us"))
 
 
-def prediction_keys(path: Path) -> set[tuple[int, str]]:
-    with open(path) as fh:
-        return {row_key(r) for r in csv.DictReader(fh)}
-
-
 def read_rows(path: Path) -> dict[tuple[int, str], dict]:
     with open(path) as fh:
         return {row_key(r): r for r in csv.DictReader(fh)}
@@ -280,7 +276,7 @@ def paired(peer_csv: Path, gptlab_csv: Path, n_boot: int) -> dict:
             "mean_risk": {"gptlab": float(a.mean()), "meds_eic_ar": float(b.mean()), "observed": float(y.mean())}}
 
 
-def summarize(path: Path, n_boot: int, keys: set[tuple[int, str]] | None = None) -> dict:
+def summarize(path: Path, n_boot: int, keys: Collection[tuple[int, str]] | None = None) -> dict:
     """AUROC/AUPRC with patient-bootstrap CIs of every risk_* column of a predictions csv (only the
     rows whose (subject_id, prediction_time) is in `keys`, when given)."""
     from gptlab.ehr import metrics as M
@@ -373,7 +369,7 @@ def main() -> None:
         results[name] = {"meds_eic_ar": summarize(peer_csv, args.n_boot),
                          "peer_trajectory_ends": trajectory_ends(out / "trajectories" / args.split, tasks[name])}
         if name in given:  # gptlab's predictions restricted to the peer's rows, then paired with them
-            results[name]["gptlab"] = summarize(given[name], args.n_boot, prediction_keys(peer_csv))
+            results[name]["gptlab"] = summarize(given[name], args.n_boot, read_rows(peer_csv).keys())
             results[name]["gptlab_minus_peer"] = paired(peer_csv, given[name], args.n_boot)
     write_report(out, args, times, results)
 
