@@ -149,3 +149,47 @@ def test_mimic_demo_prepares_with_counted_problems(tmp_path):
     assert "ICD10//I10" in tok.vocab and "MEDS_DEATH" in tok.vocab and tok.names["ICD10//I10"].startswith("Essential")
     assert tok.names.get("LAB//51237//UNK", "").startswith("INR")  # names from metadata/codes.parquet
     assert any(k.startswith("rare_or_unknown_") for k in meta["problems"])
+
+
+def test_sharded_eval_script_resumes_and_joins(tmp_path):
+    """experiments/ehr/sharded_eval.sh: K shards, then one joined report; run again after a shard was
+    lost (a session ended mid-shard), it samples only that shard and joins."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    cfg = compose_train_cfg(tmp_path / "run", tmp_path / "data", [
+        *TINY, "data=synthetic_ehr", "data.synthetic.n_patients=60", "data.tokenizer.min_count=2",
+        "trainer.max_steps=4", "eval_interval=4", "data.val_batches=1", "data.batch_size=8"])
+    ckpt = train(cfg)["last_ckpt"]
+    out = tmp_path / "sharded"
+
+    def run(workers: int, **env) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", "experiments/ehr/sharded_eval.sh", str(out), "2", str(workers), "task=synthetic_death",
+             f"ckpt_path={ckpt}", "n_trajectories=3", "max_new_tokens=16", "max_labels=6", "n_boot=20", "device=cpu"],
+            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PY": sys.executable, **env})
+
+    first = run(2, JOIN="0")
+    assert first.returncode == 0, first.stdout + (out / "s0.log").read_text()
+    assert "not joined" in first.stdout and not (out / "joined").exists()
+    kept = (out / "s0" / "report.json").stat().st_mtime_ns
+    (out / "s1").rename(out / "s1.part")  # shard 1 killed before it finished: no s1, a leftover .part
+
+    second = run(1)
+    assert second.returncode == 0, second.stdout + (out / "joined.log").read_text()
+    assert "shard 1/2 start" in second.stdout and "shard 0/2 start" not in second.stdout  # only the lost one
+    assert (out / "s0" / "report.json").stat().st_mtime_ns == kept and not (out / "s1.part").exists()
+    joined = json.loads((out / "joined" / "report.json").read_text())
+    assert joined["metrics"]["trajectory"]["n"] == 6 and "baseline" in joined["metrics"]  # refitted at the join
+    assert sum(joined["trajectory_ends"].values()) == 6 * 3
+    parts = pd.concat([pd.read_csv(out / f"s{i}" / "predictions.csv") for i in (0, 1)])
+    rows = pd.read_csv(out / "joined" / "predictions.csv")
+    assert sorted(rows["subject_id"]) == sorted(parts["subject_id"])
+    assert np.allclose(rows.sort_values(["subject_id", "prediction_time"])["risk_trajectory"],
+                       parts.sort_values(["subject_id", "prediction_time"])["risk_trajectory"])
+
+    (out / "s0").rename(out / "gone")  # a shard that fails: the run says so and does not join
+    failed = run(1, PY="false")
+    assert failed.returncode == 1 and "shard 0/2 FAILED" in failed.stdout and "shards 0 are missing" in failed.stdout

@@ -43,7 +43,7 @@ done
 wait
 missing=$(for ((i = 0; i < k; i++)); do [ -f "$out/s$i/report.json" ] || echo -n "$i "; done)
 if [ -n "$missing" ]; then
-  log "not joined: shards $missing are missing (run the same command again)"
+  log "not joined: shards ${missing% } are missing (run the same command again)"
   exit 1
 fi
 [ "${JOIN:-1}" = 0 ] && { log "all $k shards done; JOIN=0, not joined"; exit 0; }
