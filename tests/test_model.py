@@ -99,6 +99,8 @@ def test_kv_cache_reorder_fans_out_and_drops_rows():
     cache = model.new_kv_cache(1, max_len=12)
     model(prompt, pos=0, cache=cache)
     cache.reorder(torch.zeros(3, dtype=torch.long), 6)
+    # the fanned-out buffers come from the old rows whole: nothing uninitialised past the prompt
+    assert all(bool((t[:, :, 6:] == 0).all()) for layer in cache.layers for t in (layer.k, layer.v))
     first, _ = model(cont[:, :1], pos=6, cache=cache)
     keep = torch.tensor([0, 2])
     cache.reorder(keep, 7)

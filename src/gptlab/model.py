@@ -138,20 +138,22 @@ class LayerKVCache:
     def reorder(self, index: torch.Tensor, length: int) -> None:
         """Row i becomes old row index[i] (beam search keeps the cache of the beams it keeps).
 
-        Only the `length` filled positions are copied, in place: copying whole preallocated
-        buffers would cost block_size positions per layer per step. A batch that grows (one prompt
-        fanned out to n samples) gets new buffers; one that shrinks (finished samples dropped) keeps
-        the first rows of its buffers, as allocating them anew at every drop costs more than the
-        attention itself. New buffers start zeroed: rows of a ragged batch (KVCacheRows) read, masked,
-        positions they never wrote, and a masked weight of 0 times leftover NaN memory is still NaN."""
-        k = self.k[:, :, :length].index_select(0, index)  # 2x faster than k[index]
+        A batch that grows (one prompt fanned out to n samples) gets new buffers gathered from whole
+        old rows: one copy, with no zeroing and no temporary. A batch that keeps or loses rows (beam
+        search, finished samples dropped) copies only the `length` filled positions, in place:
+        copying whole preallocated buffers would cost block_size positions per layer per step, and
+        allocating them anew at every drop is slower (experiments/benchmarks/README.md). Buffers
+        never hold uninitialised memory: rows of a ragged batch (KVCacheRows) read, masked, positions
+        they never wrote (zeros, or another row's finite history), and a masked weight of 0 times
+        leftover NaN memory would still be NaN."""
+        if index.numel() > self.k.size(0):
+            self.k = self.k.index_select(0, index)  # 2x faster than k[index]
+            self.v = self.v.index_select(0, index)
+            return
+        k = self.k[:, :, :length].index_select(0, index)
         v = self.v[:, :, :length].index_select(0, index)
-        n = index.numel()
-        if n > self.k.size(0):
-            self.k = self.k.new_zeros((n, *self.k.shape[1:]))
-            self.v = self.v.new_zeros((n, *self.v.shape[1:]))
-        elif n < self.k.size(0):
-            self.k, self.v = self.k[:n], self.v[:n]
+        if index.numel() < self.k.size(0):
+            self.k, self.v = self.k[:index.numel()], self.v[:index.numel()]
         self.k[:, :, :length] = k
         self.v[:, :, :length] = v
 
