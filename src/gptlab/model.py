@@ -146,14 +146,15 @@ class LayerKVCache:
         never hold uninitialised memory: rows of a ragged batch (KVCacheRows) read, masked, positions
         they never wrote (zeros, or another row's finite history), and a masked weight of 0 times
         leftover NaN memory would still be NaN."""
-        if index.numel() > self.k.size(0):
+        n = index.numel()
+        if n > self.k.size(0):
             self.k = self.k.index_select(0, index)  # 2x faster than k[index]
             self.v = self.v.index_select(0, index)
             return
         k = self.k[:, :, :length].index_select(0, index)
         v = self.v[:, :, :length].index_select(0, index)
-        if index.numel() < self.k.size(0):
-            self.k, self.v = self.k[:index.numel()], self.v[:index.numel()]
+        if n < self.k.size(0):
+            self.k, self.v = self.k[:n], self.v[:n]
         self.k[:, :, :length] = k
         self.v[:, :, :length] = v
 
